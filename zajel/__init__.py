@@ -1,0 +1,1 @@
+"""Zajel coordination server."""

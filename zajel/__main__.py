@@ -1,0 +1,5 @@
+import sys
+
+from zajel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Client for WebSocket ``/signal``: register, pair, and exchange signals.
+
+Example::
+
+    async with connect_signal("ws://127.0.0.1:8080") as alice:
+        await alice.register("ABC234", generate_public_key())
+        await alice.pair_request("XYZ789")
+        matched = await alice.expect("pair_matched")
+        await alice.signal("offer", "XYZ789", {"sdp": "…"})
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio_websocket
+from nacl.public import PrivateKey
+
+from zajel.protocol.fields import PAIRING_CODE_ALPHABET, PAIRING_CODE_LENGTH
+
+
+class ServerError(Exception):
+    """The server answered with a frame other than the one expected."""
+
+    def __init__(self, frame: dict[str, Any], expected: tuple[str, ...]) -> None:
+        super().__init__(f"expected {'/'.join(expected)}, got {frame!r}")
+        self.frame = frame
+
+
+def random_pairing_code() -> str:
+    """A fresh random pairing code."""
+    return "".join(secrets.choice(PAIRING_CODE_ALPHABET) for _ in range(PAIRING_CODE_LENGTH))
+
+
+def generate_public_key() -> str:
+    """A fresh X25519 public key in the form ``register`` expects (standard base64)."""
+    return base64.b64encode(bytes(PrivateKey.generate().public_key)).decode("ascii")
+
+
+class SignalClient:
+    """One ``/signal`` connection. Frames are JSON objects; ``receive`` returns the next one."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.code: str | None = None
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(frame, separators=(",", ":")))
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self.ws.get_message()
+        frame = json.loads(message)
+        if not isinstance(frame, dict):
+            raise ValueError(f"not a JSON object: {message!r}")
+        return frame
+
+    async def expect(self, *types: str) -> dict[str, Any]:
+        """The next frame, which must have one of ``types``; raises ``ServerError`` else."""
+        frame = await self.receive()
+        if frame.get("type") not in types:
+            raise ServerError(frame, types)
+        return frame
+
+    async def register(self, code: str, public_key: str | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "register", "pairingCode": code}
+        if public_key is not None:
+            frame["publicKey"] = public_key
+        await self.send(frame)
+        reply = await self.expect("registered")
+        self.code = code
+        return reply
+
+    async def pair_request(self, target: str, proposed_name: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": "pair_request", "targetCode": target}
+        if proposed_name is not None:
+            frame["proposedName"] = proposed_name
+        await self.send(frame)
+
+    async def pair_response(self, requester: str, accepted: bool) -> None:
+        await self.send({"type": "pair_response", "targetCode": requester, "accepted": accepted})
+
+    async def signal(self, kind: str, target: str, payload: dict[str, Any]) -> None:
+        """Send ``offer``/``answer``/``ice_candidate``/``call_*`` to a matched peer."""
+        await self.send({"type": kind, "target": target, "payload": payload})
+
+    async def ping(self) -> None:
+        await self.send({"type": "ping"})
+        await self.expect("pong")
+
+
+async def pair(requester: SignalClient, responder: SignalClient) -> None:
+    """Run a full consent pairing between two registered clients."""
+    if requester.code is None or responder.code is None:
+        raise ValueError("both clients must register before pairing")
+    await requester.pair_request(responder.code)
+    await responder.expect("pair_incoming")
+    await responder.pair_response(requester.code, True)
+    await requester.expect("pair_matched")
+    await responder.expect("pair_matched")
+
+
+@asynccontextmanager
+async def connect_signal(
+    base_url: str, *, path: str = "/signal", max_message_size: int = 1 << 20
+) -> AsyncIterator[SignalClient]:
+    """Open a ``/signal`` connection to ``base_url`` (``ws://host:port`` or ``http://…``)."""
+    url = base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    async with trio_websocket.open_websocket_url(
+        url.rstrip("/") + path, max_message_size=max_message_size
+    ) as ws:
+        yield SignalClient(ws)

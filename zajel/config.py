@@ -1,0 +1,187 @@
+"""One frozen configuration, read once from ``ZAJEL_*`` variables and ``zajel serve`` flags.
+
+Invalid configuration stops the server at start with one clear line naming the setting
+(``../shared/spec/operations.md``, Configuration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+Environment = Literal["production", "qa", "development"]
+ENVIRONMENTS: tuple[Environment, ...] = ("production", "qa", "development")
+LOG_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+}
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it and says what it must be."""
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Every setting of the server, validated. Secrets are kept out of ``repr``."""
+
+    env: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    log_level: str = "DEBUG"
+    log_format: Literal["text", "json"] = "text"
+    metrics: bool = True
+
+    bootstrap_signing_key: str | None = attrs.field(default=None, repr=False)
+    attestation_signing_key: str | None = attrs.field(default=None, repr=False)
+    build_token_verify_key: str | None = attrs.field(default=None, repr=False)
+    server_registry_secret: str | None = attrs.field(default=None, repr=False)
+    ci_upload_secret: str | None = attrs.field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    trust_proxy: str | None = None
+
+    ws_max_message_bytes: int = 262_144
+    chunk_max_bytes: int = 65_536
+    ws_message_rate: float = 100.0
+    ws_message_burst: int = 200
+    pair_requests_per_minute: int = 10
+    pair_pending_per_target: int = 10
+    rendezvous_max_items: int = 50
+    chunk_announce_max: int = 100
+    ws_max_connections: int = 10_000
+    ws_max_connections_per_ip: int = 100
+    http_rate_per_minute: int = 100
+    ws_outbound_queue: int = 256
+    ws_ping_interval: float = 30.0
+    ws_idle_timeout: float = 120.0
+
+    @property
+    def redacts_codes(self) -> bool:
+        """Pairing codes are redacted in logs outside development (operations.md)."""
+        return self.env != "development"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Config:
+        """Build the configuration from ``ZAJEL_*`` variables; ``overrides`` (flags) win.
+
+        Overrides whose value is ``None`` are ignored, so unset flags fall back to the
+        environment.
+
+        Raises:
+            ConfigError: naming the first invalid setting.
+        """
+        flags = {name: value for name, value in overrides.items() if value is not None}
+        reader = _Reader(environ, flags)
+        env = reader.choice("ENV", _default_env(environ), ENVIRONMENTS)
+        level = reader.choice("LOG_LEVEL", "info" if env != "development" else "debug", LOG_LEVELS)
+        return cls(
+            env=env,
+            host=reader.text("HOST", "127.0.0.1"),
+            port=reader.integer("PORT", 8080, 0, 65_535),
+            data_dir=Path(reader.text("DATA_DIR", "data")),
+            log_level=LOG_LEVELS[level],
+            log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
+            metrics=reader.choice("METRICS", "on", ("on", "off")) == "on",
+            bootstrap_signing_key=reader.optional("BOOTSTRAP_SIGNING_KEY"),
+            attestation_signing_key=reader.optional("ATTESTATION_SIGNING_KEY"),
+            build_token_verify_key=reader.optional("BUILD_TOKEN_VERIFY_KEY"),
+            server_registry_secret=reader.optional("SERVER_REGISTRY_SECRET"),
+            ci_upload_secret=reader.optional("CI_UPLOAD_SECRET"),
+            allowed_origins=tuple(
+                origin.strip()
+                for origin in reader.text("ALLOWED_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
+            trust_proxy=reader.optional_choice(
+                "TRUST_PROXY", ("CF-Connecting-IP", "X-Forwarded-For")
+            ),
+            ws_max_message_bytes=reader.integer("WS_MAX_MESSAGE_BYTES", 262_144, 1024, 16 << 20),
+            chunk_max_bytes=reader.integer("CHUNK_MAX_BYTES", 65_536, 1024, 16 << 20),
+            ws_message_rate=reader.number("WS_MESSAGE_RATE", 100.0, 0.1, 1e9),
+            ws_message_burst=reader.integer("WS_MESSAGE_BURST", 200, 1, 10**9),
+            pair_requests_per_minute=reader.integer("PAIR_REQUESTS_PER_MINUTE", 10, 1, 10**6),
+            pair_pending_per_target=reader.integer("PAIR_PENDING_PER_TARGET", 10, 1, 10**6),
+            rendezvous_max_items=reader.integer("RENDEZVOUS_MAX_ITEMS", 50, 1, 10_000),
+            chunk_announce_max=reader.integer("CHUNK_ANNOUNCE_MAX", 100, 1, 10_000),
+            ws_max_connections=reader.integer("WS_MAX_CONNECTIONS", 10_000, 1, 10**7),
+            ws_max_connections_per_ip=reader.integer("WS_MAX_CONNECTIONS_PER_IP", 100, 1, 10**7),
+            http_rate_per_minute=reader.integer("HTTP_RATE_PER_MINUTE", 100, 1, 10**9),
+            ws_outbound_queue=reader.integer("WS_OUTBOUND_QUEUE", 256, 1, 1_000_000),
+            ws_ping_interval=reader.number("WS_PING_INTERVAL", 30.0, 0.01, 86_400.0),
+            ws_idle_timeout=reader.number("WS_IDLE_TIMEOUT", 120.0, 0.01, 86_400.0),
+        )
+
+
+def _default_env(environ: Mapping[str, str]) -> str:
+    # operations.md: ENV is also read from ENVIRONMENT / NODE_ENV when unset.
+    for name in ("ENVIRONMENT", "NODE_ENV"):
+        if environ.get(name):
+            return environ[name].strip().lower()
+    return "development"
+
+
+@attrs.frozen
+class _Reader:
+    environ: Mapping[str, str]
+    flags: Mapping[str, Any]
+
+    def _raw(self, name: str) -> Any:
+        flag = name.lower()
+        if flag in self.flags:
+            return self.flags[flag]
+        return self.environ.get(f"ZAJEL_{name}")
+
+    def optional(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is None or str(value).strip() == "":
+            return None
+        return str(value).strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self.optional(name)
+        return default if value is None else value
+
+    def choice(self, name: str, default: str, allowed: Any) -> Any:
+        value = self.text(name, default).lower() if name != "TRUST_PROXY" else self.text(name, "")
+        if value not in allowed:
+            raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    def optional_choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
+        value = self.optional(name)
+        if value is None:
+            return None
+        for option in allowed:
+            if value.lower() == option.lower():
+                return option
+        raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+
+    def _parsed(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+        value = self._raw(name)
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return default
+        try:
+            return parse(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"ZAJEL_{name}: must be {kind}; got {value!r}") from None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._parsed(name, default, int, "an integer")
+        if not low <= value <= high:
+            raise ConfigError(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self._parsed(name, default, float, "a number")
+        if not low <= value <= high:  # also refuses NaN
+            raise ConfigError(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+        return value

@@ -1,0 +1,68 @@
+"""The one error family of the protocol layer (``../shared/spec/conventions.md``, Errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Machine codes sent in ``{"type":"error","code":…}`` frames. Clients of the original server read
+# only ``message``; the codes are ours and stable.
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_FIELD = "invalid_field"
+NOT_REGISTERED = "not_registered"
+RATE_LIMITED = "rate_limited"
+PAIRING_CODE_IN_USE = "pairing_code_in_use"
+PEER_NOT_FOUND = "peer_not_found"
+INTERNAL_ERROR = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A client broke the protocol; rendered as an error frame, never as a crash.
+
+    Attributes:
+        code: the stable machine code (one of the constants of this module).
+        message: the human text; it never carries secrets, tokens or another peer's data.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def to_frame(self) -> dict[str, Any]:
+        """The WebSocket error frame for this error."""
+        return {"type": "error", "code": self.code, "message": self.message}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProtocolError):
+            return NotImplemented
+        return (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+
+def invalid_message() -> ProtocolError:
+    return ProtocolError(INVALID_MESSAGE, "Invalid message format")
+
+
+def unknown_type(type_: str) -> ProtocolError:
+    # The type is echoed, but cut short so an attacker cannot make us echo megabytes.
+    shown = type_ if len(type_) <= 64 else type_[:64] + "…"
+    return ProtocolError(UNKNOWN_TYPE, f"Unknown message type: {shown}")
+
+
+def invalid_field(message: str) -> ProtocolError:
+    return ProtocolError(INVALID_FIELD, message)
+
+
+def not_registered() -> ProtocolError:
+    return ProtocolError(NOT_REGISTERED, "Not registered: send register first")
+
+
+def rate_limited(message: str = "Rate limit exceeded") -> ProtocolError:
+    return ProtocolError(RATE_LIMITED, message)
+
+
+def internal_error() -> ProtocolError:
+    return ProtocolError(INTERNAL_ERROR, "Internal server error")

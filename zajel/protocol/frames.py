@@ -1,0 +1,75 @@
+"""JSON text frames: decoding with hard edges, and compact encoding.
+
+Every WebSocket message is one JSON object with a string ``type``
+(``../shared/spec/conventions.md``, Frames).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import attrs
+
+from zajel.protocol.errors import ProtocolError, invalid_message
+
+# ensure_ascii=True: a lone surrogate from a client (legal in JSON text, illegal in UTF-8) is
+# re-sent as an escape instead of breaking the outgoing frame's UTF-8 encoding.
+_WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+# Sizes (chunk payloads) are measured on compact JSON with raw UTF-8, as the spec defines them.
+_SIZE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN, Infinity and -Infinity are not JSON; Python's decoder accepts them by default.
+    raise ValueError(f"non-JSON constant {name}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode_object(data: str | bytes) -> dict[str, Any]:
+    """Decode one frame into a JSON object that has a string ``type``.
+
+    Raises:
+        ProtocolError: ``invalid_message`` for a binary frame, text that is not JSON (including
+            nesting too deep to decode or numbers too long to convert), a JSON value that is not
+            an object, or an object without a string ``type``.
+    """
+    if not isinstance(data, str):
+        raise invalid_message()
+    try:
+        obj = _DECODER.decode(data)
+    except (ValueError, RecursionError) as exc:
+        raise invalid_message() from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise invalid_message()
+    return obj
+
+
+def encode(obj: Any) -> str:
+    """Encode a frame as compact JSON text, safe to send as a WebSocket text frame."""
+    return _WIRE_ENCODER.encode(obj)
+
+
+def utf8_json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON with raw UTF-8 (how payload limits are measured)."""
+    return len(_SIZE_ENCODER.encode(value).encode("utf-8", "surrogatepass"))
+
+
+def error_frame(error: ProtocolError) -> str:
+    """The encoded ``{"type":"error",…}`` frame for ``error``."""
+    return encode(error.to_frame())
+
+
+@attrs.frozen
+class Invalid:
+    """A frame that failed a check, carried to its service as a value.
+
+    The service answers with ``error``, after its registration check when
+    ``needs_registration`` is set: conventions.md fixes the order of checks (frame, then
+    registration, then fields), and only the service knows whether a connection is registered.
+    """
+
+    error: ProtocolError = attrs.field(eq=False)
+    needs_registration: bool = False

@@ -1,0 +1,150 @@
+"""The service runtime: envelopes, addresses, and the loop every service task runs.
+
+A service is a plain object that owns its state alone. Its task receives ``Envelope``s on a
+bounded trio memory channel; a request that wants an answer carries a one-slot reply channel,
+and the service answers with ``send_nowait`` so it never waits on a caller. Callers hold an
+``Address``, not the service: ``LocalAddress`` is a memory channel in this process, and a
+networked address (another node) can implement the same three methods without any change to
+the services, as long as requests and replies stay plain attrs values.
+
+Periodic work (timers, sweeps) is driven by ``Service.next_deadline()`` on trio's clock, so a
+test's mock clock controls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from zajel.logs import context
+
+
+@attrs.frozen
+class Envelope:
+    """One request to a service; ``reply`` is set when the caller waits for an answer."""
+
+    request: Any
+    reply: trio.MemorySendChannel[Any] | None = None
+
+
+@attrs.frozen
+class ServiceFailure:
+    """The reply to a request whose handler raised; the service itself goes on."""
+
+    service: str
+
+
+class Service(Protocol):
+    """What ``run_service`` drives. Every method runs on the service's own task."""
+
+    name: str
+
+    def handle(self, request: Any, now: float) -> Any:
+        """Handle one request at ``now`` (trio seconds); the return value is the reply."""
+
+    def next_deadline(self) -> float:
+        """When ``expire`` next has work to do (``inf`` for never)."""
+
+    def expire(self, now: float) -> None:
+        """Run every timer due at ``now``."""
+
+
+class Address(Protocol):
+    """How the front end (or another service) reaches a service."""
+
+    async def call(self, request: Any) -> Any:
+        """Send ``request`` and wait for the reply."""
+
+    async def cast(self, request: Any) -> None:
+        """Send ``request`` without waiting for a reply (waits only for inbox room)."""
+
+    def cast_nowait(self, request: Any) -> None:
+        """Send ``request`` now. Raises ``trio.WouldBlock`` when the inbox is full."""
+
+
+class LocalAddress:
+    """An address in this process: the send side of the service's inbox."""
+
+    def __init__(self, name: str, inbox: trio.MemorySendChannel[Envelope]) -> None:
+        self.name = name
+        self._inbox = inbox
+
+    async def call(self, request: Any) -> Any:
+        reply_send, reply_receive = trio.open_memory_channel[Any](1)
+        async with reply_receive:
+            await self._inbox.send(Envelope(request, reply_send))
+            return await reply_receive.receive()
+
+    async def cast(self, request: Any) -> None:
+        await self._inbox.send(Envelope(request))
+
+    def cast_nowait(self, request: Any) -> None:
+        self._inbox.send_nowait(Envelope(request))
+
+
+async def run_service(
+    service: Service,
+    inbox: trio.MemoryReceiveChannel[Envelope],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``service`` until its inbox is closed: requests in order, timers when due.
+
+    An exception in one request is logged and answered with ``ServiceFailure``; it never stops
+    the service. Cancellation is never caught.
+    """
+    log = logging.getLogger(f"zajel.{service.name}")
+    task_status.started()
+    async with inbox:
+        while True:
+            deadline = service.next_deadline()
+            envelope: Envelope | None = None
+            if deadline > trio.current_time():
+                with trio.move_on_at(deadline):
+                    try:
+                        envelope = await inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+            if envelope is not None:
+                _dispatch(service, envelope, log)
+                # Drain what is already queued without a cancel scope per message.
+                while True:
+                    try:
+                        envelope = inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        return
+                    _dispatch(service, envelope, log)
+            if service.next_deadline() <= trio.current_time():
+                try:
+                    service.expire(trio.current_time())
+                except Exception:
+                    log.exception("timer failed", extra=context(service=service.name))
+            await trio.lowlevel.checkpoint()
+
+
+def _dispatch(service: Service, envelope: Envelope, log: logging.Logger) -> None:
+    try:
+        reply = service.handle(envelope.request, trio.current_time())
+    except Exception:
+        log.exception("request failed", extra=context(request=type(envelope.request).__name__))
+        reply = ServiceFailure(service.name)
+    if envelope.reply is not None:
+        # A caller that has gone away is ignored: nobody is waiting for this answer.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            envelope.reply.send_nowait(reply)
+        envelope.reply.close()
+
+
+def start_service(
+    nursery: trio.Nursery, service: Service, *, inbox_size: int = 1024
+) -> LocalAddress:
+    """Start ``service`` as one task in ``nursery``; returns its address."""
+    send, receive = trio.open_memory_channel[Envelope](inbox_size)
+    nursery.start_soon(run_service, service, receive, name=f"service:{service.name}")
+    return LocalAddress(service.name, send)

@@ -1,0 +1,425 @@
+"""SignalingRoom: pairing codes, consent pairing, and WebRTC/call relay
+(``../shared/spec/signaling.md``).
+
+``SignalingState`` is the pure state: it takes decoded messages and the current time and
+returns the frames to send, as ``(conn_id, frame)`` pairs. ``SignalingRoom`` is the service
+that drives it from its task and delivers those frames to the connections' queues.
+
+Invariants the state keeps:
+- A live code belongs to exactly one connection, and a connection holds at most one code.
+- Matches are symmetric: ``b in codes[a].matches`` iff ``a in codes[b].matches``.
+- A pending request exists only between two live codes; it ends when either side goes.
+- A reserved code (reconnect grace) has no connection and keeps its matches for 30 s, for
+  the same public key only; after that it is forgotten and its partners drop it.
+
+Timers (all on trio's clock): a pair request warns both sides at 90 s and times out at 120 s;
+a reservation ends 30 s after the disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from zajel.config import Config
+from zajel.logs import CodeRedactor, context
+from zajel.protocol import errors
+from zajel.protocol.frames import Invalid, encode
+from zajel.protocol.limits import SlidingWindow
+from zajel.protocol.signaling import (
+    PAIR_EXPIRING_WARNING_S,
+    PAIR_REQUEST_LIFETIME_S,
+    RECONNECT_GRACE_S,
+    PairAnswer,
+    PairRequest,
+    Ping,
+    Register,
+    Relay,
+    SignalMessage,
+)
+from zajel.services._deadlines import Deadlines
+from zajel.services._peers import CLOSE_TRY_AGAIN_LATER, Attach, ConnId, Detach, Inbound, Peer
+
+log = logging.getLogger("zajel.signaling")
+
+Out = tuple[ConnId, dict[str, Any]]
+
+PAIR_ERROR_UNPROCESSABLE: Final = "Pair request could not be processed"
+PAIR_ERROR_NO_REQUEST: Final = "No pending request from this peer"
+_REDACT_ALWAYS: Final = CodeRedactor(enabled=True)
+_EXPIRES_IN_MS: Final = int(PAIR_REQUEST_LIFETIME_S * 1000)
+_REMAINING_S: Final = int(PAIR_REQUEST_LIFETIME_S - PAIR_EXPIRING_WARNING_S)
+
+
+@attrs.frozen
+class SignalingStats:
+    connections: int
+    pairing_codes: int
+    pending_pair_requests: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "connections": self.connections,
+            "pairingCodes": self.pairing_codes,
+            "pendingPairRequests": self.pending_pair_requests,
+        }
+
+
+@attrs.define
+class _Code:
+    """A pairing code: live (``conn`` set) or reserved during the reconnect grace."""
+
+    conn: ConnId | None
+    public_key: str | None
+    matches: set[str] = attrs.field(factory=set)
+
+
+@attrs.define
+class _Pending:
+    requester: str
+    target: str
+    proposed_name: str | None
+
+
+# Timer keys: ("warn"|"timeout", requester, target) or ("grace", code, "").
+_TimerKey = tuple[str, str, str]
+
+
+class SignalingState:
+    """The room's state. No I/O: every method takes ``now`` and returns frames to send."""
+
+    def __init__(
+        self,
+        *,
+        pair_requests_per_minute: int = 10,
+        pending_per_target: int = 10,
+        redact: Callable[[str | None], str] = _REDACT_ALWAYS,
+    ) -> None:
+        self._pair_requests_per_minute = pair_requests_per_minute
+        self._pending_per_target = pending_per_target
+        self._redact = redact
+        self._codes: dict[str, _Code] = {}
+        self._conn_codes: dict[ConnId, str] = {}
+        # One pair-request limiter per open connection; its presence means "connected".
+        self._connections: dict[ConnId, SlidingWindow] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._incoming: dict[str, set[str]] = {}  # target -> requesters
+        self._outgoing: dict[str, set[str]] = {}  # requester -> targets
+        self._timers: Deadlines[_TimerKey] = Deadlines()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connect(self, conn: ConnId) -> None:
+        self._connections[conn] = SlidingWindow(self._pair_requests_per_minute, 60.0)
+
+    def disconnect(self, conn: ConnId, now: float) -> list[Out]:
+        """Clean up after ``conn``, whatever closed it. Unknown connections are ignored."""
+        self._connections.pop(conn, None)
+        code = self._conn_codes.get(conn)
+        if code is None:
+            return []
+        return self._release(code, now, grace=True)
+
+    def handle(self, conn: ConnId, message: SignalMessage, now: float) -> list[Out]:
+        """Answer one message from ``conn``, checking registration before fields."""
+        if conn not in self._connections:
+            return []  # already disconnected (e.g. dropped as a slow consumer)
+        code = self._conn_codes.get(conn)
+        if message.needs_registration and code is None:
+            return [(conn, errors.not_registered().to_frame())]
+        if isinstance(message, Invalid):
+            return [(conn, message.error.to_frame())]
+        if isinstance(message, Relay):
+            assert code is not None
+            return self._relay(conn, code, message)
+        if isinstance(message, Register):
+            return self._register(conn, message, now)
+        if isinstance(message, PairRequest):
+            assert code is not None
+            return self._pair_request(conn, code, message, now)
+        if isinstance(message, PairAnswer):
+            assert code is not None
+            return self._pair_answer(conn, code, message)
+        if isinstance(message, Ping):
+            return [(conn, {"type": "pong"})]
+        raise TypeError(f"not a signaling message: {message!r}")
+
+    # -- timers --------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        return self._timers.next_deadline()
+
+    def expire(self, now: float) -> list[Out]:
+        outs: list[Out] = []
+        for kind, first, second in self._timers.pop_due(now):
+            if kind == "grace":
+                entry = self._codes.get(first)
+                if entry is not None and entry.conn is None:
+                    log.debug("reconnect grace ended", extra=context(code=self._redact(first)))
+                    self._forget(first)
+                continue
+            pending = self._pending.get((first, second))
+            if pending is None:
+                continue
+            requester, target = self._live_conn(first), self._live_conn(second)
+            if kind == "warn":
+                for conn, other in ((requester, second), (target, first)):
+                    if conn is not None:
+                        outs.append((conn, _pair_expiring(other)))
+            else:
+                self._drop_pending(first, second)
+                if requester is not None:
+                    outs.append((requester, {"type": "pair_timeout", "peerCode": second}))
+        return outs
+
+    # -- queries -------------------------------------------------------------------------
+
+    def statistics(self) -> SignalingStats:
+        return SignalingStats(
+            connections=len(self._connections),
+            pairing_codes=len(self._conn_codes),
+            pending_pair_requests=len(self._pending),
+        )
+
+    def sizes(self) -> dict[str, int]:
+        """Entries in every internal map (memory-bound tests expect all zero when idle)."""
+        return {
+            "codes": len(self._codes),
+            "conn_codes": len(self._conn_codes),
+            "connections": len(self._connections),
+            "pending": len(self._pending),
+            "incoming": len(self._incoming),
+            "outgoing": len(self._outgoing),
+            "timers": len(self._timers),
+        }
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _register(self, conn: ConnId, message: Register, now: float) -> list[Out]:
+        code, key = message.pairing_code, message.public_key
+        entry = self._codes.get(code)
+        outs: list[Out] = []
+        reconnecting = entry is not None and entry.conn is None and key == entry.public_key
+        if entry is not None and entry.conn != conn and not (reconnecting and key is not None):
+            log.info("pairing code in use", extra=context(code=self._redact(code)))
+            return [(conn, _error(errors.PAIRING_CODE_IN_USE, "Pairing code already in use"))]
+        current = self._conn_codes.get(conn)
+        if current is not None and current != code:
+            outs += self._release(current, now, grace=False)
+        outs.append((conn, {"type": "registered", "pairingCode": code}))
+        if entry is None:
+            self._codes[code] = _Code(conn, key)
+        elif entry.conn is None:  # reconnect within the grace time: restore the matches
+            entry.conn = conn
+            self._timers.cancel(("grace", code, ""))
+            for partner in sorted(entry.matches):
+                partner_conn = self._live_conn(partner)
+                if partner_conn is not None:
+                    outs.append((partner_conn, {"type": "peer_joined", "pairingCode": code}))
+            log.info("peer reconnected", extra=context(code=self._redact(code)))
+        else:
+            entry.public_key = key
+        self._conn_codes[conn] = code
+        log.debug("registered", extra=context(code=self._redact(code), conn=conn))
+        return outs
+
+    def _pair_request(
+        self, conn: ConnId, sender: str, message: PairRequest, now: float
+    ) -> list[Out]:
+        if not self._connections[conn].allow(now):
+            return [(conn, errors.rate_limited("Too many pair requests").to_frame())]
+        target = message.target_code
+        target_conn = self._live_conn(target)
+        key = (sender, target)
+        if (
+            target == sender
+            or target_conn is None
+            or (
+                key not in self._pending
+                and len(self._incoming.get(target, ())) >= self._pending_per_target
+            )
+        ):
+            # One answer for self, unknown and full targets, so codes cannot be probed.
+            return [(conn, {"type": "pair_error", "error": PAIR_ERROR_UNPROCESSABLE})]
+        self._pending[key] = _Pending(sender, target, message.proposed_name)
+        self._incoming.setdefault(target, set()).add(sender)
+        self._outgoing.setdefault(sender, set()).add(target)
+        self._timers.schedule(("warn", sender, target), now + PAIR_EXPIRING_WARNING_S)
+        self._timers.schedule(("timeout", sender, target), now + PAIR_REQUEST_LIFETIME_S)
+        incoming: dict[str, Any] = {
+            "type": "pair_incoming",
+            "fromCode": sender,
+            "fromPublicKey": self._codes[sender].public_key,
+        }
+        if message.proposed_name is not None:
+            incoming["proposedName"] = message.proposed_name
+        incoming["expiresIn"] = _EXPIRES_IN_MS
+        log.debug(
+            "pair request",
+            extra=context(sender=self._redact(sender), target=self._redact(target)),
+        )
+        return [(target_conn, incoming)]
+
+    def _pair_answer(self, conn: ConnId, responder: str, message: PairAnswer) -> list[Out]:
+        requester = message.requester_code
+        if (requester, responder) not in self._pending:
+            return [(conn, {"type": "pair_error", "error": PAIR_ERROR_NO_REQUEST})]
+        self._drop_pending(requester, responder)
+        requester_entry = self._codes[requester]
+        requester_conn = requester_entry.conn
+        assert requester_conn is not None  # pending requests exist only between live codes
+        if not message.accepted:
+            log.debug("pair rejected", extra=context(requester=self._redact(requester)))
+            return [(requester_conn, {"type": "pair_rejected", "peerCode": responder})]
+        responder_entry = self._codes[responder]
+        requester_entry.matches.add(responder)
+        responder_entry.matches.add(requester)
+        log.info(
+            "pair matched",
+            extra=context(requester=self._redact(requester), responder=self._redact(responder)),
+        )
+        return [
+            (requester_conn, _pair_matched(responder, responder_entry.public_key, True)),
+            (conn, _pair_matched(requester, requester_entry.public_key, False)),
+        ]
+
+    def _relay(self, conn: ConnId, sender: str, message: Relay) -> list[Out]:
+        target = message.target
+        target_conn = self._live_conn(target) if target in self._codes[sender].matches else None
+        if target_conn is None:
+            return [(conn, _error(errors.PEER_NOT_FOUND, f"Peer not found: {target}"))]
+        return [(target_conn, {"type": message.type, "from": sender, "payload": message.payload})]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _live_conn(self, code: str) -> ConnId | None:
+        entry = self._codes.get(code)
+        return None if entry is None else entry.conn
+
+    def _release(self, code: str, now: float, *, grace: bool) -> list[Out]:
+        """``code``'s connection is gone (or moved to another code): end what involves it."""
+        entry = self._codes[code]
+        for target in list(self._outgoing.get(code, ())):
+            self._drop_pending(code, target)
+        for requester in list(self._incoming.get(code, ())):
+            self._drop_pending(requester, code)
+        if entry.conn is not None:
+            self._conn_codes.pop(entry.conn, None)
+        entry.conn = None
+        outs: list[Out] = []
+        for partner in sorted(entry.matches):
+            partner_conn = self._live_conn(partner)
+            if partner_conn is not None:
+                outs.append((partner_conn, {"type": "peer_left", "pairingCode": code}))
+        if grace and entry.matches and entry.public_key is not None:
+            self._timers.schedule(("grace", code, ""), now + RECONNECT_GRACE_S)
+            log.debug("reconnect grace started", extra=context(code=self._redact(code)))
+        else:
+            self._forget(code)
+        return outs
+
+    def _forget(self, code: str) -> None:
+        entry = self._codes.pop(code)
+        for partner in entry.matches:
+            partner_entry = self._codes.get(partner)
+            if partner_entry is not None:
+                partner_entry.matches.discard(code)
+
+    def _drop_pending(self, requester: str, target: str) -> None:
+        del self._pending[(requester, target)]
+        _discard(self._incoming, target, requester)
+        _discard(self._outgoing, requester, target)
+        self._timers.cancel(("warn", requester, target))
+        self._timers.cancel(("timeout", requester, target))
+
+
+def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[key]
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+def _pair_expiring(peer_code: str) -> dict[str, Any]:
+    return {"type": "pair_expiring", "peerCode": peer_code, "remainingSeconds": _REMAINING_S}
+
+
+def _pair_matched(peer_code: str, peer_key: str | None, initiator: bool) -> dict[str, Any]:
+    return {
+        "type": "pair_matched",
+        "peerCode": peer_code,
+        "peerPublicKey": peer_key,
+        "isInitiator": initiator,
+    }
+
+
+@attrs.frozen
+class GetStats:
+    """Request: reply with ``SignalingStats``."""
+
+
+class SignalingRoom:
+    """The service: owns a ``SignalingState`` and the connections' queues."""
+
+    name = "signaling"
+
+    def __init__(self, state: SignalingState) -> None:
+        self._state = state
+        self._peers: dict[ConnId, Peer] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> SignalingRoom:
+        return cls(
+            SignalingState(
+                pair_requests_per_minute=config.pair_requests_per_minute,
+                pending_per_target=config.pair_pending_per_target,
+                redact=CodeRedactor(enabled=config.redacts_codes),
+            )
+        )
+
+    @property
+    def state(self) -> SignalingState:
+        return self._state
+
+    def handle(self, request: Any, now: float) -> Any:
+        if type(request) is Inbound:
+            self._deliver(self._state.handle(request.conn_id, request.message, now), now)
+        elif type(request) is Attach:
+            self._peers[request.conn_id] = request.peer
+            self._state.connect(request.conn_id)
+        elif type(request) is Detach:
+            self._peers.pop(request.conn_id, None)
+            self._deliver(self._state.disconnect(request.conn_id, now), now)
+        elif type(request) is GetStats:
+            return self._state.statistics()
+        else:
+            raise TypeError(f"unknown request {type(request).__name__}")
+        return None
+
+    def next_deadline(self) -> float:
+        return self._state.next_deadline()
+
+    def expire(self, now: float) -> None:
+        self._deliver(self._state.expire(now), now)
+
+    def _deliver(self, outs: list[Out], now: float) -> None:
+        # A full queue means a slow client: drop it (1013) and deliver its cleanup frames too.
+        index = 0
+        while index < len(outs):
+            conn, frame = outs[index]
+            index += 1
+            peer = self._peers.get(conn)
+            if peer is None or peer.send_nowait(encode(frame)):
+                continue
+            log.warning("slow consumer disconnected", extra=context(conn=conn))
+            del self._peers[conn]
+            peer.close(CLOSE_TRY_AGAIN_LATER)
+            outs.extend(self._state.disconnect(conn, now))

@@ -1,0 +1,218 @@
+"""The app factory: HTTP routes and WebSocket endpoints over the services.
+
+Routes translate only: a request becomes a service message and the reply becomes a response.
+Protocol rules live in ``zajel.protocol`` and in the services.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from importlib import metadata
+from typing import Any
+
+import trio
+from quart import Response, jsonify, request, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from zajel.config import Config
+from zajel.logs import context
+from zajel.protocol import signaling as signaling_protocol
+from zajel.protocol.limits import KeyedWindowLimiter
+from zajel.services import Services
+from zajel.services.signaling import GetStats, SignalingStats
+from zajel.web.limits import ConnectionCaps, client_ip
+from zajel.web.sockets import Endpoint, serve_connection
+
+log = logging.getLogger("zajel.web")
+
+HEALTH_TIMEOUT_S = 1.0
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+    "Access-Control-Expose-Headers": "X-Bootstrap-Signature",
+}
+ENDPOINTS = {
+    "info": "GET /api/info",
+    "health": "GET /health",
+    "stats": "GET /stats",
+    "metrics": "GET /metrics",
+    "signaling": "WebSocket /signal",
+}
+FEATURES = [
+    "pairing-codes",
+    "consent-pairing",
+    "webrtc-signaling",
+    "call-signaling",
+    "reconnect-grace",
+]
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("zajel")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``origin`` is on the allowlist; ``http://localhost:*`` allows any port."""
+    for entry in allowed:
+        if entry == origin:
+            return True
+        if entry.endswith(":*"):
+            base = entry[:-2]
+            port = origin[len(base) + 1 :] if origin.startswith(base + ":") else ""
+            if port.isdigit():
+                return True
+    return False
+
+
+def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> QuartTrio:
+    """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001)."""
+    app = QuartTrio("zajel")
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
+    http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
+    signal_endpoint = Endpoint("signal", signaling_protocol.decode, services.signaling)
+
+    def remote_ip() -> str:
+        source = websocket if websocket else request
+        return client_ip(source.remote_addr, dict(source.headers), config.trust_proxy)
+
+    # -- cross-cutting HTTP behaviour ----------------------------------------------------
+
+    @app.before_request
+    async def limit_and_preflight() -> Response | None:
+        retry_after = http_limiter.check(remote_ip(), trio.current_time())
+        if retry_after is not None:
+            response = jsonify(error="Too Many Requests")
+            response.status_code = 429
+            response.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+            return response
+        if request.method == "OPTIONS":
+            return Response("", status=200)
+        return None
+
+    @app.after_request
+    async def add_headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(CORS_HEADERS)
+        origin = request.headers.get("Origin")
+        if origin and origin_allowed(origin, config.allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        response = jsonify(error=error.name)
+        response.status_code = error.code or 500
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        log.exception("request failed", extra=context(path=request.path))
+        response = jsonify(error="Internal Server Error")
+        response.status_code = 500
+        return response
+
+    # -- info, health, stats -------------------------------------------------------------
+
+    @app.get("/")
+    @app.get("/api/info")
+    async def info() -> Response:
+        return jsonify(
+            name="Zajel Server",
+            version=package_version(),
+            endpoints=ENDPOINTS,
+            features=FEATURES,
+        )
+
+    async def signaling_stats() -> SignalingStats | None:
+        with trio.move_on_after(HEALTH_TIMEOUT_S):
+            reply = await services.signaling.call(GetStats())
+            if isinstance(reply, SignalingStats):
+                return reply
+        return None
+
+    @app.get("/health")
+    async def health() -> Response:
+        stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        body: dict[str, Any] = {"status": "ok", "service": "zajel", "timestamp": stamp}
+        if await signaling_stats() is None:
+            body.update(status="degraded", failing=["signaling"])
+            response = jsonify(body)
+            response.status_code = 503
+            return response
+        return jsonify(body)
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        signaling = await signaling_stats()
+        if signaling is None:
+            response = jsonify(error="Service unavailable: signaling")
+            response.status_code = 503
+            return response
+        return jsonify(signaling=signaling.to_json(), connections=caps.total)
+
+    if config.metrics:
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            signaling = await signaling_stats()
+            lines = [
+                "# HELP zajel_websocket_connections Open WebSocket connections.",
+                "# TYPE zajel_websocket_connections gauge",
+                f"zajel_websocket_connections {caps.total}",
+            ]
+            if signaling is not None:
+                for name, value in signaling.to_json().items():
+                    metric = f"zajel_signaling_{_snake(name)}"
+                    lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
+            lines += [
+                "# TYPE zajel_up gauge",
+                f"zajel_up {int(signaling is not None)}",
+                "# TYPE zajel_time_seconds gauge",
+                f"zajel_time_seconds {time.time():.3f}",
+            ]
+            return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+
+    # -- WebSockets ----------------------------------------------------------------------
+
+    async def serve_socket(endpoint: Endpoint) -> Response | None:
+        ip = remote_ip()
+        if shutdown.is_set() or not caps.try_acquire(ip):
+            log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
+            response = jsonify(error="Too many connections")
+            response.status_code = 503
+            return response
+        try:
+            await websocket.accept()
+            # The connection's tasks use the object itself, not the context-local proxy.
+            current = websocket._get_current_object()  # type: ignore[attr-defined]
+            await serve_connection(current, endpoint, config, shutdown)
+        finally:
+            caps.release(ip)
+        return None
+
+    @app.websocket("/signal")
+    @app.websocket("/signal/<path:rest>")
+    async def signal(rest: str = "") -> Response | None:
+        return await serve_socket(signal_endpoint)
+
+    return app
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
