@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 import trio
-from quart import Response, jsonify, request, websocket
+from quart import Response, has_websocket_context, jsonify, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -122,7 +122,8 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        log.exception("request failed", extra=context(path=request.path))
+        path = websocket.path if has_websocket_context() else request.path
+        log.exception("request failed", extra=context(path=path), exc_info=error)
         response = jsonify(error="Internal Server Error")
         response.status_code = 500
         return response

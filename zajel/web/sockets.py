@@ -12,6 +12,7 @@ Frames over ``ws_max_message_bytes`` are refused by hypercorn with close code 10
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -99,7 +100,9 @@ async def serve_connection(
     finally:
         with trio.CancelScope(shield=True):
             peer.outbox.close()
-            await endpoint.service.cast(Detach(peer.conn_id))
+            # The service may already be gone when the whole server is being torn down.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await endpoint.service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     await websocket.close(peer.close_code)

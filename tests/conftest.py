@@ -1,0 +1,58 @@
+"""Shared fixtures: an in-process server on 127.0.0.1:0 whose clock the test controls."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from zajel.config import Config
+from zajel.server import serve
+
+
+@attrs.define
+class RunningServer:
+    """A server started in the test's own trio run (so it shares the test's clock)."""
+
+    url: str
+    config: Config
+    stop: trio.Event
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+
+def make_config(**overrides: Any) -> Config:
+    """A development config on a free port, with overrides."""
+    values: dict[str, Any] = {"env": "development", "host": "127.0.0.1", "port": 0}
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """A mock clock that runs at real speed; tests ``clock.jump(s)`` over TTLs."""
+    return trio.testing.MockClock(rate=1.0)
+
+
+async def start_server(nursery: trio.Nursery, config: Config) -> RunningServer:
+    stop = trio.Event()
+    url = await nursery.start(
+        lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+    )
+    return RunningServer(url=url, config=config, stop=stop)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
+    """The real app under hypercorn on 127.0.0.1:0, in-process. Idle timeout is long so that
+    clock jumps over protocol timers do not close idle test connections."""
+    running = await start_server(nursery, make_config(ws_idle_timeout=86_400.0))
+    yield running
+    running.stop.set()
