@@ -43,9 +43,7 @@ def clock() -> trio.testing.MockClock:
 
 async def start_server(nursery: trio.Nursery, config: Config) -> RunningServer:
     stop = trio.Event()
-    url = await nursery.start(
-        lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
-    )
+    url = await nursery.start(functools.partial(serve, config, shutdown_trigger=stop.wait))
     return RunningServer(url=url, config=config, stop=stop)
 
 

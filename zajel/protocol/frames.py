@@ -7,6 +7,7 @@ Every WebSocket message is one JSON object with a string ``type``
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 import attrs
@@ -25,7 +26,15 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"non-JSON constant {name}")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _parse_float(text: str) -> float:
+    # 1e400 is valid JSON text but overflows to inf, which cannot be encoded again.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
 def decode_object(data: str | bytes) -> dict[str, Any]:
@@ -33,7 +42,8 @@ def decode_object(data: str | bytes) -> dict[str, Any]:
 
     Raises:
         ProtocolError: ``invalid_message`` for a binary frame, text that is not JSON (including
-            nesting too deep to decode or numbers too long to convert), a JSON value that is not
+            nesting too deep to decode, numbers too long to convert or too large for a
+            float), a JSON value that is not
             an object, or an object without a string ``type``.
     """
     if not isinstance(data, str):

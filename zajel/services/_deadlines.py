@@ -31,6 +31,8 @@ class Deadlines(Generic[K]):
 
     def cancel(self, key: K) -> None:
         self._due.pop(key, None)
+        if len(self._heap) > 2 * len(self._due) + 64:
+            self._compact()
 
     def next_deadline(self) -> float:
         """The earliest live deadline, or ``inf`` when nothing is scheduled."""
@@ -42,7 +44,7 @@ class Deadlines(Generic[K]):
     def pop_due(self, now: float) -> list[K]:
         """Remove and return every key whose deadline is at or before ``now``, earliest first."""
         fired: list[K] = []
-        while self.next_deadline() <= now:
+        while self._due and self.next_deadline() <= now:
             _, _, key = heapq.heappop(self._heap)
             del self._due[key]
             fired.append(key)

@@ -103,12 +103,18 @@ async def run_service(
         while True:
             deadline = service.next_deadline()
             envelope: Envelope | None = None
-            if deadline > trio.current_time():
-                with trio.move_on_at(deadline):
-                    try:
+            try:
+                if deadline > trio.current_time():
+                    with trio.move_on_at(deadline):
                         envelope = await inbox.receive()
-                    except trio.EndOfChannel:
-                        return
+                else:
+                    # Timers are due, but still take one request: a timer that keeps
+                    # failing must not starve the inbox.
+                    await trio.lowlevel.checkpoint()
+                    with contextlib.suppress(trio.WouldBlock):
+                        envelope = inbox.receive_nowait()
+            except trio.EndOfChannel:
+                return
             if envelope is not None:
                 _dispatch(service, envelope, log)
                 # Drain what is already queued without a cancel scope per message.
@@ -125,7 +131,6 @@ async def run_service(
                     service.expire(trio.current_time())
                 except Exception:
                     log.exception("timer failed", extra=context(service=service.name))
-            await trio.lowlevel.checkpoint()
 
 
 def _dispatch(service: Service, envelope: Envelope, log: logging.Logger) -> None:

@@ -274,6 +274,8 @@ class SignalingState:
         if not message.accepted:
             log.debug("pair rejected", extra=context(requester=self._redact(requester)))
             return [(requester_conn, {"type": "pair_rejected", "peerCode": responder})]
+        if (responder, requester) in self._pending:
+            self._drop_pending(responder, requester)  # they asked each other: one match ends both
         responder_entry = self._codes[responder]
         requester_entry.matches.add(responder)
         responder_entry.matches.add(requester)

@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 import trio
-from quart import Response, has_websocket_context, jsonify, request, websocket
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -24,7 +24,7 @@ from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Services
 from zajel.services.signaling import GetStats, SignalingStats
 from zajel.web.limits import ConnectionCaps, client_ip
-from zajel.web.sockets import Endpoint, serve_connection
+from zajel.web.sockets import Endpoint, SocketRouter
 
 log = logging.getLogger("zajel.web")
 
@@ -82,11 +82,13 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
     http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
-    signal_endpoint = Endpoint("signal", signaling_protocol.decode, services.signaling)
+    endpoints = [Endpoint("signal", "/signal", signaling_protocol.decode, services.signaling)]
+    app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
+        app.asgi_app, endpoints, config=config, caps=caps, shutdown=shutdown
+    )
 
     def remote_ip() -> str:
-        source = websocket if websocket else request
-        return client_ip(source.remote_addr, dict(source.headers), config.trust_proxy)
+        return client_ip(request.remote_addr, request.headers.items(), config.trust_proxy)
 
     # -- cross-cutting HTTP behaviour ----------------------------------------------------
 
@@ -122,8 +124,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        path = websocket.path if has_websocket_context() else request.path
-        log.exception("request failed", extra=context(path=path), exc_info=error)
+        log.exception("request failed", extra=context(path=request.path), exc_info=error)
         response = jsonify(error="Internal Server Error")
         response.status_code = 500
         return response
@@ -188,29 +189,6 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
                 f"zajel_time_seconds {time.time():.3f}",
             ]
             return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
-
-    # -- WebSockets ----------------------------------------------------------------------
-
-    async def serve_socket(endpoint: Endpoint) -> Response | None:
-        ip = remote_ip()
-        if shutdown.is_set() or not caps.try_acquire(ip):
-            log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
-            response = jsonify(error="Too many connections")
-            response.status_code = 503
-            return response
-        try:
-            await websocket.accept()
-            # The connection's tasks use the object itself, not the context-local proxy.
-            current = websocket._get_current_object()  # type: ignore[attr-defined]
-            await serve_connection(current, endpoint, config, shutdown)
-        finally:
-            caps.release(ip)
-        return None
-
-    @app.websocket("/signal")
-    @app.websocket("/signal/<path:rest>")
-    async def signal(rest: str = "") -> Response | None:
-        return await serve_socket(signal_endpoint)
 
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 import attrs
 
@@ -36,14 +36,19 @@ class ConnectionCaps:
         return len(self._per_ip)
 
 
-def client_ip(peer_address: str | None, headers: Mapping[str, str], trust_proxy: str | None) -> str:
+def client_ip(
+    peer_address: str | None, headers: Iterable[tuple[str, str]], trust_proxy: str | None
+) -> str:
     """The client's IP: the socket's peer unless ``trust_proxy`` names a header to trust.
 
-    For ``X-Forwarded-For`` the right-most entry is the one the trusted proxy added (http.md,
-    Common headers); everything left of it is the client's own claim.
+    ``headers`` are all the request's (name, value) pairs; names match case-insensitively and
+    repeated headers are joined with commas. For ``X-Forwarded-For`` the right-most entry is
+    the one the trusted proxy added (http.md, Common headers); everything left of it is the
+    client's own claim.
     """
     if trust_proxy is not None:
-        value = headers.get(trust_proxy, "")
+        wanted = trust_proxy.lower()
+        value = ",".join(v for name, v in headers if name.lower() == wanted)
         if trust_proxy == "X-Forwarded-For":
             hops = [hop.strip() for hop in value.split(",") if hop.strip()]
             value = hops[-1] if hops else ""

@@ -1,9 +1,14 @@
-"""The connection machinery every WebSocket endpoint shares.
+"""The connection machinery every WebSocket endpoint shares, as a thin ASGI layer.
 
-One connection = one handler task with two children: a reader that rate-limits and decodes
-frames and casts them to the endpoint's service, and a writer that drains the connection's
-bounded outgoing queue to the socket. The service never waits on the socket: it queues with
-``send_nowait`` and closes the connection (1013) when the queue is full.
+The WebSocket paths are served by ``SocketRouter``, an ASGI middleware in front of the Quart
+app: it speaks the ASGI WebSocket messages directly, which spares every frame a task hop and
+the per-frame signal dispatch of Quart's WebSocket wrapper (the relay path is the server's
+hottest; see ``docs/architecture.md``). Everything else goes to Quart.
+
+One connection = one handler task with two children: the reader rate-limits and decodes frames
+and casts them to the endpoint's service; the writer drains the connection's bounded outgoing
+queue to the socket. The service never waits on the socket: it queues with ``send_nowait`` and
+closes the connection (1013) when the queue is full.
 
 Keep-alive is the transport's: hypercorn pings every ``ws_ping_interval`` and drops a
 connection that sent nothing, not even a pong, for ``ws_idle_timeout`` (its read timeout).
@@ -14,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import trio
-from quart import Websocket
 
 from zajel.config import Config
 from zajel.logs import context
@@ -36,6 +41,7 @@ from zajel.services._peers import (
     Detach,
     Inbound,
 )
+from zajel.web.limits import ConnectionCaps, client_ip
 
 log = logging.getLogger("zajel.web")
 
@@ -45,6 +51,11 @@ FLOOD_REFUSALS = 50
 FLOOD_WINDOW_S = 10.0
 # How long a close frame may take to go out before the handler gives up on the socket.
 CLOSE_TIMEOUT_S = 5.0
+
+# ASGI callables, kept loose: hypercorn's precise event unions add nothing at this layer.
+ASGIReceive = Callable[[], Awaitable[Any]]
+ASGISend = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
 
 _conn_ids = itertools.count(1)
 
@@ -56,7 +67,7 @@ class SocketPeer:
         self.conn_id = conn_id
         self.outbox, self.outbox_receive = trio.open_memory_channel[str](queue_size)
         self.close_code: int | None = None
-        self._scope: trio.CancelScope | None = None
+        self.scope = trio.CancelScope()
 
     def send_nowait(self, frame: str) -> bool:
         try:
@@ -70,33 +81,104 @@ class SocketPeer:
     def close(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
-        if self._scope is not None:
-            self._scope.cancel()
+        self.scope.cancel()
 
 
 @attrs.frozen
 class Endpoint:
-    """A WebSocket endpoint: how frames decode and which service gets them."""
+    """A WebSocket endpoint: the paths it serves, how frames decode, which service gets them."""
 
     name: str
+    path: str
     decode: Callable[[str | bytes], Any]
     service: Address
 
+    def matches(self, path: str) -> bool:
+        return path == self.path or path.startswith(self.path + "/")
+
+
+class SocketRouter:
+    """ASGI middleware: WebSocket handshakes on an endpoint's paths are served here."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        endpoints: Sequence[Endpoint],
+        *,
+        config: Config,
+        caps: ConnectionCaps,
+        shutdown: trio.Event,
+    ) -> None:
+        self.app = app
+        self.endpoints = tuple(endpoints)
+        self.config = config
+        self.caps = caps
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            for endpoint in self.endpoints:
+                if endpoint.matches(scope["path"]):
+                    await self._serve(endpoint, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, endpoint: Endpoint, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope.get("headers", ())
+        ]
+        peer_address = (scope.get("client") or ("unknown",))[0]
+        ip = client_ip(peer_address, headers, self.config.trust_proxy)
+        if self.shutdown.is_set() or not self.caps.try_acquire(ip):
+            log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
+            await _reject(scope, send, 503, {"error": "Too many connections"})
+            return
+        try:
+            await send({"type": "websocket.accept"})
+            await serve_connection(receive, send, endpoint, self.config, self.shutdown)
+        finally:
+            self.caps.release(ip)
+
+
+async def _reject(scope: dict[str, Any], send: ASGISend, status: int, body: Any) -> None:
+    """Refuse a handshake with an HTTP response (or a bare close where unsupported)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1013})
+        return
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": payload})
+
 
 async def serve_connection(
-    websocket: Websocket, endpoint: Endpoint, config: Config, shutdown: trio.Event
+    receive: ASGIReceive, send: ASGISend, endpoint: Endpoint, config: Config, shutdown: trio.Event
 ) -> None:
     """Run one accepted connection until it closes, then run its cleanup exactly once."""
     peer = SocketPeer(next(_conn_ids), config.ws_outbound_queue)
     await endpoint.service.cast(Attach(peer.conn_id, peer))
     log.debug("connected", extra=context(endpoint=endpoint.name, conn=peer.conn_id))
     try:
-        async with trio.open_nursery() as nursery:
-            peer._scope = nursery.cancel_scope
-            nursery.start_soon(_write, websocket, peer)
-            nursery.start_soon(_close_on_shutdown, peer, shutdown)
-            await _read(websocket, peer, endpoint, config)
-            nursery.cancel_scope.cancel()
+        with peer.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write, send, peer)
+                nursery.start_soon(_close_on_shutdown, peer, shutdown)
+                await _read(receive, peer, endpoint, config)
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             peer.outbox.close()
@@ -105,19 +187,24 @@ async def serve_connection(
                 await endpoint.service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await websocket.close(peer.close_code)
+                    await send({"type": "websocket.close", "code": peer.close_code})
         log.debug(
             "disconnected",
             extra=context(endpoint=endpoint.name, conn=peer.conn_id, code=peer.close_code),
         )
 
 
-async def _read(websocket: Websocket, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
+async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
     bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
     refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
     decode, service, conn_id = endpoint.decode, endpoint.service, peer.conn_id
     while True:
-        data = await websocket.receive()
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            return  # websocket.disconnect: the client or the transport closed
+        data = event.get("text")
+        if data is None:
+            data = event.get("bytes") or b""
         now = trio.current_time()
         if bucket.take(now):
             message = decode(data)
@@ -127,13 +214,17 @@ async def _read(websocket: Websocket, peer: SocketPeer, endpoint: Endpoint, conf
             log.warning("flood: connection closed", extra=context(conn=conn_id))
             peer.close(CLOSE_POLICY_VIOLATION)
             return
-        await service.cast(Inbound(conn_id, message))
+        inbound = Inbound(conn_id, message)
+        try:
+            service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
+        except trio.WouldBlock:
+            await service.cast(inbound)
 
 
-async def _write(websocket: Websocket, peer: SocketPeer) -> None:
+async def _write(send: ASGISend, peer: SocketPeer) -> None:
     async with peer.outbox_receive:
         async for frame in peer.outbox_receive:
-            await websocket.send(frame)
+            await send({"type": "websocket.send", "text": frame})
 
 
 async def _close_on_shutdown(peer: SocketPeer, shutdown: trio.Event) -> None:
