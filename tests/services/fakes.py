@@ -1,0 +1,34 @@
+"""Fakes for service tests: a peer connection with a bounded queue that records frames."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+class FakePeer:
+    """A connection as a service sees it: ``send_nowait`` fails once ``capacity`` frames wait."""
+
+    def __init__(self, capacity: float = math.inf) -> None:
+        self.capacity = capacity
+        self.frames: list[dict[str, Any]] = []
+        self.closed: list[int] = []
+
+    def send_nowait(self, frame: str) -> bool:
+        if len(self.frames) >= self.capacity:
+            return False
+        frame.encode("utf-8")  # a text frame must be valid UTF-8
+        self.frames.append(json.loads(frame))
+        return True
+
+    def close(self, code: int) -> None:
+        self.closed.append(code)
+
+    def types(self) -> list[str]:
+        return [frame["type"] for frame in self.frames]
+
+    def take(self) -> list[dict[str, Any]]:
+        """The frames received so far; the queue is empty afterwards."""
+        frames, self.frames = self.frames, []
+        return frames

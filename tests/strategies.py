@@ -1,0 +1,128 @@
+"""Hypothesis strategies shared by the test suite.
+
+Frames are built from three layers: arbitrary JSON values, JSON-ish objects that look like
+``/signal`` messages (a known or random ``type`` with known or random fields), and arbitrary
+text or bytes that may not be JSON at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from hypothesis import strategies as st
+
+from zajel.protocol.fields import PAIRING_CODE_ALPHABET
+from zajel.protocol.signaling import KNOWN_TYPES
+
+# -- JSON values ---------------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+
+json_values: st.SearchStrategy[Any] = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+json_objects: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
+    st.text(max_size=8), json_values, max_size=5
+)
+
+# -- identifiers ---------------------------------------------------------------------------
+
+pairing_codes = st.text(alphabet=PAIRING_CODE_ALPHABET, min_size=6, max_size=6)
+
+# Strings that look almost like pairing codes: wrong length, lower case, excluded letters.
+near_pairing_codes = st.text(
+    alphabet=PAIRING_CODE_ALPHABET + PAIRING_CODE_ALPHABET.lower() + "01OI -",
+    min_size=0,
+    max_size=8,
+)
+
+public_keys = st.binary(min_size=32, max_size=32).map(lambda raw: base64.b64encode(raw).decode())
+
+# -- /signal messages ----------------------------------------------------------------------
+
+message_types = st.sampled_from(sorted(KNOWN_TYPES)) | st.text(max_size=12)
+
+SIGNAL_FIELDS = (
+    "pairingCode",
+    "publicKey",
+    "targetCode",
+    "proposedName",
+    "accepted",
+    "target",
+    "payload",
+)
+
+call_payloads = st.fixed_dictionaries(
+    {},
+    optional={
+        "callId": st.text(max_size=10),
+        "sdp": st.text(max_size=30) | json_scalars,
+        "candidate": st.text(max_size=30) | json_objects | json_scalars,
+        "withVideo": st.booleans(),
+        "reason": st.text(max_size=10),
+    },
+)
+
+field_values = (
+    pairing_codes
+    | near_pairing_codes
+    | public_keys
+    | json_values
+    | call_payloads
+    | st.text(max_size=70)
+)
+
+signal_objects: st.SearchStrategy[dict[str, Any]] = st.builds(
+    lambda extra, known, type_: {**extra, **known, "type": type_},
+    json_objects,
+    st.fixed_dictionaries({}, optional={name: field_values for name in SIGNAL_FIELDS}),
+    message_types,
+)
+
+# -- frames as received --------------------------------------------------------------------
+
+_raw_fragments = st.sampled_from(
+    [
+        "",
+        "{",
+        "}",
+        "[]",
+        "null",
+        '{"type":1}',
+        '{"type":null}',
+        '{"type":"ping"}',
+        '{"type":"x","n":NaN}',
+        '{"type":"x","n":Infinity}',
+        '{"type":"x","n":-Infinity}',
+        '"\\ud800"',
+        '{"type":"\\udfff"}',
+        "[" * 50,
+    ]
+)
+
+
+def _dumps(value: Any, ensure_ascii: bool) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii)
+
+
+frame_texts: st.SearchStrategy[str] = st.one_of(
+    st.text(),
+    _raw_fragments,
+    st.builds(_dumps, json_values, st.booleans()),
+    st.builds(_dumps, signal_objects, st.booleans()),
+)
+
+frames: st.SearchStrategy[str | bytes] = frame_texts | st.binary(max_size=64)

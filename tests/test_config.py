@@ -1,0 +1,258 @@
+"""Configuration (operations.md, Configuration): ``ZAJEL_*`` variables, flags, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zajel.config import Config, ConfigError
+
+SECRETS = {
+    "ZAJEL_BOOTSTRAP_SIGNING_KEY": "b" * 64,
+    "ZAJEL_ATTESTATION_SIGNING_KEY": "a" * 64,
+    "ZAJEL_BUILD_TOKEN_VERIFY_KEY": "dmVyaWZ5LWtleS1zZWNyZXQ=",
+    "ZAJEL_SERVER_REGISTRY_SECRET": "registry-secret-value",
+    "ZAJEL_CI_UPLOAD_SECRET": "ci-upload-secret-value",
+}
+
+
+def test_defaults():
+    config = Config.from_env({})
+    assert config == Config()
+    assert config.env == "development"
+    assert config.host == "127.0.0.1"
+    assert config.port == 8080
+    assert config.data_dir == Path("data")
+    assert config.log_level == "DEBUG"
+    assert config.log_format == "text"
+    assert config.metrics is True
+    assert config.allowed_origins == ()
+    assert config.trust_proxy is None
+    assert config.bootstrap_signing_key is None
+    assert config.server_registry_secret is None
+    assert (config.ws_max_message_bytes, config.chunk_max_bytes) == (262_144, 65_536)
+    assert (config.ws_message_rate, config.ws_message_burst) == (100.0, 200)
+    assert (config.pair_requests_per_minute, config.pair_pending_per_target) == (10, 10)
+    assert (config.rendezvous_max_items, config.chunk_announce_max) == (50, 100)
+    assert (config.ws_max_connections, config.ws_max_connections_per_ip) == (10_000, 100)
+    assert config.http_rate_per_minute == 100
+    assert config.ws_outbound_queue == 256
+    assert (config.ws_ping_interval, config.ws_idle_timeout) == (30.0, 120.0)
+    assert config.redacts_codes is False
+
+
+def test_every_setting_from_the_environment():
+    environ = {
+        "ZAJEL_ENV": "production",
+        "ZAJEL_HOST": "0.0.0.0",
+        "ZAJEL_PORT": "9000",
+        "ZAJEL_DATA_DIR": "/var/lib/zajel",
+        "ZAJEL_LOG_LEVEL": "ERROR",
+        "ZAJEL_LOG_FORMAT": "json",
+        "ZAJEL_METRICS": "off",
+        "ZAJEL_ALLOWED_ORIGINS": " https://a.example , http://localhost:*,, ",
+        "ZAJEL_TRUST_PROXY": "x-forwarded-for",
+        "ZAJEL_WS_MAX_MESSAGE_BYTES": "4096",
+        "ZAJEL_CHUNK_MAX_BYTES": "2048",
+        "ZAJEL_WS_MESSAGE_RATE": "2.5",
+        "ZAJEL_WS_MESSAGE_BURST": "5",
+        "ZAJEL_PAIR_REQUESTS_PER_MINUTE": "3",
+        "ZAJEL_PAIR_PENDING_PER_TARGET": "4",
+        "ZAJEL_RENDEZVOUS_MAX_ITEMS": "6",
+        "ZAJEL_CHUNK_ANNOUNCE_MAX": "7",
+        "ZAJEL_WS_MAX_CONNECTIONS": "8",
+        "ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "9",
+        "ZAJEL_HTTP_RATE_PER_MINUTE": "11",
+        "ZAJEL_WS_OUTBOUND_QUEUE": "12",
+        "ZAJEL_WS_PING_INTERVAL": "15",
+        "ZAJEL_WS_IDLE_TIMEOUT": "60.5",
+        **SECRETS,
+    }
+    config = Config.from_env(environ)
+    assert config.env == "production"
+    assert config.redacts_codes is True
+    assert config.host == "0.0.0.0"
+    assert config.port == 9000
+    assert config.data_dir == Path("/var/lib/zajel")
+    assert config.log_level == "ERROR"
+    assert config.log_format == "json"
+    assert config.metrics is False
+    assert config.allowed_origins == ("https://a.example", "http://localhost:*")
+    assert config.trust_proxy == "X-Forwarded-For"
+    assert config.ws_max_message_bytes == 4096
+    assert config.chunk_max_bytes == 2048
+    assert config.ws_message_rate == 2.5
+    assert config.ws_message_burst == 5
+    assert config.pair_requests_per_minute == 3
+    assert config.pair_pending_per_target == 4
+    assert config.rendezvous_max_items == 6
+    assert config.chunk_announce_max == 7
+    assert config.ws_max_connections == 8
+    assert config.ws_max_connections_per_ip == 9
+    assert config.http_rate_per_minute == 11
+    assert config.ws_outbound_queue == 12
+    assert config.ws_ping_interval == 15.0
+    assert config.ws_idle_timeout == 60.5
+    assert config.bootstrap_signing_key == "b" * 64
+    assert config.attestation_signing_key == "a" * 64
+    assert config.build_token_verify_key == SECRETS["ZAJEL_BUILD_TOKEN_VERIFY_KEY"]
+    assert config.server_registry_secret == "registry-secret-value"
+    assert config.ci_upload_secret == "ci-upload-secret-value"
+
+
+def test_flags_override_the_environment():
+    environ = {"ZAJEL_PORT": "9000", "ZAJEL_HOST": "0.0.0.0", "ZAJEL_ENV": "qa"}
+    config = Config.from_env(
+        environ, port=7000, env="production", data_dir="/srv/zajel", log_format="json"
+    )
+    assert config.port == 7000
+    assert config.env == "production"
+    assert config.data_dir == Path("/srv/zajel")
+    assert config.log_format == "json"
+    assert config.host == "0.0.0.0"  # no flag: the environment still counts
+
+
+def test_unset_flags_fall_back_to_the_environment():
+    config = Config.from_env({"ZAJEL_PORT": "9000", "ZAJEL_ENV": "qa"}, port=None, env=None)
+    assert config.port == 9000
+    assert config.env == "qa"
+
+
+def test_port_zero_picks_a_free_port():
+    assert Config.from_env({"ZAJEL_PORT": "0"}).port == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "env"),
+    [
+        ({"ENVIRONMENT": "production"}, "production"),
+        ({"NODE_ENV": "qa"}, "qa"),
+        ({"ENVIRONMENT": "QA", "NODE_ENV": "production"}, "qa"),
+        ({"ENVIRONMENT": "", "NODE_ENV": "production"}, "production"),
+        ({"ZAJEL_ENV": "development", "ENVIRONMENT": "production"}, "development"),
+        ({"ZAJEL_ENV": " ", "NODE_ENV": "production"}, "production"),
+        ({"ZAJEL_ENV": "Production"}, "production"),
+    ],
+)
+def test_environment_fallbacks(environ, env):
+    assert Config.from_env(environ).env == env
+
+
+@pytest.mark.parametrize(
+    ("environ", "level"),
+    [
+        ({}, "DEBUG"),
+        ({"ZAJEL_ENV": "production"}, "INFO"),
+        ({"ZAJEL_ENV": "qa"}, "INFO"),
+        ({"ZAJEL_ENV": "production", "ZAJEL_LOG_LEVEL": "debug"}, "DEBUG"),
+        ({"ZAJEL_LOG_LEVEL": "warning"}, "WARNING"),
+        ({"ZAJEL_LOG_LEVEL": "warn"}, "WARNING"),
+        ({"ZAJEL_LOG_LEVEL": "WARN"}, "WARNING"),
+        ({"ZAJEL_LOG_LEVEL": "info"}, "INFO"),
+        ({"ZAJEL_LOG_LEVEL": "error"}, "ERROR"),
+    ],
+)
+def test_log_levels(environ, level):
+    assert Config.from_env(environ).log_level == level
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "65536"),
+        ("PORT", "-1"),
+        ("PORT", "http"),
+        ("PORT", "80.5"),
+        ("PORT", "1e3"),
+        ("ENV", "staging"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_LEVEL", "critical"),
+        ("LOG_FORMAT", "xml"),
+        ("METRICS", "yes"),
+        ("TRUST_PROXY", "X-Real-IP"),
+        ("WS_MESSAGE_RATE", "NaN"),
+        ("WS_MESSAGE_RATE", "nan"),
+        ("WS_MESSAGE_RATE", "inf"),
+        ("WS_MESSAGE_RATE", "0"),
+        ("WS_MESSAGE_RATE", "fast"),
+        ("WS_MESSAGE_BURST", "0"),
+        ("WS_MESSAGE_BURST", "2.5"),
+        ("WS_MAX_MESSAGE_BYTES", "10"),
+        ("CHUNK_MAX_BYTES", "999999999"),
+        ("PAIR_REQUESTS_PER_MINUTE", "0"),
+        ("PAIR_PENDING_PER_TARGET", "-3"),
+        ("RENDEZVOUS_MAX_ITEMS", "ten"),
+        ("CHUNK_ANNOUNCE_MAX", "0"),
+        ("WS_MAX_CONNECTIONS", "0"),
+        ("WS_MAX_CONNECTIONS_PER_IP", "many"),
+        ("HTTP_RATE_PER_MINUTE", "0"),
+        ("WS_OUTBOUND_QUEUE", "0"),
+        ("WS_PING_INTERVAL", "NaN"),
+        ("WS_PING_INTERVAL", "0"),
+        ("WS_IDLE_TIMEOUT", "-5"),
+        ("WS_IDLE_TIMEOUT", "forever"),
+    ],
+)
+def test_invalid_values_name_the_setting(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({f"ZAJEL_{name}": value})
+    message = str(caught.value)
+    assert message.startswith(f"ZAJEL_{name}: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        ({"port": 70_000}, "PORT"),
+        ({"port": "abc"}, "PORT"),
+        ({"env": "live"}, "ENV"),
+        ({"log_format": "yaml"}, "LOG_FORMAT"),
+    ],
+)
+def test_invalid_flags_name_the_setting(flags, name):
+    with pytest.raises(ConfigError, match=rf"^ZAJEL_{name}: "):
+        Config.from_env({}, **flags)
+
+
+def test_invalid_environment_fallback_names_zajel_env():
+    with pytest.raises(ConfigError, match=r"^ZAJEL_ENV: "):
+        Config.from_env({"NODE_ENV": "test"})
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_empty_values_count_as_unset():
+    config = Config.from_env(
+        {"ZAJEL_PORT": "", "ZAJEL_HOST": "  ", "ZAJEL_SERVER_REGISTRY_SECRET": " "}
+    )
+    assert config.port == 8080
+    assert config.host == "127.0.0.1"
+    assert config.server_registry_secret is None
+
+
+def test_trust_proxy_names_are_normalised():
+    assert Config.from_env({"ZAJEL_TRUST_PROXY": "cf-connecting-ip"}).trust_proxy == (
+        "CF-Connecting-IP"
+    )
+    assert Config.from_env({"ZAJEL_TRUST_PROXY": "X-Forwarded-For"}).trust_proxy == (
+        "X-Forwarded-For"
+    )
+
+
+def test_secrets_are_not_in_repr():
+    config = Config.from_env(SECRETS)
+    text = repr(config)
+    for secret in SECRETS.values():
+        assert secret not in text
+    assert "port=8080" in text  # the rest is still shown
+    assert "server_registry_secret" not in text
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
