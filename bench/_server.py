@@ -1,0 +1,137 @@
+"""Start a ``zajel serve`` process for a benchmark, read its CPU time, and stop it.
+
+Usage::
+
+    async with running_server({"ZAJEL_WS_MESSAGE_RATE": "1e9"}) as srv:
+        ...  # connect to srv.url
+        before = srv.cpu_seconds()
+        ...  # the measured phase
+        used = srv.cpu_seconds() - before
+    srv.exit_code  # set once the server has exited after SIGTERM
+
+The server runs as ``python -m zajel serve --port 0`` with the repository importable, its log
+level at ``warning`` and a temporary data directory; ``env_overrides`` win over both the
+inherited environment and these defaults. ``python_args`` go between the interpreter and
+``-m zajel`` (e.g. ``["-m", "cProfile", "-o", "prof.out"]`` to profile it). Its stderr is
+inherited so that a failed start explains itself; its stdout is read for the line
+``zajel listening on http://HOST:PORT`` and then drained.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENING_PREFIX = "zajel listening on "
+MAX_STARTUP_OUTPUT = 64 * 1024  # bytes of stdout read while waiting for the listening line
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, from ``/proc/<pid>/stat`` (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) is in parentheses and may contain spaces: split after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """A running server: where it listens, its pid, and its CPU time."""
+
+    def __init__(self, process: trio.Process, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+
+async def _read_listening_line(stdout: trio.abc.ReceiveStream) -> str:
+    buffer = b""
+    while len(buffer) < MAX_STARTUP_OUTPUT:
+        chunk = await stdout.receive_some(4096)
+        if not chunk:
+            break
+        buffer += chunk
+        for raw in buffer.split(b"\n")[:-1]:  # complete lines only
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith(LISTENING_PREFIX):
+                return line[len(LISTENING_PREFIX) :]
+    raise RuntimeError(f"server did not report its address; stdout was {buffer[-2000:]!r}")
+
+
+async def _drain(stdout: trio.abc.ReceiveStream) -> None:
+    while await stdout.receive_some(65536):
+        pass
+
+
+@asynccontextmanager
+async def running_server(
+    env_overrides: Mapping[str, str] | None = None,
+    *,
+    python_args: Sequence[str] = (),
+    startup_timeout: float = 30.0,
+    stop_timeout: float = 15.0,
+) -> AsyncIterator[ServerProcess]:
+    """Run a server for the duration of the block; SIGTERM it at the end and check it exits.
+
+    Raises:
+        RuntimeError: the server did not start within ``startup_timeout``, or did not exit
+            within ``stop_timeout`` of SIGTERM (it is then killed).
+    """
+    with tempfile.TemporaryDirectory(prefix="zajel-bench-") as data_dir:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env.update({"ZAJEL_LOG_LEVEL": "warning", "ZAJEL_DATA_DIR": data_dir})
+        env.update(env_overrides or {})
+        command = [sys.executable, *python_args, "-m", "zajel", "serve", "--port", "0"]
+        process = await trio.lowlevel.open_process(
+            command, env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(startup_timeout) as startup:
+                    url = await _read_listening_line(process.stdout)
+                if startup.cancelled_caught:
+                    raise RuntimeError(f"server did not start within {startup_timeout} s")
+                nursery.start_soon(_drain, process.stdout)
+                server = ServerProcess(process, url)
+                yield server
+                server.exit_code = await _stop(process, stop_timeout)
+                if server.exit_code != 0:
+                    raise RuntimeError(f"server exited with code {server.exit_code}")
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    if process.returncode is None:  # an error above: do not leave it running
+                        await _stop(process, stop_timeout)
+                finally:
+                    await process.stdout.aclose()
+
+
+async def _stop(process: trio.Process, grace_s: float) -> int:
+    """SIGTERM, wait up to ``grace_s``; SIGKILL and raise if it is still running."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(grace_s):
+        return await process.wait()
+    process.kill()
+    await process.wait()
+    raise RuntimeError(f"server did not exit within {grace_s} s of SIGTERM; killed")
