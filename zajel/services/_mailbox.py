@@ -101,36 +101,35 @@ async def run_service(
     task_status.started()
     async with inbox:
         while True:
-            deadline = service.next_deadline()
-            envelope: Envelope | None = None
-            try:
-                if deadline > trio.current_time():
-                    with trio.move_on_at(deadline):
-                        envelope = await inbox.receive()
-                else:
-                    # Timers are due, but still take one request: a timer that keeps
-                    # failing must not starve the inbox.
-                    await trio.lowlevel.checkpoint()
-                    with contextlib.suppress(trio.WouldBlock):
-                        envelope = inbox.receive_nowait()
-            except trio.EndOfChannel:
-                return
-            if envelope is not None:
-                _dispatch(service, envelope, log)
-                # Drain what is already queued without a cancel scope per message.
+            # One cancel scope per timer firing, not per request: creating a scope costs more
+            # than handling a relay, while moving its deadline is cheap.
+            with trio.CancelScope(deadline=service.next_deadline()) as wait:
                 while True:
                     try:
-                        envelope = inbox.receive_nowait()
-                    except trio.WouldBlock:
-                        break
+                        envelope = await inbox.receive()
                     except trio.EndOfChannel:
                         return
                     _dispatch(service, envelope, log)
-            if service.next_deadline() <= trio.current_time():
-                try:
-                    service.expire(trio.current_time())
-                except Exception:
-                    log.exception("timer failed", extra=context(service=service.name))
+                    # Drain what is already queued without a checkpoint per request.
+                    while True:
+                        try:
+                            envelope = inbox.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        except trio.EndOfChannel:
+                            return
+                        _dispatch(service, envelope, log)
+                    deadline = service.next_deadline()
+                    if deadline != wait.deadline:
+                        wait.deadline = deadline
+            try:
+                service.expire(trio.current_time())
+            except Exception:
+                log.exception("timer failed", extra=context(service=service.name))
+            # A timer that keeps failing must not starve the inbox: take one request first.
+            await trio.lowlevel.checkpoint()
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                _dispatch(service, inbox.receive_nowait(), log)
 
 
 def _dispatch(service: Service, envelope: Envelope, log: logging.Logger) -> None:

@@ -222,9 +222,21 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
 
 
 async def _write(send: ASGISend, peer: SocketPeer) -> None:
-    async with peer.outbox_receive:
-        async for frame in peer.outbox_receive:
+    outbox = peer.outbox_receive
+    async with outbox:
+        while True:
+            try:
+                frame = await outbox.receive()
+            except trio.EndOfChannel:
+                return
             await send({"type": "websocket.send", "text": frame})
+            # Drain what is queued without a scheduler round trip per frame.
+            while True:
+                try:
+                    frame = outbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await send({"type": "websocket.send", "text": frame})
 
 
 async def _close_on_shutdown(peer: SocketPeer, shutdown: trio.Event) -> None:
