@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict zajel
 
 bench: $(STAMP)
-	$(BIN)/python bench/signaling.py $(ARGS)
+	$(BIN)/python bench/signaling.py --pairs 10 --messages 2000 --window 32
+	$(BIN)/python bench/transport_floor.py --connections 20 --frames 4000 --window 32
 
 format: $(STAMP)
 	$(BIN)/ruff format .

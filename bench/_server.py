@@ -84,10 +84,14 @@ async def running_server(
     env_overrides: Mapping[str, str] | None = None,
     *,
     python_args: Sequence[str] = (),
+    command_args: Sequence[str] = ("-m", "zajel", "serve", "--port", "0"),
     startup_timeout: float = 30.0,
     stop_timeout: float = 15.0,
 ) -> AsyncIterator[ServerProcess]:
     """Run a server for the duration of the block; SIGTERM it at the end and check it exits.
+
+    ``command_args`` follow the interpreter; the process must print the line
+    ``zajel listening on URL`` and exit 0 on SIGTERM.
 
     Raises:
         RuntimeError: the server did not start within ``startup_timeout``, or did not exit
@@ -100,7 +104,7 @@ async def running_server(
         )
         env.update({"ZAJEL_LOG_LEVEL": "warning", "ZAJEL_DATA_DIR": data_dir})
         env.update(env_overrides or {})
-        command = [sys.executable, *python_args, "-m", "zajel", "serve", "--port", "0"]
+        command = [sys.executable, *python_args, *command_args]
         process = await trio.lowlevel.open_process(
             command, env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
         )
