@@ -45,6 +45,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"zajel: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"zajel: configuration error: ZAJEL_DATA_DIR: cannot create {config.data_dir}: "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
     logs.configure(config.log_level, config.log_format)
 
     async def run() -> None:
