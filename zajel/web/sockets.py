@@ -57,6 +57,14 @@ ASGIReceive = Callable[[], Awaitable[Any]]
 ASGISend = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]
 
+# The headers every HTTP response carries (http.md, Common headers), on refused handshakes too.
+REJECTION_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
 _conn_ids = itertools.count(1)
 
 
@@ -116,12 +124,16 @@ class SocketRouter:
         self.shutdown = shutdown
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
-            for endpoint in self.endpoints:
-                if endpoint.matches(scope["path"]):
-                    await self._serve(endpoint, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        for endpoint in self.endpoints:
+            if endpoint.matches(scope["path"]):
+                await self._serve(endpoint, scope, receive, send)
+                return
+        # conventions.md: a handshake on an unknown path is refused with HTTP 404.
+        if (await receive())["type"] == "websocket.connect":
+            await _reject(scope, send, 404, {"error": "Not Found"})
 
     async def _serve(
         self, endpoint: Endpoint, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend
@@ -159,6 +171,7 @@ async def _reject(scope: dict[str, Any], send: ASGISend, status: int, body: Any)
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *REJECTION_HEADERS,
             ],
         }
     )

@@ -1,0 +1,52 @@
+"""The signaling benchmark runs end to end with tiny numbers: it starts its own server, relays
+every message, and reports one JSON line on stdout and in its results file. Speed is not
+checked here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_signaling_benchmark_reports_every_relayed_message(tmp_path):
+    out = tmp_path / "x.jsonl"
+    pairs, messages, window = 2, 20, 4
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "bench/signaling.py",
+            f"--pairs={pairs}",
+            f"--messages={messages}",
+            f"--window={window}",
+            "--timeout=60",
+            f"--out={out}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.strip().splitlines()
+    assert len(lines) == 1, finished.stdout
+    result = json.loads(lines[0])
+
+    assert result["benchmark"] == "signaling"
+    assert (result["pairs"], result["messages_per_direction"], result["window"]) == (
+        pairs,
+        messages,
+        window,
+    )
+    # Each direction: M messages relayed out and M acknowledgements relayed back.
+    assert result["relayed"] == 4 * pairs * messages
+    assert result["errors"] == 0
+    assert result["lost"] == 0
+    assert result["samples"] == 2 * pairs * messages
+    assert result["p50_ms"] <= result["p99_ms"]
+    assert result["server_cpu_s"] is not None
+    assert out.read_text().splitlines() == [lines[0]]
