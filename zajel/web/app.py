@@ -23,23 +23,13 @@ from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Services
 from zajel.services.signaling import GetStats, SignalingStats
+from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip
 from zajel.web.sockets import Endpoint, SocketRouter
 
 log = logging.getLogger("zajel.web")
 
 HEALTH_TIMEOUT_S = 1.0
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-}
-CORS_HEADERS = {
-    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Content-Type, Authorization",
-    "Access-Control-Expose-Headers": "X-Bootstrap-Signature",
-}
 ENDPOINTS = {
     "info": "GET /api/info",
     "health": "GET /health",

@@ -41,6 +41,7 @@ from zajel.services._peers import (
     Detach,
     Inbound,
 )
+from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip
 
 log = logging.getLogger("zajel.web")
@@ -57,12 +58,10 @@ ASGIReceive = Callable[[], Awaitable[Any]]
 ASGISend = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]
 
-# The headers every HTTP response carries (http.md, Common headers), on refused handshakes too.
+# Refused handshakes are HTTP responses too: they carry the same security headers.
 REJECTION_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"cache-control", b"no-store"),
-    (b"referrer-policy", b"no-referrer"),
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in SECURITY_HEADERS.items()
 ]
 
 _conn_ids = itertools.count(1)
