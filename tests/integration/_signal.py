@@ -11,6 +11,7 @@ import trio
 import trio_websocket
 
 from zajel.client import SignalClient, connect_signal, generate_public_key
+from zajel.client import pair as pair  # re-exported for the tests
 
 
 def error(code: str, message: str) -> dict[str, Any]:
@@ -34,17 +35,6 @@ async def assert_quiet(*clients: SignalClient) -> None:
 async def expect(client: SignalClient, frame: dict[str, Any]) -> None:
     """The next frame of ``client`` is exactly ``frame``."""
     assert await client.receive() == frame
-
-
-async def pair(requester: SignalClient, responder: SignalClient) -> None:
-    """Consent-pair two registered clients, checking each step's frame type."""
-    assert requester.code is not None
-    assert responder.code is not None
-    await requester.pair_request(responder.code)
-    await responder.expect("pair_incoming")
-    await responder.pair_response(requester.code, True)
-    await requester.expect("pair_matched")
-    await responder.expect("pair_matched")
 
 
 @asynccontextmanager

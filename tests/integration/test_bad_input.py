@@ -16,19 +16,11 @@ import trio_websocket
 from tests.conftest import make_config, start_server
 from tests.integration._signal import error, expect, open_socket, read_until_closed
 from zajel.client import SignalClient, connect_signal, generate_public_key
+from zajel.protocol import signaling
 
 CODE, OTHER = "AAAAAA", "BBBBBB"
 KEY = generate_public_key()
-RELAY_TYPES = (
-    "offer",
-    "answer",
-    "ice_candidate",
-    "call_offer",
-    "call_answer",
-    "call_reject",
-    "call_hangup",
-    "call_ice",
-)
+RELAY_TYPES = tuple(sorted(signaling.RELAY_TYPES))
 MISSING = object()
 INVALID_FORMAT = "Invalid message format"
 
