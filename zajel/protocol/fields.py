@@ -12,7 +12,7 @@ import binascii
 import re
 from typing import Any
 
-from zajel.protocol.errors import ProtocolError, invalid_field
+from zajel.protocol.errors import invalid_field
 
 PAIRING_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LENGTH = 6
@@ -78,15 +78,3 @@ def require_object(obj: dict[str, Any], field: str) -> dict[str, Any]:
         raise invalid_field(f"Invalid {field}: expected a JSON object")
     return value
 
-
-__all__ = [
-    "PAIRING_CODE_ALPHABET",
-    "ProtocolError",
-    "is_pairing_code",
-    "is_x25519_public_key",
-    "optional_public_key",
-    "optional_string",
-    "require_bool",
-    "require_object",
-    "require_pairing_code",
-]
