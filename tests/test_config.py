@@ -216,9 +216,14 @@ def test_invalid_flags_name_the_setting(flags, name):
         Config.from_env({}, **flags)
 
 
-def test_invalid_environment_fallback_names_zajel_env():
-    with pytest.raises(ConfigError, match=r"^ZAJEL_ENV: "):
+def test_invalid_environment_fallback_names_zajel_env_and_the_variable_it_came_from():
+    with pytest.raises(ConfigError, match=r"^ZAJEL_ENV is unset and NODE_ENV='test'"):
         Config.from_env({"NODE_ENV": "test"})
+
+
+def test_zajel_env_wins_over_an_unusable_fallback():
+    assert Config.from_env({"ZAJEL_ENV": "qa", "NODE_ENV": "test"}).env == "qa"
+    assert Config.from_env({"NODE_ENV": "test"}, env="production").env == "production"
 
 
 def test_config_error_is_a_value_error():

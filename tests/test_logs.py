@@ -103,3 +103,15 @@ def test_configure_sets_the_level(capsys, restore_logging):
     err = capsys.readouterr().err
     assert "hidden" not in err
     assert "ERROR zajel.a: shown" in err
+
+
+def test_text_format_keeps_one_line_per_event(capsys, restore_logging):
+    logs.configure("DEBUG", "text")
+    try:
+        raise RuntimeError("kaput")
+    except RuntimeError:
+        logging.getLogger("zajel.x").exception("request\nfailed", extra=context(conn=3))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert "ERROR zajel.x: request\\nfailed conn=3 exception=Traceback" in lines[0]
+    assert "RuntimeError: kaput" in lines[0]

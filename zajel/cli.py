@@ -61,8 +61,31 @@ def _serve(args: argparse.Namespace) -> int:
             url = await nursery.start(_serve_and_report, config)
             print(f"zajel listening on {url}", flush=True)
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except (OSError, BaseExceptionGroup) as exc:
+        failure = _os_error(exc)
+        if failure is None:
+            raise
+        # Binding is the one start-up step that fails on the machine, not in the settings.
+        print(
+            f"zajel: cannot listen on {config.host}:{config.port} (ZAJEL_HOST/ZAJEL_PORT): "
+            f"{failure.strerror or failure}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` when that is all it holds (trio wraps errors in groups)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        errors = [_os_error(inner) for inner in exc.exceptions]
+        if errors and all(error is not None for error in errors):
+            return errors[0]
+    return None
 
 
 async def _serve_and_report(config: Config, *, task_status: trio.TaskStatus[str]) -> None:

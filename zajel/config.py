@@ -81,7 +81,8 @@ class Config:
         """
         flags = {name: value for name, value in overrides.items() if value is not None}
         reader = _Reader(environ, flags)
-        env = reader.choice("ENV", _default_env(environ), ENVIRONMENTS)
+        default_env = "development" if reader.optional("ENV") else _default_env(environ)
+        env = reader.choice("ENV", default_env, ENVIRONMENTS)
         level = reader.choice("LOG_LEVEL", "info" if env != "development" else "debug", LOG_LEVELS)
         return cls(
             env=env,
@@ -124,8 +125,14 @@ class Config:
 def _default_env(environ: Mapping[str, str]) -> str:
     # operations.md: ENV is also read from ENVIRONMENT / NODE_ENV when unset.
     for name in ("ENVIRONMENT", "NODE_ENV"):
-        if environ.get(name):
-            return environ[name].strip().lower()
+        value = environ.get(name, "").strip().lower()
+        if value:
+            if value not in ENVIRONMENTS:
+                raise ConfigError(
+                    f"ZAJEL_ENV is unset and {name}={value!r} is not one of "
+                    f"{', '.join(ENVIRONMENTS)}; set ZAJEL_ENV"
+                )
+            return value
     return "development"
 
 

@@ -40,9 +40,10 @@ class _TextFormatter(logging.Formatter):
         extra = "".join(f" {key}={value}" for key, value in context.items())
         line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name}: "
         line += record.getMessage() + extra
+        # One line per event: line breaks (a traceback, a message) are escaped.
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+            line += " exception=" + self.formatException(record.exc_info)
+        return line.replace("\n", "\\n")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -97,3 +97,25 @@ async def test_an_invalid_setting_exits_2_with_one_line_naming_it(tmp_path):
     assert len(lines) == 1, lines
     assert "ZAJEL_PORT" in lines[0]
     assert "Traceback" not in lines[0]
+
+
+async def test_a_port_in_use_exits_2_with_one_line_naming_it(tmp_path):
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with trio.fail_after(10):
+            finished = await trio.run_process(
+                [sys.executable, "-m", "zajel", "serve", "--port", str(port)],
+                cwd=tmp_path,
+                env=clean_environment(),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert finished.returncode == 2
+    lines = finished.stderr.decode().splitlines()
+    assert lines[-1] == (
+        f"zajel: cannot listen on 127.0.0.1:{port} (ZAJEL_HOST/ZAJEL_PORT): Address already in use"
+    )
+    assert "Traceback" not in finished.stderr.decode()

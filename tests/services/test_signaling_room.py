@@ -254,3 +254,29 @@ def test_from_config_applies_the_pairing_limits():
         "type": "pair_error",
         "error": "Pair request could not be processed",
     }
+
+
+async def test_a_message_whose_handling_fails_gets_internal_error_and_the_room_goes_on(
+    autojump_clock, room, monkeypatch
+):
+    peer = await room.join(1, A)
+    handle = room.service.state.handle
+
+    def explode_on_ping(conn, message, now):
+        if type(message).__name__ == "Ping":
+            raise RuntimeError("bug")
+        return handle(conn, message, now)
+
+    monkeypatch.setattr(room.service.state, "handle", explode_on_ping)
+    logging.getLogger("zajel.signaling").disabled = True
+    try:
+        await room.send(1, type="ping")
+        await room.settle()
+    finally:
+        logging.getLogger("zajel.signaling").disabled = False
+    assert peer.take() == [
+        {"type": "error", "code": "internal_error", "message": "Internal server error"}
+    ]
+    await room.send(1, type="register", pairingCode=A)
+    await room.settle()
+    assert peer.take() == [{"type": "registered", "pairingCode": A}]

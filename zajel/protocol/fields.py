@@ -77,4 +77,3 @@ def require_object(obj: dict[str, Any], field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise invalid_field(f"Invalid {field}: expected a JSON object")
     return value
-

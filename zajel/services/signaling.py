@@ -393,7 +393,13 @@ class SignalingRoom:
 
     def handle(self, request: Any, now: float) -> Any:
         if type(request) is Inbound:
-            self._deliver(self._state.handle(request.conn_id, request.message, now), now)
+            try:
+                outs = self._state.handle(request.conn_id, request.message, now)
+            except Exception:
+                # A bug must not cost the service: log it, tell the sender, keep serving.
+                log.exception("message failed", extra=context(conn=request.conn_id))
+                outs = [(request.conn_id, errors.internal_error().to_frame())]
+            self._deliver(outs, now)
         elif type(request) is Attach:
             self._peers[request.conn_id] = request.peer
             self._state.connect(request.conn_id)

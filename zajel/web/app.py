@@ -31,6 +31,7 @@ log = logging.getLogger("zajel.web")
 
 HEALTH_TIMEOUT_S = 1.0
 ENDPOINTS = {
+    "root": "GET /",
     "info": "GET /api/info",
     "health": "GET /health",
     "stats": "GET /stats",

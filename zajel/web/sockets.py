@@ -146,7 +146,10 @@ class SocketRouter:
         ]
         peer_address = (scope.get("client") or ("unknown",))[0]
         ip = client_ip(peer_address, headers, self.config.trust_proxy)
-        if self.shutdown.is_set() or not self.caps.try_acquire(ip):
+        if self.shutdown.is_set():
+            await _reject(scope, send, 503, {"error": "Server shutting down"})
+            return
+        if not self.caps.try_acquire(ip):
             log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
             await _reject(scope, send, 503, {"error": "Too many connections"})
             return
