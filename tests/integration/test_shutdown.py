@@ -4,53 +4,14 @@ it at start with one clear line naming the setting."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
+from tests.integration._process import clean_environment, zajel_serve
 from tests.integration._signal import open_socket, pair, read_until_closed
-
-LISTENING = re.compile(r"zajel listening on (http://127\.0\.0\.1:\d+)")
-
-
-def clean_environment() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items() if not name.startswith("ZAJEL_")}
-
-
-@asynccontextmanager
-async def zajel_serve(tmp_path) -> AsyncIterator[tuple[trio.Process, str]]:
-    """``zajel serve --port 0`` as a child process, and the URL it reports once listening."""
-    stderr = (tmp_path / "stderr.log").open("wb")
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "zajel", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        cwd=tmp_path,
-        env=clean_environment(),
-    )
-    try:
-        assert process.stdout is not None
-        output = b""
-        while (match := LISTENING.search(output.decode(errors="replace"))) is None:
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"exited before listening: {output!r}"
-            output += chunk
-        yield process, match.group(1)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
-        stderr.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
