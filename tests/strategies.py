@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from zajel.protocol.fields import PAIRING_CODE_ALPHABET
+from zajel.protocol.relay import KNOWN_TYPES as RELAY_KNOWN_TYPES
 from zajel.protocol.signaling import KNOWN_TYPES
 
 # -- JSON values ---------------------------------------------------------------------------
@@ -126,3 +127,57 @@ frame_texts: st.SearchStrategy[str] = st.one_of(
 )
 
 frames: st.SearchStrategy[str | bytes] = frame_texts | st.binary(max_size=64)
+
+# -- /relay messages -----------------------------------------------------------------------
+
+peer_ids = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
+    min_size=1,
+    max_size=128,
+)
+
+# Strings that look almost like peer ids: empty, too long, or with a forbidden character.
+near_peer_ids = st.just("") | st.text(alphabet="aZ9_-. /:=\n", min_size=1, max_size=12)
+
+relay_message_types = st.sampled_from(sorted(RELAY_KNOWN_TYPES)) | st.text(max_size=20)
+
+# Integers near the bounds of maxConnections, count and connectedCount.
+boundary_ints = st.sampled_from([-1, 0, 1, 10, 20, 50, 51, 1000, 1001, 1_000_000, 1_000_001])
+
+point_strings = st.text(max_size=130)
+point_lists = st.lists(point_strings | json_scalars, max_size=55)
+
+relay_field_values = (
+    peer_ids
+    | near_peer_ids
+    | boundary_ints
+    | point_lists
+    | st.dictionaries(st.text(max_size=130), st.text(max_size=20) | json_scalars, max_size=4)
+    | json_values
+)
+
+RELAY_FIELDS = (
+    "peerId",
+    "maxConnections",
+    "publicKey",
+    "connectedCount",
+    "count",
+    "dailyPoints",
+    "daily_points",
+    "hourlyTokens",
+    "hourly_tokens",
+    "deadDrop",
+    "dead_drops",
+    "relayId",
+)
+
+relay_objects: st.SearchStrategy[dict[str, Any]] = st.builds(
+    lambda extra, known, type_: {**extra, **known, "type": type_},
+    json_objects,
+    st.fixed_dictionaries({}, optional={name: relay_field_values for name in RELAY_FIELDS}),
+    relay_message_types,
+)
+
+relay_frames: st.SearchStrategy[str | bytes] = (
+    st.builds(_dumps, relay_objects, st.booleans()) | frame_texts | st.binary(max_size=64)
+)

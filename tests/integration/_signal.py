@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from zajel.client import SignalClient, connect_signal, generate_public_key
+from zajel.client import JsonSocket, SignalClient, connect_signal, generate_public_key
 from zajel.client import pair as pair  # re-exported for the tests
 
 
@@ -19,7 +19,7 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-async def assert_quiet(*clients: SignalClient) -> None:
+async def assert_quiet(*clients: JsonSocket) -> None:
     """Assert that nothing is queued for ``clients``: the next frame of each is our pong.
 
     Two round trips each: a timer that fell due before the first ping may fire just after it
@@ -32,7 +32,7 @@ async def assert_quiet(*clients: SignalClient) -> None:
             assert await client.receive() == {"type": "pong"}
 
 
-async def expect(client: SignalClient, frame: dict[str, Any]) -> None:
+async def expect(client: JsonSocket, frame: dict[str, Any]) -> None:
     """The next frame of ``client`` is exactly ``frame``."""
     assert await client.receive() == frame
 
@@ -51,8 +51,12 @@ async def registered(url: str, *codes: str) -> AsyncIterator[list[SignalClient]]
 
 @asynccontextmanager
 async def open_socket(
-    url: str, path: str = "/signal", *, message_queue_size: int = 1
-) -> AsyncIterator[SignalClient]:
+    url: str,
+    path: str = "/signal",
+    *,
+    message_queue_size: int = 1,
+    client_class: type[JsonSocket] = SignalClient,
+) -> AsyncIterator[Any]:
     """A ``/signal`` connection over a TCP stream that this helper owns and always closes.
 
     For tests in which the server closes the connection: trio-websocket's own
@@ -67,7 +71,7 @@ async def open_socket(
             nursery, stream, parts.netloc, path, message_queue_size=message_queue_size
         )
         try:
-            yield SignalClient(ws)
+            yield client_class(ws)
         finally:
             with trio.move_on_after(5) as cleanup:
                 cleanup.shield = True
@@ -75,7 +79,7 @@ async def open_socket(
             nursery.cancel_scope.cancel()
 
 
-async def read_until_closed(client: SignalClient) -> tuple[list[dict[str, Any]], int | None]:
+async def read_until_closed(client: JsonSocket) -> tuple[list[dict[str, Any]], int | None]:
     """Every frame the server still sends, and the close code it ends with."""
     frames = []
     while True:

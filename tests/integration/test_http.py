@@ -27,7 +27,17 @@ CORS_HEADERS = {
     "access-control-allow-headers": "Content-Type, Authorization",
     "access-control-expose-headers": "X-Bootstrap-Signature",
 }
+IDLE_RELAYS = {"totalPeers": 0, "totalCapacity": 0, "totalConnected": 0, "availableRelays": 0}
+IDLE_RENDEZVOUS = {
+    "dailyPoints": 0,
+    "hourlyTokens": 0,
+    "totalEntries": 0,
+    "dailyEntries": 0,
+    "hourlyEntries": 0,
+}
 IDLE_STATS = {
+    "relays": IDLE_RELAYS,
+    "rendezvous": IDLE_RENDEZVOUS,
     "signaling": {"connections": 0, "pairingCodes": 0, "pendingPairRequests": 0},
     "connections": 0,
 }
@@ -98,6 +108,8 @@ async def test_stats_counts_connections_codes_and_pending_requests(server):
             response = await _http.get(server.url, "/stats")
             assert response.status == 200
             assert response.json() == {
+                "relays": IDLE_RELAYS,
+                "rendezvous": IDLE_RENDEZVOUS,
                 "signaling": {"connections": 3, "pairingCodes": 2, "pendingPairRequests": 1},
                 "connections": 3,
             }
@@ -255,6 +267,7 @@ async def test_connections_over_a_cap_are_refused_with_503(nursery, caps):
             await wait_for_stats(
                 url,
                 {
+                    **IDLE_STATS,
                     "signaling": {"connections": 1, "pairingCodes": 0, "pendingPairRequests": 0},
                     "connections": 1,
                 },

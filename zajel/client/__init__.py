@@ -1,7 +1,8 @@
 """A small trio client for the server, shared by tests, benchmarks and users."""
 
+from zajel.client._socket import JsonSocket, ServerError
+from zajel.client.relay import RelayClient, connect_relay
 from zajel.client.signal import (
-    ServerError,
     SignalClient,
     connect_signal,
     generate_public_key,
@@ -10,8 +11,11 @@ from zajel.client.signal import (
 )
 
 __all__ = [
+    "JsonSocket",
+    "RelayClient",
     "ServerError",
     "SignalClient",
+    "connect_relay",
     "connect_signal",
     "generate_public_key",
     "pair",

@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,15 +20,8 @@ from typing import Any
 import trio_websocket
 from nacl.public import PrivateKey
 
+from zajel.client._socket import JsonSocket, open_json_socket
 from zajel.protocol.fields import PAIRING_CODE_ALPHABET, PAIRING_CODE_LENGTH
-
-
-class ServerError(Exception):
-    """The server answered with a frame other than the one expected."""
-
-    def __init__(self, frame: dict[str, Any], expected: tuple[str, ...]) -> None:
-        super().__init__(f"expected {'/'.join(expected)}, got {frame!r}")
-        self.frame = frame
 
 
 def random_pairing_code() -> str:
@@ -42,29 +34,12 @@ def generate_public_key() -> str:
     return base64.b64encode(bytes(PrivateKey.generate().public_key)).decode("ascii")
 
 
-class SignalClient:
-    """One ``/signal`` connection. Frames are JSON objects; ``receive`` returns the next one."""
+class SignalClient(JsonSocket):
+    """One ``/signal`` connection."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.ws = ws
+        super().__init__(ws)
         self.code: str | None = None
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send_message(json.dumps(frame, separators=(",", ":")))
-
-    async def receive(self) -> dict[str, Any]:
-        message = await self.ws.get_message()
-        frame = json.loads(message)
-        if not isinstance(frame, dict):
-            raise ValueError(f"not a JSON object: {message!r}")
-        return frame
-
-    async def expect(self, *types: str) -> dict[str, Any]:
-        """The next frame, which must have one of ``types``; raises ``ServerError`` else."""
-        frame = await self.receive()
-        if frame.get("type") not in types:
-            raise ServerError(frame, types)
-        return frame
 
     async def register(self, code: str, public_key: str | None = None) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "register", "pairingCode": code}
@@ -88,10 +63,6 @@ class SignalClient:
         """Send ``offer``/``answer``/``ice_candidate``/``call_*`` to a matched peer."""
         await self.send({"type": kind, "target": target, "payload": payload})
 
-    async def ping(self) -> None:
-        await self.send({"type": "ping"})
-        await self.expect("pong")
-
 
 async def pair(requester: SignalClient, responder: SignalClient) -> None:
     """Run a full consent pairing between two registered clients."""
@@ -109,8 +80,5 @@ async def connect_signal(
     base_url: str, *, path: str = "/signal", max_message_size: int = 1 << 20
 ) -> AsyncIterator[SignalClient]:
     """Open a ``/signal`` connection to ``base_url`` (``ws://host:port`` or ``http://…``)."""
-    url = base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    async with trio_websocket.open_websocket_url(
-        url.rstrip("/") + path, max_message_size=max_message_size
-    ) as ws:
+    async with open_json_socket(base_url, path, max_message_size=max_message_size) as ws:
         yield SignalClient(ws)

@@ -13,6 +13,8 @@ NOT_REGISTERED = "not_registered"
 RATE_LIMITED = "rate_limited"
 PAIRING_CODE_IN_USE = "pairing_code_in_use"
 PEER_NOT_FOUND = "peer_not_found"
+PEER_ID_MISMATCH = "peer_id_mismatch"
+PEER_ID_IN_USE = "peer_id_in_use"
 INTERNAL_ERROR = "internal_error"
 
 
@@ -66,3 +68,11 @@ def rate_limited(message: str = "Rate limit exceeded") -> ProtocolError:
 
 def internal_error() -> ProtocolError:
     return ProtocolError(INTERNAL_ERROR, "Internal server error")
+
+
+def peer_id_mismatch() -> ProtocolError:
+    return ProtocolError(PEER_ID_MISMATCH, "peerId does not match this connection's registration")
+
+
+def peer_id_in_use() -> ProtocolError:
+    return ProtocolError(PEER_ID_IN_USE, "Peer ID already in use")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 
+from zajel.logs import context
+from zajel.protocol.frames import encode
+
 ConnId = int
+Out = tuple[ConnId, dict[str, Any]]
 
 # WebSocket close codes a service may ask for (RFC 6455 §7.4.1).
 CLOSE_GOING_AWAY = 1001
@@ -46,3 +52,41 @@ class Detach:
     """A connection closed, for any reason: run its cleanup."""
 
     conn_id: ConnId
+
+
+class PeerTable:
+    """The connections a service pushes frames to, with the slow-consumer rule.
+
+    A full queue means a slow client: it is closed with 1013 and forgotten, and the frames its
+    cleanup produces (``drop(conn)``) are delivered too (conventions.md, Back-pressure).
+    """
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._peers: dict[ConnId, Peer] = {}
+        self._log = log
+
+    def attach(self, conn: ConnId, peer: Peer) -> None:
+        self._peers[conn] = peer
+
+    def detach(self, conn: ConnId) -> None:
+        self._peers.pop(conn, None)
+
+    def __contains__(self, conn: ConnId) -> bool:
+        return conn in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def deliver(self, outs: list[Out], drop: Callable[[ConnId], list[Out]]) -> None:
+        """Queue every frame of ``outs``; never waits."""
+        index = 0
+        while index < len(outs):
+            conn, frame = outs[index]
+            index += 1
+            peer = self._peers.get(conn)
+            if peer is None or peer.send_nowait(encode(frame)):
+                continue
+            self._log.warning("slow consumer disconnected", extra=context(conn=conn))
+            del self._peers[conn]
+            peer.close(CLOSE_TRY_AGAIN_LATER)
+            outs.extend(drop(conn))

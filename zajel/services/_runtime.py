@@ -10,6 +10,7 @@ import trio
 
 from zajel.config import Config
 from zajel.services._mailbox import Address, start_service
+from zajel.services.relay import RelayService
 from zajel.services.signaling import SignalingRoom
 
 # Bounded inboxes: a flood of frames makes the connections that send them wait, not memory grow.
@@ -21,6 +22,7 @@ class Services:
     """The addresses of the running services; the front end holds only this."""
 
     signaling: Address
+    relay: Address
 
 
 @asynccontextmanager
@@ -28,7 +30,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     """Start every service in a nursery of its own; stop them all when the block exits."""
     async with trio.open_nursery() as nursery:
         signaling = start_service(nursery, SignalingRoom.from_config(config), inbox_size=INBOX_SIZE)
+        relay = start_service(nursery, RelayService.from_config(config), inbox_size=INBOX_SIZE)
         try:
-            yield Services(signaling=signaling)
+            yield Services(signaling=signaling, relay=relay)
         finally:
             nursery.cancel_scope.cancel()

@@ -27,7 +27,7 @@ import attrs
 from zajel.config import Config
 from zajel.logs import CodeRedactor, context
 from zajel.protocol import errors
-from zajel.protocol.frames import Invalid, encode
+from zajel.protocol.frames import Invalid
 from zajel.protocol.limits import SlidingWindow
 from zajel.protocol.signaling import (
     PAIR_EXPIRING_WARNING_S,
@@ -41,11 +41,10 @@ from zajel.protocol.signaling import (
     SignalMessage,
 )
 from zajel.services._deadlines import Deadlines
-from zajel.services._peers import CLOSE_TRY_AGAIN_LATER, Attach, ConnId, Detach, Inbound, Peer
+from zajel.services._peers import Attach, ConnId, Detach, Inbound, Out, PeerTable
 
 log = logging.getLogger("zajel.signaling")
 
-Out = tuple[ConnId, dict[str, Any]]
 
 PAIR_ERROR_UNPROCESSABLE: Final = "Pair request could not be processed"
 PAIR_ERROR_NO_REQUEST: Final = "No pending request from this peer"
@@ -375,7 +374,7 @@ class SignalingRoom:
 
     def __init__(self, state: SignalingState) -> None:
         self._state = state
-        self._peers: dict[ConnId, Peer] = {}
+        self._peers = PeerTable(log)
 
     @classmethod
     def from_config(cls, config: Config) -> SignalingRoom:
@@ -401,10 +400,10 @@ class SignalingRoom:
                 outs = [(request.conn_id, errors.internal_error().to_frame())]
             self._deliver(outs, now)
         elif type(request) is Attach:
-            self._peers[request.conn_id] = request.peer
+            self._peers.attach(request.conn_id, request.peer)
             self._state.connect(request.conn_id)
         elif type(request) is Detach:
-            self._peers.pop(request.conn_id, None)
+            self._peers.detach(request.conn_id)
             self._deliver(self._state.disconnect(request.conn_id, now), now)
         elif type(request) is GetStats:
             return self._state.statistics()
@@ -419,15 +418,4 @@ class SignalingRoom:
         self._deliver(self._state.expire(now), now)
 
     def _deliver(self, outs: list[Out], now: float) -> None:
-        # A full queue means a slow client: drop it (1013) and deliver its cleanup frames too.
-        index = 0
-        while index < len(outs):
-            conn, frame = outs[index]
-            index += 1
-            peer = self._peers.get(conn)
-            if peer is None or peer.send_nowait(encode(frame)):
-                continue
-            log.warning("slow consumer disconnected", extra=context(conn=conn))
-            del self._peers[conn]
-            peer.close(CLOSE_TRY_AGAIN_LATER)
-            outs.extend(self._state.disconnect(conn, now))
+        self._peers.deliver(outs, lambda conn: self._state.disconnect(conn, now))

@@ -7,6 +7,7 @@ Protocol rules live in ``zajel.protocol`` and in the services.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import time
 from importlib import metadata
@@ -19,9 +20,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from zajel.config import Config
 from zajel.logs import context
+from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
-from zajel.services import Services
+from zajel.services import Address, Services
+from zajel.services.relay import GetRelayStats, RelayStats
 from zajel.services.signaling import GetStats, SignalingStats
 from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip
@@ -37,6 +40,7 @@ ENDPOINTS = {
     "stats": "GET /stats",
     "metrics": "GET /metrics",
     "signaling": "WebSocket /signal",
+    "relay": "WebSocket /relay",
 }
 FEATURES = [
     "pairing-codes",
@@ -44,6 +48,8 @@ FEATURES = [
     "webrtc-signaling",
     "call-signaling",
     "reconnect-grace",
+    "relay-registry",
+    "rendezvous",
 ]
 
 
@@ -73,7 +79,15 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
     http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
-    endpoints = [Endpoint("signal", "/signal", signaling_protocol.decode, services.signaling)]
+    endpoints = [
+        Endpoint("signal", "/signal", signaling_protocol.decode, services.signaling),
+        Endpoint(
+            "relay",
+            "/relay",
+            functools.partial(relay_protocol.decode, max_items=config.rendezvous_max_items),
+            services.relay,
+        ),
+    ]
     app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
         app.asgi_app, endpoints, config=config, caps=caps, shutdown=shutdown
     )
@@ -132,19 +146,39 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             features=FEATURES,
         )
 
-    async def signaling_stats() -> SignalingStats | None:
-        with trio.move_on_after(HEALTH_TIMEOUT_S):
-            reply = await services.signaling.call(GetStats())
-            if isinstance(reply, SignalingStats):
-                return reply
-        return None
+    async def collect_stats() -> tuple[dict[str, dict[str, int]], list[str]]:
+        """Every service's statistics, asked at once; services that do not answer within
+        ``HEALTH_TIMEOUT_S`` are named in the second item."""
+        replies: dict[str, Any] = {}
+
+        async def ask(name: str, address: Address, request: Any) -> None:
+            with trio.move_on_after(HEALTH_TIMEOUT_S):
+                replies[name] = await address.call(request)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "signaling", services.signaling, GetStats())
+            nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
+        sections: dict[str, dict[str, int]] = {}
+        failing: list[str] = []
+        relay = replies.get("relay")
+        if isinstance(relay, RelayStats):
+            sections.update(relays=relay.relays, rendezvous=relay.rendezvous)
+        else:
+            failing.append("relay")
+        signaling = replies.get("signaling")
+        if isinstance(signaling, SignalingStats):
+            sections["signaling"] = signaling.to_json()
+        else:
+            failing.append("signaling")
+        return sections, failing
 
     @app.get("/health")
     async def health() -> Response:
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         body: dict[str, Any] = {"status": "ok", "service": "zajel", "timestamp": stamp}
-        if await signaling_stats() is None:
-            body.update(status="degraded", failing=["signaling"])
+        _, failing = await collect_stats()
+        if failing:
+            body.update(status="degraded", failing=failing)
             response = jsonify(body)
             response.status_code = 503
             return response
@@ -152,30 +186,30 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
 
     @app.get("/stats")
     async def stats() -> Response:
-        signaling = await signaling_stats()
-        if signaling is None:
-            response = jsonify(error="Service unavailable: signaling")
+        sections, failing = await collect_stats()
+        if failing:
+            response = jsonify(error=f"Service unavailable: {', '.join(failing)}")
             response.status_code = 503
             return response
-        return jsonify(signaling=signaling.to_json(), connections=caps.total)
+        return jsonify({**sections, "connections": caps.total})
 
     if config.metrics:
 
         @app.get("/metrics")
         async def metrics() -> Response:
-            signaling = await signaling_stats()
+            sections, failing = await collect_stats()
             lines = [
                 "# HELP zajel_websocket_connections Open WebSocket connections.",
                 "# TYPE zajel_websocket_connections gauge",
                 f"zajel_websocket_connections {caps.total}",
             ]
-            if signaling is not None:
-                for name, value in signaling.to_json().items():
-                    metric = f"zajel_signaling_{_snake(name)}"
+            for section, values in sections.items():
+                for name, value in values.items():
+                    metric = f"zajel_{section}_{_snake(name)}"
                     lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
             lines += [
                 "# TYPE zajel_up gauge",
-                f"zajel_up {int(signaling is not None)}",
+                f"zajel_up {int(not failing)}",
                 "# TYPE zajel_time_seconds gauge",
                 f"zajel_time_seconds {time.time():.3f}",
             ]

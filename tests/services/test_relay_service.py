@@ -1,0 +1,138 @@
+"""The RelayService task with fake peers, on trio's mock clock (autojump): routing, identity,
+the rendezvous sweep timer, cleanup on disconnect, and bounded memory."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from tests.services.fakes import FakePeer
+from zajel.protocol.relay import decode
+from zajel.services import LocalAddress
+from zajel.services._mailbox import start_service
+from zajel.services._peers import Attach, Detach, Inbound
+from zajel.services.relay import GetRelayStats, RelayService, RelayStats
+from zajel.services.relays import RelayRegistryState
+from zajel.services.rendezvous import SWEEP_INTERVAL_S, RendezvousState
+
+
+@attrs.define
+class Relay:
+    address: LocalAddress
+    service: RelayService
+
+    async def send(self, conn: int, **frame: Any) -> None:
+        await self.address.cast(Inbound(conn, decode(json.dumps(frame))))
+
+    async def settle(self) -> RelayStats:
+        """Everything sent so far has been handled (the inbox is first in, first out)."""
+        return await self.address.call(GetRelayStats())
+
+    async def join(self, conn: int, peer_id: str) -> FakePeer:
+        peer = FakePeer()
+        await self.address.cast(Attach(conn, peer))
+        await self.send(conn, type="register", peerId=peer_id)
+        await self.settle()
+        assert peer.take()[0]["type"] == "registered"
+        return peer
+
+
+@pytest.fixture
+async def relay(nursery) -> Relay:
+    service = RelayService(RelayRegistryState(), RendezvousState(), epoch_ms=lambda: 1234)
+    return Relay(start_service(nursery, service), service)
+
+
+async def test_messages_are_routed_and_answered(autojump_clock, relay):
+    peer = await relay.join(1, "alice")
+    await relay.send(1, type="heartbeat")
+    await relay.send(1, type="ping")
+    await relay.send(1, type="get_relays")
+    await relay.settle()
+    assert peer.take() == [
+        {"type": "heartbeat_ack", "timestamp": 1234},
+        {"type": "pong"},
+        {"type": "relays", "relays": []},
+    ]
+
+
+async def test_matched_peers_hear_before_the_caller_gets_its_result(autojump_clock, relay):
+    alice = await relay.join(1, "alice")
+    bob = await relay.join(2, "bob")
+    await relay.send(1, type="register_rendezvous", hourlyTokens=["t"])
+    await relay.send(2, type="register_rendezvous", hourlyTokens=["t"], relayId="r")
+    await relay.settle()
+    assert alice.take() == [
+        {"type": "rendezvous_result", "liveMatches": [], "deadDrops": []},
+        {"type": "rendezvous_match", "match": {"peerId": "bob", "relayId": "r"}},
+    ]
+    assert bob.take() == [
+        {"type": "rendezvous_result", "liveMatches": [{"peerId": "alice"}], "deadDrops": []}
+    ]
+
+
+async def test_the_sweep_runs_every_five_minutes_of_trio_time(autojump_clock, relay):
+    await relay.join(1, "alice")
+    await relay.send(1, type="register_rendezvous", hourlyTokens=["t"])
+    await relay.settle()
+    first = relay.service.next_deadline()
+    assert first - trio.current_time() <= SWEEP_INTERVAL_S
+    await trio.sleep(SWEEP_INTERVAL_S + 1)
+    assert relay.service.next_deadline() > first
+    assert (await relay.settle()).rendezvous["hourlyEntries"] == 1
+    await trio.sleep(3 * 3600 + SWEEP_INTERVAL_S)  # the token expires, a sweep removes it
+    assert relay.service.rendezvous.sizes() == dict.fromkeys(relay.service.rendezvous.sizes(), 0)
+
+
+async def test_a_slow_consumer_is_dropped_and_cleaned_up(autojump_clock, relay):
+    await relay.join(1, "alice")
+    slow = FakePeer(capacity=0)
+    await relay.address.cast(Attach(2, slow))
+    await relay.send(2, type="register", peerId="bob")
+    stats = await relay.settle()
+    assert slow.closed == [1013]
+    assert stats.relays["totalPeers"] == 1
+    await relay.join(3, "bob")  # bob's peerId is free again
+
+
+async def test_detach_of_unknown_or_unregistered_connections_is_harmless(autojump_clock, relay):
+    await relay.address.cast(Detach(99))
+    await relay.address.cast(Attach(5, FakePeer()))
+    await relay.address.cast(Detach(5))
+    stats = await relay.settle()
+    assert stats.relays["totalPeers"] == 0
+    assert relay.service.sizes() == {"peers": 0, "bound": 0, "owners": 0}
+
+
+async def test_memory_is_bounded_every_map_empty_after_everyone_leaves(autojump_clock, relay):
+    peers = 300
+    for conn in range(peers):
+        await relay.address.cast(Attach(conn, FakePeer()))
+        await relay.send(conn, type="register", peerId=f"peer-{conn}", maxConnections=5)
+        await relay.send(
+            conn,
+            type="register_rendezvous",
+            dailyPoints=[f"shared-day-{conn % 7}", f"day-{conn}"],
+            hourlyTokens=[f"shared-hour-{conn % 5}", f"hour-{conn}"],
+            deadDrop=f"drop-{conn}",
+        )
+        await relay.send(conn, type="update_load", connectedCount=conn % 5)
+    stats = await relay.settle()
+    assert stats.relays["totalPeers"] == peers
+    assert stats.rendezvous["totalEntries"] == 4 * peers
+    for conn in range(peers):
+        await relay.address.cast(Detach(conn))
+    stats = await relay.settle()
+    assert stats.relays == {
+        "totalPeers": 0,
+        "totalCapacity": 0,
+        "totalConnected": 0,
+        "availableRelays": 0,
+    }
+    assert set(relay.service.rendezvous.sizes().values()) == {0}
+    assert set(relay.service.sizes().values()) == {0}
+    assert len(relay.service.relays) == 0

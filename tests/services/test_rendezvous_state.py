@@ -1,0 +1,251 @@
+"""``RendezvousState`` driven directly, with explicit ``now`` (relay.md "Rendezvous")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from zajel.services.rendezvous import (
+    DAILY_TTL_S,
+    HOURLY_TTL_S,
+    SWEEP_INTERVAL_S,
+    RendezvousState,
+)
+
+
+def hours(h: float) -> float:
+    return 3600 * h
+
+
+def register(state, peer, now=0.0, points=(), tokens=(), drop=None, relay=None):
+    """Register ``peer``; its dead drop at each point is ``drop`` or ``"<peer>@<point>"``."""
+    return state.register(
+        peer,
+        daily_points=list(points),
+        hourly_tokens=list(tokens),
+        dead_drop_for=(lambda point: f"{peer}@{point}") if drop is None else (lambda _: drop),
+        relay_id=relay,
+        now=now,
+    )
+
+
+def dead_drops(outcome):
+    return outcome.result["deadDrops"]
+
+
+def live(outcome):
+    return outcome.result["liveMatches"]
+
+
+@pytest.fixture
+def state() -> RendezvousState:
+    return RendezvousState()
+
+
+def test_constants():
+    assert DAILY_TTL_S == 172_800
+    assert HOURLY_TTL_S == 10_800
+    assert SWEEP_INTERVAL_S == 300.0
+
+
+def test_no_points_no_tokens_is_an_empty_result(state):
+    outcome = register(state, "a")
+    assert outcome.result == {"type": "rendezvous_result", "liveMatches": [], "deadDrops": []}
+    assert outcome.matches == []
+    assert all(size == 0 for size in state.sizes().values())
+
+
+def test_dead_drop_found_at_47h_gone_at_49h_before_any_sweep(state):
+    register(state, "a", now=0.0, points=["p"], relay="r-a")
+    found = register(state, "b", now=hours(47), points=["p"])
+    assert dead_drops(found) == [{"peerId": "a", "deadDrop": "a@p", "relayId": "r-a"}]
+    assert live(found) == []
+    assert found.matches == []  # dead drops are not pushed
+    state.remove_peer("b")
+    gone = register(state, "c", now=hours(49), points=["p"])
+    assert dead_drops(gone) == []
+
+
+def test_hourly_match_at_2h_none_at_4h(state):
+    register(state, "a", now=0.0, tokens=["t"], relay="r-a")
+    found = register(state, "b", now=hours(2), tokens=["t"], relay="r-b")
+    assert live(found) == [{"peerId": "a", "relayId": "r-a"}]
+    assert found.matches == [
+        ("a", {"type": "rendezvous_match", "match": {"peerId": "b", "relayId": "r-b"}})
+    ]
+    state.remove_peer("b")
+    none = register(state, "c", now=hours(4), tokens=["t"])
+    assert live(none) == []
+    assert none.matches == []
+
+
+def test_reregistration_replaces_own_entry(state):
+    register(state, "a", now=0.0, points=["p"], drop="old", relay="r1")
+    register(state, "a", now=hours(1), points=["p"], drop="new", relay="r2")
+    assert state.statistics(hours(1))["dailyEntries"] == 1
+    found = register(state, "b", now=hours(2), points=["p"])
+    assert dead_drops(found) == [{"peerId": "a", "deadDrop": "new", "relayId": "r2"}]
+    # the replacement also renewed the expiry: 48 h from the second registration
+    state.remove_peer("b")
+    assert dead_drops(register(state, "b", now=hours(48.5), points=["p"])) == [
+        {"peerId": "a", "deadDrop": "new", "relayId": "r2"}
+    ]
+
+
+def test_own_entry_never_returned(state):
+    register(state, "a", now=0.0, points=["p"], tokens=["t"])
+    again = register(state, "a", now=1.0, points=["p"], tokens=["t"])
+    assert dead_drops(again) == []
+    assert live(again) == []
+    assert again.matches == []
+
+
+def test_each_peer_at_most_once_per_list(state):
+    points = [f"p{i}" for i in range(10)]
+    tokens = [f"t{i}" for i in range(10)]
+    register(state, "a", points=points, tokens=tokens, relay="r-a")
+    register(state, "b", points=points[:5], tokens=tokens[:5])
+    outcome = register(state, "c", now=1.0, points=[*points, "p0"], tokens=[*tokens, "t0"])
+    assert [d["peerId"] for d in dead_drops(outcome)] == ["a", "b"]
+    assert dead_drops(outcome)[0] == {"peerId": "a", "deadDrop": "a@p0", "relayId": "r-a"}
+    assert live(outcome) == [{"peerId": "a", "relayId": "r-a"}, {"peerId": "b"}]
+    assert [peer for peer, _ in outcome.matches] == ["a", "b"]
+    assert outcome.matches[0][1] == {"type": "rendezvous_match", "match": {"peerId": "c"}}
+
+
+def test_empty_dead_drops_not_returned(state):
+    register(state, "a", points=["p"], drop="")
+    register(state, "b", points=["p"], drop="b-drop")
+    outcome = register(state, "c", now=1.0, points=["p"])
+    assert dead_drops(outcome) == [{"peerId": "b", "deadDrop": "b-drop"}]
+    assert state.statistics(1.0)["dailyEntries"] == 3  # the empty one is still an entry
+
+
+def test_dead_drop_for_each_point(state):
+    seen = []
+
+    def drop_for(point):
+        seen.append(point)
+        return f"drop-for-{point}"
+
+    state.register(
+        "a",
+        daily_points=["p1", "p2"],
+        hourly_tokens=[],
+        dead_drop_for=drop_for,
+        relay_id=None,
+        now=0.0,
+    )
+    assert seen == ["p1", "p2"]
+    assert dead_drops(register(state, "b", now=1.0, points=["p2"])) == [
+        {"peerId": "a", "deadDrop": "drop-for-p2"}
+    ]
+
+
+def test_relay_id_omitted_when_none(state):
+    register(state, "a", points=["p"], tokens=["t"])
+    outcome = register(state, "b", now=1.0, points=["p"], tokens=["t"])
+    assert dead_drops(outcome) == [{"peerId": "a", "deadDrop": "a@p"}]
+    assert live(outcome) == [{"peerId": "a"}]
+    assert outcome.matches == [("a", {"type": "rendezvous_match", "match": {"peerId": "b"}})]
+
+
+def test_daily_points_are_looked_up_before_hourly_tokens_and_apart(state):
+    # A point and a token with the same string are different namespaces.
+    register(state, "a", points=["x"])
+    outcome = register(state, "b", now=1.0, tokens=["x"])
+    assert live(outcome) == []
+    assert dead_drops(outcome) == []
+
+
+def test_sweep_schedule(state):
+    assert state.next_deadline() == math.inf
+    register(state, "a", now=10.0, tokens=["t"])
+    assert state.next_deadline() == 310.0
+    register(state, "b", now=200.0, tokens=["t"])  # later registrations do not move it
+    assert state.next_deadline() == 310.0
+    assert state.sweep(310.0) == 0
+    assert state.next_deadline() == 610.0
+    assert state.sweep(610.0) == 0
+    assert state.next_deadline() == 910.0
+
+
+def test_sweep_removes_exactly_the_expired(state):
+    register(state, "a", now=0.0, points=["p"], tokens=["t"])
+    register(state, "b", now=hours(1), points=["p"], tokens=["t", "u"])
+    register(state, "c", now=hours(2.5), tokens=["t"])
+    before = state.statistics(hours(3.5))
+    assert before == {
+        "dailyPoints": 1,
+        "hourlyTokens": 2,  # t (b, c) and u (b) are live; a's t entry has expired
+        "totalEntries": 5,
+        "dailyEntries": 2,
+        "hourlyEntries": 3,
+    }
+    assert state.sweep(hours(3.5)) == 1  # a's token entry only
+    assert state.statistics(hours(3.5))["hourlyEntries"] == 3
+    assert state.sizes()["hourly_entries"] == 3
+    assert state.sweep(hours(4)) == 2  # b's t and u (expired at exactly 4 h)
+    assert state.sweep(hours(5.5)) == 1  # c's token
+    assert state.sizes()["hourly_tokens"] == 0
+    assert state.sweep(hours(48)) == 1  # a's point
+    assert state.sweep(hours(49)) == 1  # b's point
+    assert all(size == 0 for size in state.sizes().values())
+
+
+def test_remove_peer_leaves_every_point_and_token(state):
+    register(state, "a", points=["p1", "p2"], tokens=["t1", "t2"])
+    register(state, "b", points=["p1"], tokens=["t1"])
+    state.remove_peer("a")
+    state.remove_peer("a")  # twice, and unknown: harmless
+    state.remove_peer("ghost")
+    assert state.statistics(1.0) == {
+        "dailyPoints": 1,
+        "hourlyTokens": 1,
+        "totalEntries": 2,
+        "dailyEntries": 1,
+        "hourlyEntries": 1,
+    }
+    outcome = register(state, "c", now=1.0, points=["p1", "p2"], tokens=["t1", "t2"])
+    assert [d["peerId"] for d in dead_drops(outcome)] == ["b"]
+    assert [m["peerId"] for m in live(outcome)] == ["b"]
+    # a's deadlines went with it: the sweep finds only b's 2 entries and c's 4
+    assert state.sweep(hours(100)) == 6
+    assert all(size == 0 for size in state.sizes().values())
+
+
+def many_peers(state, now=0.0):
+    peers = [f"peer{i}" for i in range(40)]
+    for i, peer in enumerate(peers):
+        register(
+            state,
+            peer,
+            now=now + i,
+            points=[f"p{(i + k) % 25}" for k in range(12)],
+            tokens=[f"t{(i * 3 + k) % 30}" for k in range(15)],
+            relay=f"r{i % 3}" if i % 2 else None,
+        )
+    return peers
+
+
+def test_memory_after_everyone_leaves(state):
+    peers = many_peers(state)
+    sizes = state.sizes()
+    assert sizes["daily_entries"] == 40 * 12
+    assert sizes["hourly_entries"] == 40 * 15
+    for peer in peers:
+        state.remove_peer(peer)
+    assert all(size == 0 for size in state.sizes().values()), state.sizes()
+    assert state.statistics(100.0) == dict.fromkeys(
+        ["dailyPoints", "hourlyTokens", "totalEntries", "dailyEntries", "hourlyEntries"], 0
+    )
+
+
+def test_memory_after_everything_expires_and_is_swept(state):
+    many_peers(state)
+    many_peers(state, now=hours(1))  # re-registration replaces, never adds
+    assert state.sizes()["daily_entries"] == 40 * 12
+    assert state.sweep(hours(1) + HOURLY_TTL_S + 40) == 40 * 15
+    assert state.sweep(hours(1) + DAILY_TTL_S + 40) == 40 * 12
+    assert all(size == 0 for size in state.sizes().values()), state.sizes()

@@ -1,0 +1,198 @@
+"""RelayRegistry service: the router of WebSocket ``/relay`` (``../shared/spec/relay.md``).
+
+One service task holds the parts of ``/relay`` and routes each connection's messages to them:
+``RelayRegistryState`` (peers that relay for others) and ``RendezvousState`` (daily meeting
+points with dead drops, hourly live-match tokens). The chunk index joins them later.
+
+Invariants:
+- Identity (hardened): ``register`` binds a connection to one ``peerId`` for its lifetime; a
+  ``peerId`` belongs to at most one live connection; every later message acts for the bound
+  peer, and one that names another ``peerId`` is refused with ``peer_id_mismatch``.
+- Entries belong to the connection that made them: when it closes, its relay entry goes, then
+  its meeting points and tokens, then its socket mapping. Cleanup never removes state that a
+  newer connection holds for the same ``peerId``.
+
+Timers: the rendezvous sweep every 5 minutes (trio's clock); expired entries are invisible to
+lookups even between sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from zajel import clock
+from zajel.config import Config
+from zajel.logs import context
+from zajel.protocol import errors
+from zajel.protocol.frames import Invalid
+from zajel.protocol.relay import (
+    RELAYS_DEFAULT,
+    GetRelays,
+    Heartbeat,
+    Ping,
+    Register,
+    RegisterRendezvous,
+    RelayMessage,
+    UpdateLoad,
+)
+from zajel.services._peers import Attach, ConnId, Detach, Inbound, Out, PeerTable
+from zajel.services.relays import RelayRegistryState
+from zajel.services.rendezvous import RendezvousState
+
+log = logging.getLogger("zajel.relay")
+
+
+@attrs.frozen
+class GetRelayStats:
+    """Request: reply with ``RelayStats``."""
+
+
+@attrs.frozen
+class RelayStats:
+    relays: dict[str, int]
+    rendezvous: dict[str, int]
+
+
+class RelayService:
+    """The ``/relay`` service: identity binding, relay registry and rendezvous."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        relays: RelayRegistryState,
+        rendezvous: RendezvousState,
+        *,
+        epoch_ms: Callable[[], int] = clock.epoch_ms,
+    ) -> None:
+        self.relays = relays
+        self.rendezvous = rendezvous
+        self._epoch_ms = epoch_ms
+        self._peers = PeerTable(log)
+        self._bound: dict[ConnId, str] = {}  # connection -> its peerId
+        self._owners: dict[str, ConnId] = {}  # peerId -> the connection that holds it
+
+    @classmethod
+    def from_config(cls, config: Config) -> RelayService:
+        return cls(RelayRegistryState(), RendezvousState())
+
+    # -- the service protocol --------------------------------------------------------------
+
+    def handle(self, request: Any, now: float) -> Any:
+        if type(request) is Inbound:
+            try:
+                outs = self._on_message(request.conn_id, request.message, now)
+            except Exception:
+                log.exception("message failed", extra=context(conn=request.conn_id))
+                outs = [(request.conn_id, errors.internal_error().to_frame())]
+            self._deliver(outs)
+        elif type(request) is Attach:
+            self._peers.attach(request.conn_id, request.peer)
+        elif type(request) is Detach:
+            self._peers.detach(request.conn_id)
+            self._disconnect(request.conn_id)
+        elif type(request) is GetRelayStats:
+            return RelayStats(self.relays.statistics(), self.rendezvous.statistics(now))
+        else:
+            raise TypeError(f"unknown request {type(request).__name__}")
+        return None
+
+    def next_deadline(self) -> float:
+        return self.rendezvous.next_deadline()
+
+    def expire(self, now: float) -> None:
+        removed = self.rendezvous.sweep(now)
+        if removed:
+            log.debug("rendezvous sweep", extra=context(removed=removed))
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of the routing maps (memory-bound tests expect all zero when idle)."""
+        return {"peers": len(self._peers), "bound": len(self._bound), "owners": len(self._owners)}
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _on_message(self, conn: ConnId, message: RelayMessage, now: float) -> list[Out]:
+        if conn not in self._peers:
+            return []  # already disconnected (e.g. dropped as a slow consumer)
+        bound = self._bound.get(conn)
+        if message.needs_registration and bound is None:
+            return [(conn, errors.not_registered().to_frame())]
+        if isinstance(message, Invalid):
+            return [(conn, message.error.to_frame())]
+        if isinstance(message, Ping):
+            return [(conn, {"type": "pong"})]
+        if isinstance(message, Register):
+            return self._register(conn, bound, message, now)
+        assert bound is not None
+        if message.peer_id is not None and message.peer_id != bound:
+            return [(conn, errors.peer_id_mismatch().to_frame())]
+        if isinstance(message, UpdateLoad):
+            self.relays.update_load(bound, message.connected_count, now)
+            frame: dict[str, Any] = {"type": "load_updated", "peerId": bound}
+            frame["connectedCount"] = message.connected_count
+            return [(conn, frame)]
+        if isinstance(message, GetRelays):
+            relays = self.relays.available(exclude=bound, count=message.count)
+            return [(conn, {"type": "relays", "relays": relays})]
+        if isinstance(message, Heartbeat):
+            self.relays.heartbeat(bound, now)
+            return [(conn, {"type": "heartbeat_ack", "timestamp": self._epoch_ms()})]
+        if isinstance(message, RegisterRendezvous):
+            return self._register_rendezvous(conn, bound, message, now)
+        raise TypeError(f"not a relay message: {message!r}")
+
+    def _register(
+        self, conn: ConnId, bound: str | None, message: Register, now: float
+    ) -> list[Out]:
+        peer_id = message.peer_id
+        if bound is not None and bound != peer_id:
+            return [(conn, errors.peer_id_mismatch().to_frame())]
+        owner = self._owners.get(peer_id)
+        if owner is not None and owner != conn:
+            log.info("peer id in use", extra=context(conn=conn))
+            return [(conn, errors.peer_id_in_use().to_frame())]
+        self._bound[conn] = peer_id
+        self._owners[peer_id] = conn
+        self.relays.register(peer_id, message.max_connections, message.public_key, now)
+        relays = self.relays.available(exclude=peer_id, count=RELAYS_DEFAULT)
+        return [(conn, {"type": "registered", "peerId": peer_id, "relays": relays})]
+
+    def _register_rendezvous(
+        self, conn: ConnId, peer_id: str, message: RegisterRendezvous, now: float
+    ) -> list[Out]:
+        outcome = self.rendezvous.register(
+            peer_id,
+            daily_points=message.daily_points,
+            hourly_tokens=message.hourly_tokens,
+            dead_drop_for=message.dead_drop_for,
+            relay_id=message.relay_id,
+            now=now,
+        )
+        # Matched peers hear of the caller before the caller gets its result (relay.md).
+        outs: list[Out] = [
+            (self._owners[matched], frame)
+            for matched, frame in outcome.matches
+            if matched in self._owners
+        ]
+        outs.append((conn, outcome.result))
+        return outs
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _disconnect(self, conn: ConnId) -> list[Out]:
+        """Clean up after ``conn`` in the order relay.md gives; returns frames to send (none)."""
+        peer_id = self._bound.pop(conn, None)
+        if peer_id is None or self._owners.get(peer_id) != conn:
+            return []  # never registered, or a newer connection holds this peerId now
+        self.relays.remove(peer_id)
+        self.rendezvous.remove_peer(peer_id)
+        del self._owners[peer_id]
+        log.debug("peer left", extra=context(conn=conn))
+        return []
+
+    def _deliver(self, outs: list[Out]) -> None:
+        self._peers.deliver(outs, self._disconnect)
