@@ -197,3 +197,13 @@ async def test_rendezvous_entries_expire_on_the_servers_clock(nursery, clock):
             result = await bob.register_rendezvous(daily_points=["p"])
             assert result["deadDrops"] == []
     running.stop.set()
+
+
+async def test_relay_subpaths_reach_the_same_registry(server):
+    with trio.fail_after(10):
+        async with (
+            relays(server.url, "alice") as (alice,),
+            connect_relay(server.url, path="/relay/v1/anything") as bob,
+        ):
+            await bob.register("bob")
+            assert [relay["peerId"] for relay in await alice.get_relays()] == ["bob"]
