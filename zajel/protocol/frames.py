@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, NoReturn
+from collections.abc import Callable, Collection
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from zajel.protocol.errors import ProtocolError, invalid_message
+from zajel.protocol.errors import ProtocolError, invalid_message, unknown_type
 
 # ensure_ascii=True: a lone surrogate from a client (legal in JSON text, illegal in UTF-8) is
 # re-sent as an escape instead of breaking the outgoing frame's UTF-8 encoding.
@@ -83,3 +84,32 @@ class Invalid:
 
     error: ProtocolError = attrs.field(eq=False)
     needs_registration: bool = False
+
+
+M = TypeVar("M")
+
+
+def decode_message(
+    data: str | bytes,
+    *,
+    known_types: Collection[str],
+    open_types: Collection[str],
+    decode_fields: Callable[[str, dict[str, Any]], M],
+) -> M | Invalid:
+    """Decode one frame of an endpoint. Never raises: failures come back as ``Invalid``.
+
+    The frame itself is checked first (``invalid_message``, ``unknown_type``); a field error
+    raised by ``decode_fields`` is carried with ``needs_registration`` set unless the type is
+    one of ``open_types``, so the service answers ``not_registered`` before it.
+    """
+    try:
+        obj = decode_object(data)
+    except ProtocolError as exc:
+        return Invalid(exc)
+    type_ = obj["type"]
+    if type_ not in known_types:
+        return Invalid(unknown_type(type_))
+    try:
+        return decode_fields(type_, obj)
+    except ProtocolError as exc:
+        return Invalid(exc, needs_registration=type_ not in open_types)

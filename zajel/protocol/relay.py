@@ -17,9 +17,8 @@ from typing import Any, Final
 
 import attrs
 
-from zajel.protocol import errors, fields
-from zajel.protocol.errors import ProtocolError
-from zajel.protocol.frames import Invalid, decode_object
+from zajel.protocol import fields
+from zajel.protocol.frames import Invalid, decode_message
 
 PEER_ID_MAX: Final = fields.PEER_ID_MAX_LENGTH
 PUBLIC_KEY_MAX: Final = 1024
@@ -106,17 +105,12 @@ def decode(data: str | bytes, *, max_items: int = MAX_ITEMS_DEFAULT) -> RelayMes
     ``max_items`` bounds the meeting points, hourly tokens and ``dead_drops`` entries of one
     ``register_rendezvous`` (each counted before de-duplication).
     """
-    try:
-        obj = decode_object(data)
-    except ProtocolError as exc:
-        return Invalid(exc)
-    type_ = obj["type"]
-    if type_ not in KNOWN_TYPES:
-        return Invalid(errors.unknown_type(type_))
-    try:
-        return _decode_fields(type_, obj, max_items)
-    except ProtocolError as exc:
-        return Invalid(exc, needs_registration=type_ not in OPEN_TYPES)
+    return decode_message(
+        data,
+        known_types=KNOWN_TYPES,
+        open_types=OPEN_TYPES,
+        decode_fields=lambda type_, obj: _decode_fields(type_, obj, max_items),
+    )
 
 
 def _decode_fields(type_: str, obj: dict[str, Any], max_items: int) -> RelayMessage:

@@ -16,8 +16,7 @@ from typing import Any, Final
 import attrs
 
 from zajel.protocol import errors, fields
-from zajel.protocol.errors import ProtocolError
-from zajel.protocol.frames import Invalid, decode_object
+from zajel.protocol.frames import Invalid, decode_message
 
 PROPOSED_NAME_MAX = 64
 SDP_MAX = 65_536
@@ -80,17 +79,9 @@ SignalMessage = Register | PairRequest | PairAnswer | Relay | Ping | Invalid
 
 def decode(data: str | bytes) -> SignalMessage:
     """Decode one ``/signal`` frame. Never raises: failures come back as ``Invalid``."""
-    try:
-        obj = decode_object(data)
-    except ProtocolError as exc:
-        return Invalid(exc)
-    type_ = obj["type"]
-    if type_ not in KNOWN_TYPES:
-        return Invalid(errors.unknown_type(type_))
-    try:
-        return _decode_fields(type_, obj)
-    except ProtocolError as exc:
-        return Invalid(exc, needs_registration=type_ not in OPEN_TYPES)
+    return decode_message(
+        data, known_types=KNOWN_TYPES, open_types=OPEN_TYPES, decode_fields=_decode_fields
+    )
 
 
 def _decode_fields(type_: str, obj: dict[str, Any]) -> SignalMessage:
