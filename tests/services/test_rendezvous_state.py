@@ -249,3 +249,34 @@ def test_memory_after_everything_expires_and_is_swept(state):
     assert state.sweep(hours(1) + HOURLY_TTL_S + 40) == 40 * 15
     assert state.sweep(hours(1) + DAILY_TTL_S + 40) == 40 * 12
     assert all(size == 0 for size in state.sizes().values()), state.sizes()
+
+
+def test_one_peer_holds_a_bounded_number_of_entries_the_newest_kept():
+    state = RendezvousState(max_entries_per_peer=100)
+    for batch in range(10):
+        state.register(
+            "flooder",
+            daily_points=[f"day-{batch}-{index}" for index in range(50)],
+            hourly_tokens=[f"hour-{batch}-{index}" for index in range(50)],
+            dead_drop_for=lambda point: "d",
+            relay_id=None,
+            now=float(batch),
+        )
+    sizes = state.sizes()
+    assert sizes["daily_entries"] == 100
+    assert sizes["hourly_entries"] == 100
+    assert sizes["expiry"] == 200
+    # The last two batches survive: a newcomer finds the newest points, not the oldest.
+    found = state.register(
+        "other",
+        daily_points=["day-9-0", "day-0-0"],
+        hourly_tokens=["hour-8-49", "hour-7-49"],
+        dead_drop_for=lambda point: "",
+        relay_id=None,
+        now=10.0,
+    )
+    assert found.result["deadDrops"] == [{"peerId": "flooder", "deadDrop": "d"}]
+    assert found.result["liveMatches"] == [{"peerId": "flooder"}]
+    state.remove_peer("flooder")
+    state.remove_peer("other")
+    assert set(state.sizes().values()) == {0}

@@ -78,7 +78,9 @@ class RelayService:
 
     @classmethod
     def from_config(cls, config: Config) -> RelayService:
-        return cls(RelayRegistryState(), RendezvousState())
+        # One peer may hold the points of a few days' rotations, not unbounded many.
+        per_peer = 4 * config.rendezvous_max_items
+        return cls(RelayRegistryState(), RendezvousState(max_entries_per_peer=per_peer))
 
     # -- the service protocol --------------------------------------------------------------
 
@@ -93,8 +95,8 @@ class RelayService:
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
         elif type(request) is Detach:
-            self._peers.detach(request.conn_id)
             self._disconnect(request.conn_id)
+            self._peers.detach(request.conn_id)
         elif type(request) is GetRelayStats:
             return RelayStats(self.relays.statistics(), self.rendezvous.statistics(now))
         else:

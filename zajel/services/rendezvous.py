@@ -20,9 +20,11 @@ TTLs: a daily point entry lives ``DAILY_TTL_S`` (48 h), an hourly token entry
 ``register``, each later one ``SWEEP_INTERVAL_S`` after the previous sweep's ``now``; before
 any registration there is nothing to sweep and ``next_deadline()`` is ``inf``.
 
-Growth per call is bounded by the protocol's per-message limit (50 points and 50 tokens per
-``register_rendezvous``, conventions.md "Limits"), so the state does not cap how many peers one
-point or token may hold.
+Memory: one call adds at most the protocol's per-message limit (50 points and 50 tokens,
+conventions.md "Limits"), and one peer holds at most ``max_entries_per_peer`` entries of each
+kind (4 x 50 by default: the points of a few days' rotations). Past that, the peer's entries
+that expire first are dropped, so a client that keeps registering new points cannot grow the
+state without bound. How many peers one point or token holds is bounded by the peers connected.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from zajel.services._deadlines import Deadlines
 DAILY_TTL_S: Final = 48 * 3600
 HOURLY_TTL_S: Final = 3 * 3600
 SWEEP_INTERVAL_S: Final = 300.0
+MAX_ENTRIES_PER_PEER_DEFAULT: Final = 200
 
 
 @attrs.frozen
@@ -72,7 +75,8 @@ _ExpiryKey = tuple[Literal["daily", "hourly"], str, str]
 class RendezvousState:
     """Meeting points and hourly tokens with their entries. No I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_entries_per_peer: int = MAX_ENTRIES_PER_PEER_DEFAULT) -> None:
+        self._max_entries_per_peer = max_entries_per_peer
         self._daily: dict[str, dict[str, _DailyEntry]] = {}  # point -> peer -> entry
         self._hourly: dict[str, dict[str, _HourlyEntry]] = {}  # token -> peer -> entry
         self._peer_points: dict[str, set[str]] = {}  # peer -> points it holds an entry at
@@ -133,6 +137,8 @@ class RendezvousState:
             self._peer_tokens.setdefault(peer_id, set()).add(token)
             self._expiry.schedule(("hourly", token, peer_id), expires_at)
 
+        self._trim(peer_id, "daily", self._daily, self._peer_points)
+        self._trim(peer_id, "hourly", self._hourly, self._peer_tokens)
         push = {"type": "rendezvous_match", "match": _with_relay({"peerId": peer_id}, relay_id)}
         return RendezvousOutcome(
             result={
@@ -142,6 +148,24 @@ class RendezvousState:
             },
             matches=[(other, push) for other in live],
         )
+
+    def _trim(
+        self,
+        peer_id: str,
+        kind: Literal["daily", "hourly"],
+        table: dict[str, dict[str, Any]],
+        index: dict[str, set[str]],
+    ) -> None:
+        """Keep at most ``max_entries_per_peer`` of ``peer_id``'s entries of one kind,
+        dropping those that expire first (the newest registrations expire last)."""
+        keys = index.get(peer_id)
+        if keys is None or len(keys) <= self._max_entries_per_peer:
+            return
+        by_expiry = sorted(keys, key=lambda key: table[key][peer_id].expires_at)
+        for key in by_expiry[: len(keys) - self._max_entries_per_peer]:
+            _remove(table, key, peer_id)
+            keys.discard(key)
+            self._expiry.cancel((kind, key, peer_id))
 
     def remove_peer(self, peer_id: str) -> None:
         """``peer_id`` leaves every point and token (relay.md "Disconnect"); unknown: no-op."""
