@@ -35,9 +35,19 @@ IDLE_RENDEZVOUS = {
     "dailyEntries": 0,
     "hourlyEntries": 0,
 }
+IDLE_CHUNKS = {
+    "trackedChunks": 0,
+    "totalSources": 0,
+    "cachedChunks": 0,
+    "pendingRequests": 0,
+    "cacheHits": 0,
+    "cacheMisses": 0,
+    "pullsSent": 0,
+}
 IDLE_STATS = {
     "relays": IDLE_RELAYS,
     "rendezvous": IDLE_RENDEZVOUS,
+    "chunks": IDLE_CHUNKS,
     "signaling": {"connections": 0, "pairingCodes": 0, "pendingPairRequests": 0},
     "connections": 0,
 }
@@ -110,6 +120,7 @@ async def test_stats_counts_connections_codes_and_pending_requests(server):
             assert response.json() == {
                 "relays": IDLE_RELAYS,
                 "rendezvous": IDLE_RENDEZVOUS,
+                "chunks": IDLE_CHUNKS,
                 "signaling": {"connections": 3, "pairingCodes": 2, "pendingPairRequests": 1},
                 "connections": 3,
             }

@@ -96,7 +96,30 @@ REGISTERED = {
     ),
     # frames
     "unknown type": ({"type": "teleport"}, "unknown_type"),
-    "chunk types come later": ({"type": "chunk_request", "chunkId": "c"}, "unknown_type"),
+    "request: chunkId missing": ({"type": "chunk_request"}, "invalid_field"),
+    "request: chunkId number": ({"type": "chunk_request", "chunkId": 1}, "invalid_field"),
+    "request: chunkId too long": (
+        {"type": "chunk_request", "chunkId": "c" * 257},
+        "invalid_field",
+    ),
+    "request: channelId list": (
+        {"type": "chunk_request", "chunkId": "c", "channelId": ["x"]},
+        "invalid_field",
+    ),
+    "announce: chunks missing": ({"type": "chunk_announce"}, "invalid_field"),
+    "announce: chunks empty": ({"type": "chunk_announce", "chunks": []}, "invalid_field"),
+    "announce: chunks string": ({"type": "chunk_announce", "chunks": "c"}, "invalid_field"),
+    "announce: 101 chunks": (
+        {"type": "chunk_announce", "chunks": [{"chunkId": "c", "routingHash": "h"}] * 101},
+        "invalid_field",
+    ),
+    "push: data missing": ({"type": "chunk_push", "chunkId": "c"}, "invalid_field"),
+    "push: data null": ({"type": "chunk_push", "chunkId": "c", "data": None}, "invalid_field"),
+    "push: too large": (
+        {"type": "chunk_push", "chunkId": "c", "data": "x" * 65_535},
+        "chunk_too_large",
+    ),
+    "push: not a source": ({"type": "chunk_push", "chunkId": "c", "data": "x"}, "not_a_source"),
 }
 
 # (frame, expected error code) sent on an UNREGISTERED connection.

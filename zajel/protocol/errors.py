@@ -15,6 +15,8 @@ PAIRING_CODE_IN_USE = "pairing_code_in_use"
 PEER_NOT_FOUND = "peer_not_found"
 PEER_ID_MISMATCH = "peer_id_mismatch"
 PEER_ID_IN_USE = "peer_id_in_use"
+CHUNK_TOO_LARGE = "chunk_too_large"
+NOT_A_SOURCE = "not_a_source"
 INTERNAL_ERROR = "internal_error"
 
 
@@ -76,3 +78,13 @@ def peer_id_mismatch() -> ProtocolError:
 
 def peer_id_in_use() -> ProtocolError:
     return ProtocolError(PEER_ID_IN_USE, "Peer ID already in use")
+
+
+def chunk_too_large(size: int, limit: int) -> ProtocolError:
+    return ProtocolError(
+        CHUNK_TOO_LARGE, f"Chunk payload too large: {size} bytes exceeds {limit} byte limit"
+    )
+
+
+def not_a_source() -> ProtocolError:
+    return ProtocolError(NOT_A_SOURCE, "Not a source for this chunk")

@@ -17,8 +17,8 @@ from typing import Any, Final
 
 import attrs
 
-from zajel.protocol import fields
-from zajel.protocol.frames import Invalid, decode_message
+from zajel.protocol import errors, fields
+from zajel.protocol.frames import Invalid, decode_message, utf8_json_size
 
 PEER_ID_MAX: Final = fields.PEER_ID_MAX_LENGTH
 PUBLIC_KEY_MAX: Final = 1024
@@ -34,8 +34,15 @@ CONNECTED_COUNT_MAX: Final = 1_000_000
 # Meeting points or hourly tokens per register_rendezvous (conventions.md, Limits).
 MAX_ITEMS_DEFAULT: Final = 50
 
-KNOWN_TYPES: Final = frozenset(
-    {"register", "update_load", "get_relays", "heartbeat", "ping", "register_rendezvous"}
+# Chunk ids, routing hashes and channel ids (conventions.md, Identifiers).
+CHUNK_ID_MAX: Final = 256
+CHUNK_ANNOUNCE_MAX_DEFAULT: Final = 100
+CHUNK_MAX_BYTES_DEFAULT: Final = 65_536
+
+CHUNK_TYPES: Final = frozenset({"chunk_announce", "chunk_request", "chunk_push"})
+KNOWN_TYPES: Final = (
+    frozenset({"register", "update_load", "get_relays", "heartbeat", "ping", "register_rendezvous"})
+    | CHUNK_TYPES
 )
 # Types that an unregistered connection may send (relay.md, Identity).
 OPEN_TYPES: Final = frozenset({"register", "ping"})
@@ -96,24 +103,77 @@ class RegisterRendezvous:
         return self.dead_drops.get(point, self.dead_drop)
 
 
-RelayMessage = Register | UpdateLoad | GetRelays | Heartbeat | Ping | RegisterRendezvous | Invalid
+@attrs.frozen
+class ChunkAnnounce:
+    """``chunk_announce``: the valid ``(chunkId, routingHash)`` entries; invalid ones are
+    skipped and not counted (relay.md, Chunk distribution)."""
+
+    peer_id: str | None
+    chunks: tuple[tuple[str, str], ...]
+    channel_id: str | None
+    needs_registration: bool = attrs.field(default=True, init=False)
 
 
-def decode(data: str | bytes, *, max_items: int = MAX_ITEMS_DEFAULT) -> RelayMessage:
+@attrs.frozen
+class ChunkRequest:
+    peer_id: str | None
+    chunk_id: str
+    channel_id: str | None
+    needs_registration: bool = attrs.field(default=True, init=False)
+
+
+@attrs.frozen
+class ChunkPush:
+    """``chunk_push``: ``data`` is any JSON value, already checked against the size limit."""
+
+    peer_id: str | None
+    chunk_id: str
+    data: Any = attrs.field(eq=False)
+    needs_registration: bool = attrs.field(default=True, init=False)
+
+
+RelayMessage = (
+    Register
+    | UpdateLoad
+    | GetRelays
+    | Heartbeat
+    | Ping
+    | RegisterRendezvous
+    | ChunkAnnounce
+    | ChunkRequest
+    | ChunkPush
+    | Invalid
+)
+
+
+@attrs.frozen
+class Limits:
+    """The per-message limits of ``/relay`` (all settings, operations.md)."""
+
+    max_items: int = MAX_ITEMS_DEFAULT
+    announce_max: int = CHUNK_ANNOUNCE_MAX_DEFAULT
+    chunk_max_bytes: int = CHUNK_MAX_BYTES_DEFAULT
+
+
+def decode(
+    data: str | bytes, *, max_items: int = MAX_ITEMS_DEFAULT, limits: Limits | None = None
+) -> RelayMessage:
     """Decode one ``/relay`` frame. Never raises: failures come back as ``Invalid``.
 
     ``max_items`` bounds the meeting points, hourly tokens and ``dead_drops`` entries of one
-    ``register_rendezvous`` (each counted before de-duplication).
+    ``register_rendezvous`` (each counted before de-duplication); ``limits``, when given, sets
+    every limit (its ``max_items`` included).
     """
+    limits = limits if limits is not None else Limits(max_items=max_items)
     return decode_message(
         data,
         known_types=KNOWN_TYPES,
         open_types=OPEN_TYPES,
-        decode_fields=lambda type_, obj: _decode_fields(type_, obj, max_items),
+        decode_fields=lambda type_, obj: _decode_fields(type_, obj, limits),
     )
 
 
-def _decode_fields(type_: str, obj: dict[str, Any], max_items: int) -> RelayMessage:
+def _decode_fields(type_: str, obj: dict[str, Any], limits: Limits) -> RelayMessage:
     if type_ == "ping":
         return Ping()
     if type_ == "register":
@@ -137,7 +197,49 @@ def _decode_fields(type_: str, obj: dict[str, Any], max_items: int) -> RelayMess
         )
     if type_ == "heartbeat":
         return Heartbeat(peer_id)
-    return _decode_rendezvous(peer_id, obj, max_items)
+    if type_ in CHUNK_TYPES:
+        return _decode_chunk(type_, peer_id, obj, limits)
+    return _decode_rendezvous(peer_id, obj, limits.max_items)
+
+
+def _decode_chunk(
+    type_: str, peer_id: str | None, obj: dict[str, Any], limits: Limits
+) -> ChunkAnnounce | ChunkRequest | ChunkPush:
+    channel_id = fields.optional_bounded_string(
+        obj, "channelId", min_length=1, max_length=CHUNK_ID_MAX
+    )
+    if type_ == "chunk_announce":
+        entries = obj.get("chunks")
+        if not isinstance(entries, list) or not 1 <= len(entries) <= limits.announce_max:
+            raise errors.invalid_field(
+                f"Invalid chunks: expected a list of 1 to {limits.announce_max} entries"
+            )
+        valid = tuple(
+            (entry["chunkId"], entry["routingHash"])
+            for entry in entries
+            if isinstance(entry, dict)
+            and _is_chunk_id(entry.get("chunkId"))
+            and _is_chunk_id(entry.get("routingHash"))
+        )
+        return ChunkAnnounce(peer_id, valid, channel_id)
+    chunk_id = fields.optional_bounded_string(obj, "chunkId", min_length=1, max_length=CHUNK_ID_MAX)
+    if chunk_id is None:
+        raise errors.invalid_field(
+            f"Invalid chunkId: expected a string of 1 to {CHUNK_ID_MAX} characters"
+        )
+    if type_ == "chunk_request":
+        return ChunkRequest(peer_id, chunk_id, channel_id)
+    if obj.get("data") is None:
+        raise errors.invalid_field("Invalid data: expected a JSON value")
+    # relay.md, Size: compact JSON with raw UTF-8, at most chunk_max_bytes.
+    size = utf8_json_size(obj["data"])
+    if size > limits.chunk_max_bytes:
+        raise errors.chunk_too_large(size, limits.chunk_max_bytes)
+    return ChunkPush(peer_id, chunk_id, obj["data"])
+
+
+def _is_chunk_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= CHUNK_ID_MAX
 
 
 def _decode_rendezvous(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -83,10 +83,24 @@ class PeerTable:
         while index < len(outs):
             conn, frame = outs[index]
             index += 1
-            peer = self._peers.get(conn)
-            if peer is None or peer.send_nowait(encode(frame)):
-                continue
-            self._log.warning("slow consumer disconnected", extra=context(conn=conn))
-            del self._peers[conn]
-            peer.close(CLOSE_TRY_AGAIN_LATER)
-            outs.extend(drop(conn))
+            if not self._send(conn, encode(frame)):
+                outs.extend(drop(conn))
+
+    def multicast(
+        self, conns: Sequence[ConnId], text: str, drop: Callable[[ConnId], list[Out]]
+    ) -> None:
+        """Queue one already encoded frame to every connection of ``conns``: the frame is
+        encoded once however many wait for it, and a slow one never delays the others."""
+        dropped = [conn for conn in conns if not self._send(conn, text)]
+        for conn in dropped:
+            self.deliver(drop(conn), drop)
+
+    def _send(self, conn: ConnId, text: str) -> bool:
+        """Queue ``text`` to ``conn``; False when ``conn`` was just dropped as slow."""
+        peer = self._peers.get(conn)
+        if peer is None or peer.send_nowait(text):
+            return True
+        self._log.warning("slow consumer disconnected", extra=context(conn=conn))
+        del self._peers[conn]
+        peer.close(CLOSE_TRY_AGAIN_LATER)
+        return False

@@ -1,8 +1,9 @@
 """RelayRegistry service: the router of WebSocket ``/relay`` (``../shared/spec/relay.md``).
 
 One service task holds the parts of ``/relay`` and routes each connection's messages to them:
-``RelayRegistryState`` (peers that relay for others) and ``RendezvousState`` (daily meeting
-points with dead drops, hourly live-match tokens). The chunk index joins them later.
+``RelayRegistryState`` (peers that relay for others), ``RendezvousState`` (daily meeting
+points with dead drops, hourly live-match tokens) and ``ChunkIndexState`` (who holds which
+chunk, the cache, one pull per chunk multicast to every waiting requester).
 
 Invariants:
 - Identity (hardened): ``register`` binds a connection to one ``peerId`` for its lifetime; a
@@ -12,8 +13,9 @@ Invariants:
   its meeting points and tokens, then its socket mapping. Cleanup never removes state that a
   newer connection holds for the same ``peerId``.
 
-Timers: the rendezvous sweep every 5 minutes (trio's clock); expired entries are invisible to
-lookups even between sweeps.
+Timers (trio's clock): the rendezvous sweep every 5 minutes, and the chunk index's own
+deadlines (10 s pull time-outs, source, request and cache expiry). Expired entries are
+invisible to lookups even between sweeps.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from zajel import clock
 from zajel.config import Config
 from zajel.logs import context
 from zajel.protocol import errors
-from zajel.protocol.frames import Invalid
+from zajel.protocol.frames import Invalid, encode
 from zajel.protocol.relay import (
     RELAYS_DEFAULT,
+    ChunkAnnounce,
+    ChunkPush,
+    ChunkRequest,
     GetRelays,
     Heartbeat,
     Ping,
@@ -40,6 +45,7 @@ from zajel.protocol.relay import (
     UpdateLoad,
 )
 from zajel.services._peers import Attach, ConnId, Detach, Inbound, Out, PeerTable
+from zajel.services.chunks import Announced, ChunkError, ChunkIndexState, ChunkResult
 from zajel.services.relays import RelayRegistryState
 from zajel.services.rendezvous import RendezvousState
 
@@ -55,6 +61,7 @@ class GetRelayStats:
 class RelayStats:
     relays: dict[str, int]
     rendezvous: dict[str, int]
+    chunks: dict[str, int]
 
 
 class RelayService:
@@ -66,15 +73,18 @@ class RelayService:
         self,
         relays: RelayRegistryState,
         rendezvous: RendezvousState,
+        chunks: ChunkIndexState | None = None,
         *,
         epoch_ms: Callable[[], int] = clock.epoch_ms,
     ) -> None:
         self.relays = relays
         self.rendezvous = rendezvous
+        self.chunks = chunks if chunks is not None else ChunkIndexState()
         self._epoch_ms = epoch_ms
         self._peers = PeerTable(log)
         self._bound: dict[ConnId, str] = {}  # connection -> its peerId
         self._owners: dict[str, ConnId] = {}  # peerId -> the connection that holds it
+        self._now = 0.0  # the time of the request being handled, for cleanup on a drop
 
     @classmethod
     def from_config(cls, config: Config) -> RelayService:
@@ -85,6 +95,7 @@ class RelayService:
     # -- the service protocol --------------------------------------------------------------
 
     def handle(self, request: Any, now: float) -> Any:
+        self._now = now
         if type(request) is Inbound:
             try:
                 outs = self._on_message(request.conn_id, request.message, now)
@@ -95,21 +106,29 @@ class RelayService:
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
         elif type(request) is Detach:
-            self._disconnect(request.conn_id)
+            self._deliver(self._disconnect(request.conn_id, now))
             self._peers.detach(request.conn_id)
         elif type(request) is GetRelayStats:
-            return RelayStats(self.relays.statistics(), self.rendezvous.statistics(now))
+            return RelayStats(
+                self.relays.statistics(),
+                self.rendezvous.statistics(now),
+                self.chunks.statistics(now),
+            )
         else:
             raise TypeError(f"unknown request {type(request).__name__}")
         return None
 
     def next_deadline(self) -> float:
-        return self.rendezvous.next_deadline()
+        return min(self.rendezvous.next_deadline(), self.chunks.next_deadline())
 
     def expire(self, now: float) -> None:
-        removed = self.rendezvous.sweep(now)
-        if removed:
-            log.debug("rendezvous sweep", extra=context(removed=removed))
+        self._now = now
+        if self.rendezvous.next_deadline() <= now:
+            removed = self.rendezvous.sweep(now)
+            if removed:
+                log.debug("rendezvous sweep", extra=context(removed=removed))
+        if self.chunks.next_deadline() <= now:
+            self._deliver(self._chunk_outs(self.chunks.expire(now)))
 
     def sizes(self) -> dict[str, int]:
         """Entries of the routing maps (memory-bound tests expect all zero when idle)."""
@@ -145,6 +164,19 @@ class RelayService:
             return [(conn, {"type": "heartbeat_ack", "timestamp": self._epoch_ms()})]
         if isinstance(message, RegisterRendezvous):
             return self._register_rendezvous(conn, bound, message, now)
+        if isinstance(message, ChunkRequest):
+            result = self.chunks.request(bound, message.chunk_id, message.channel_id, now)
+            return self._chunk_outs(result)
+        if isinstance(message, ChunkAnnounce):
+            announced = [Announced(chunk_id, routing) for chunk_id, routing in message.chunks]
+            result = self.chunks.announce(bound, announced, message.channel_id, now)
+            return self._chunk_outs(result)
+        if isinstance(message, ChunkPush):
+            try:
+                result = self.chunks.push(bound, message.chunk_id, message.data, now)
+            except ChunkError:
+                return [(conn, errors.not_a_source().to_frame())]
+            return self._chunk_outs(result)
         raise TypeError(f"not a relay message: {message!r}")
 
     def _register(
@@ -183,18 +215,38 @@ class RelayService:
         outs.append((conn, outcome.result))
         return outs
 
+    def _chunk_outs(self, result: ChunkResult) -> list[Out]:
+        """Single frames become outputs; each multicast is encoded once and queued to every
+        waiting requester right here (a slow one is dropped, never waited for)."""
+        outs: list[Out] = [
+            (self._owners[out.peer_id], out.frame)
+            for out in result.outs
+            if out.peer_id in self._owners
+        ]
+        for delivery in result.deliveries:
+            conns = [self._owners[p] for p in delivery.peer_ids if p in self._owners]
+            self._peers.multicast(conns, encode(delivery.frame), self._drop)
+        return outs
+
     # -- connections -----------------------------------------------------------------------
 
-    def _disconnect(self, conn: ConnId) -> list[Out]:
-        """Clean up after ``conn`` in the order relay.md gives; returns frames to send (none)."""
+    def _disconnect(self, conn: ConnId, now: float) -> list[Out]:
+        """Clean up after ``conn`` in the order relay.md gives; returns the frames that result
+        (a pull in flight to it moves to the next source)."""
         peer_id = self._bound.pop(conn, None)
         if peer_id is None or self._owners.get(peer_id) != conn:
             return []  # never registered, or a newer connection holds this peerId now
         self.relays.remove(peer_id)
         self.rendezvous.remove_peer(peer_id)
+        result = self.chunks.remove_peer(peer_id, now)
         del self._owners[peer_id]
+        outs = self._chunk_outs(result)
         log.debug("peer left", extra=context(conn=conn))
-        return []
+        return outs
+
+    def _drop(self, conn: ConnId) -> list[Out]:
+        """The cleanup of a connection dropped as a slow consumer."""
+        return self._disconnect(conn, self._now)
 
     def _deliver(self, outs: list[Out]) -> None:
-        self._peers.deliver(outs, self._disconnect)
+        self._peers.deliver(outs, self._drop)

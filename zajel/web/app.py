@@ -50,6 +50,7 @@ FEATURES = [
     "reconnect-grace",
     "relay-registry",
     "rendezvous",
+    "chunk-distribution",
 ]
 
 
@@ -84,7 +85,14 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
         Endpoint(
             "relay",
             "/relay",
-            functools.partial(relay_protocol.decode, max_items=config.rendezvous_max_items),
+            functools.partial(
+                relay_protocol.decode,
+                limits=relay_protocol.Limits(
+                    max_items=config.rendezvous_max_items,
+                    announce_max=config.chunk_announce_max,
+                    chunk_max_bytes=config.chunk_max_bytes,
+                ),
+            ),
             services.relay,
         ),
     ]
@@ -162,7 +170,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
         failing: list[str] = []
         relay = replies.get("relay")
         if isinstance(relay, RelayStats):
-            sections.update(relays=relay.relays, rendezvous=relay.rendezvous)
+            sections.update(relays=relay.relays, rendezvous=relay.rendezvous, chunks=relay.chunks)
         else:
             failing.append("relay")
         signaling = replies.get("signaling")
