@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/signaling.py --pairs 10 --messages 2000 --window 32
 	$(BIN)/python bench/transport_floor.py --connections 20 --frames 4000 --window 32
+	$(BIN)/python bench/chunk_multicast.py --subscribers 100 --chunks 64 --size 16384
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,0 +1,213 @@
+"""Chunk multicast: one source, K chunks of S bytes, N subscribers that each request every chunk.
+
+Run from the repository root::
+
+    python bench/chunk_multicast.py --subscribers 100 --chunks 64 --size 16384
+
+Scheme. The source registers on ``/relay`` and announces K chunks (``chunk-0`` … in batches of
+at most 100); it answers every ``chunk_pull`` with a ``chunk_push`` whose ``data`` is the
+standard base64 of S random bytes. Then N subscribers connect, register, and each sends a
+``chunk_request`` for every chunk at once. The server pulls each chunk from the source once and
+multicasts the push to everyone waiting; later requests are served from its cache.
+
+Figures: ``deliveries`` (``chunk_data`` frames received), ``deliveries_per_s`` and
+``delivered_mb_per_s`` over the request phase, p50/p99 request-to-data latency,
+``pulls_per_chunk`` (pulls the source received, per chunk: 1.0 is the goal), ``errors``
+(error frames, unexpected frames, missing deliveries), the server's CPU seconds during the
+request phase and per delivery, and its peak RSS (``VmHWM``). One JSON line on stdout, also
+appended to ``--out``. Every wait is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench._server import running_server  # noqa: E402
+from zajel.client import RelayClient, connect_relay  # noqa: E402
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "chunk_multicast.jsonl"
+SERVER_ENV = {
+    "ZAJEL_WS_MESSAGE_RATE": "1000000000",
+    "ZAJEL_WS_MESSAGE_BURST": "1000000000",
+    "ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "1000000",
+    "ZAJEL_WS_MAX_CONNECTIONS": "1000000",
+    "ZAJEL_HTTP_RATE_PER_MINUTE": "1000000000",
+    # Every subscriber may have K chunk_data frames queued at once.
+    "ZAJEL_WS_OUTBOUND_QUEUE": "4096",
+    "ZAJEL_LOG_LEVEL": "warning",
+}
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set size (``VmHWM``) in MB, from /proc (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Counters:
+    def __init__(self, chunks: int) -> None:
+        self.pulls = [0] * chunks
+        self.deliveries = 0
+        self.delivered_bytes = 0
+        self.latencies_ns: list[int] = []
+        self.errors = 0
+        self.error_samples: list[Any] = []
+
+    def error(self, what: Any) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what)
+
+
+async def serve_pulls(source: RelayClient, payloads: list[str], counters: Counters) -> None:
+    """Answer every pull with the chunk's data, until cancelled."""
+    while True:
+        frame = await source.receive()
+        if frame.get("type") == "chunk_pull":
+            index = int(frame["chunkId"].rsplit("-", 1)[1])
+            counters.pulls[index] += 1
+            await source.send(
+                {"type": "chunk_push", "chunkId": frame["chunkId"], "data": payloads[index]}
+            )
+        elif frame.get("type") not in ("chunk_push_ack", "chunk_announce_ack"):
+            counters.error(frame)
+
+
+async def subscribe(client: RelayClient, chunks: int, counters: Counters) -> None:
+    sent_at: dict[str, int] = {}
+    for index in range(chunks):
+        chunk_id = f"chunk-{index}"
+        sent_at[chunk_id] = time.perf_counter_ns()
+        await client.send({"type": "chunk_request", "chunkId": chunk_id})
+    while sent_at:
+        frame = await client.receive()
+        if frame.get("type") != "chunk_data" or frame.get("chunkId") not in sent_at:
+            counters.error(frame)
+            continue
+        counters.latencies_ns.append(time.perf_counter_ns() - sent_at.pop(frame["chunkId"]))
+        counters.deliveries += 1
+        counters.delivered_bytes += len(frame["data"])
+
+
+def percentile_ms(values: list[int], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * pct))] / 1e6, 3)
+
+
+async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> dict[str, Any]:
+    payloads = [
+        base64.b64encode(secrets.token_bytes(args.size)).decode() for _ in range(args.chunks)
+    ]
+    counters = Counters(args.chunks)
+    async with AsyncExitStack() as stack:
+        source = await stack.enter_async_context(connect_relay(url, max_message_size=1 << 22))
+        await source.register("bench-source")
+        for start in range(0, args.chunks, 100):
+            entries = [
+                {"chunkId": f"chunk-{index}", "routingHash": f"route-{index}"}
+                for index in range(start, min(start + 100, args.chunks))
+            ]
+            await source.send({"type": "chunk_announce", "chunks": entries})
+            await source.expect("chunk_announce_ack")
+        subscribers = []
+        for index in range(args.subscribers):
+            client = await stack.enter_async_context(connect_relay(url, max_message_size=1 << 22))
+            await client.register(f"bench-subscriber-{index}")
+            subscribers.append(client)
+        cpu_before, started = cpu(), time.perf_counter()
+        timed_out = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_pulls, source, payloads, counters)
+            with trio.move_on_after(args.timeout) as scope:
+                async with trio.open_nursery() as requests:
+                    for client in subscribers:
+                        requests.start_soon(subscribe, client, args.chunks, counters)
+            timed_out = scope.cancelled_caught
+            nursery.cancel_scope.cancel()
+        seconds = time.perf_counter() - started
+        cpu_used = cpu() - cpu_before if cpu_before is not None else None
+    expected = args.subscribers * args.chunks
+    missing = expected - counters.deliveries
+    return {
+        "benchmark": "chunk_multicast",
+        "subscribers": args.subscribers,
+        "chunks": args.chunks,
+        "size": args.size,
+        "deliveries": counters.deliveries,
+        "expected_deliveries": expected,
+        "seconds": round(seconds, 3),
+        "deliveries_per_s": round(counters.deliveries / seconds, 1),
+        "delivered_mb_per_s": round(counters.delivered_bytes / seconds / 1e6, 2),
+        "p50_ms": percentile_ms(counters.latencies_ns, 0.50),
+        "p99_ms": percentile_ms(counters.latencies_ns, 0.99),
+        "pulls_per_chunk": round(sum(counters.pulls) / args.chunks, 3),
+        "max_pulls_of_one_chunk": max(counters.pulls),
+        "errors": counters.errors + missing,
+        "error_samples": counters.error_samples,
+        "timed_out": timed_out,
+        "server_cpu_s": None if cpu_used is None else round(cpu_used, 3),
+        "server_cpu_us_per_delivery": (
+            None
+            if cpu_used is None or not counters.deliveries
+            else round(cpu_used / counters.deliveries * 1e6, 2)
+        ),
+        "server_peak_rss_mb": None if pid is None else peak_rss_mb(pid),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "machine": {"system": platform.system(), "arch": platform.machine()},
+        "cpus": os.cpu_count(),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.url:
+        return await run(args, args.url, lambda: None, None)
+    async with running_server(SERVER_ENV) as server:
+        return await run(args, server.url, server.cpu_seconds, server.pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=100, help="N")
+    parser.add_argument("--chunks", type=int, default=64, help="K")
+    parser.add_argument("--size", type=int, default=16_384, help="S: raw bytes per chunk")
+    parser.add_argument("--url", help="use a running server instead of starting one")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    args = parser.parse_args(argv)
+    result = trio.run(main_async, args)
+    line = json.dumps(result, separators=(",", ":"))
+    print(line)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as file:
+        file.write(line + "\n")
+    return 1 if result["errors"] or result["timed_out"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
