@@ -511,3 +511,27 @@ def test_random_traffic_pulls_sources_only_and_leaves_nothing_behind(ops):
         state.remove_peer(p, now)
     state.expire(now + SOURCE_TTL_S + CACHE_TTL_S)
     assert_idle(state)
+
+
+def test_one_peer_holds_a_bounded_number_of_sources_and_pending_requests():
+    state = ChunkIndexState(max_sources_per_peer=3, max_pending_per_peer=2)
+    announced = [Announced(f"c{index}", "h") for index in range(5)]
+    result = state.announce("holder", announced, None, 0.0)
+    assert result.outs[0].frame == {"type": "chunk_announce_ack", "registered": 3}
+    # Re-announcing what it holds still counts; new ids past the cap do not.
+    again = state.announce("holder", [Announced("c0", "h"), Announced("c9", "h")], None, 1.0)
+    assert again.outs[0].frame == {"type": "chunk_announce_ack", "registered": 1}
+    assert state.statistics(1.0)["totalSources"] == 3
+
+    state.request("asker", "x1", None, 2.0)
+    state.request("asker", "x2", None, 2.0)
+    refused = state.request("asker", "x3", None, 2.0)
+    assert [out.frame for out in refused.outs] == [
+        {"type": "error", "code": "rate_limited", "message": "Too many pending chunk requests"}
+    ]
+    state.request("asker", "x1", None, 3.0)  # refreshing a pending request is fine
+    assert state.statistics(3.0)["pendingRequests"] == 2
+    state.remove_peer("holder", 4.0)
+    state.remove_peer("asker", 4.0)
+    state.expire(10_000.0)
+    assert set(state.sizes().values()) == {0}

@@ -50,6 +50,11 @@ PENDING_TTL_S: Final = 300.0
 PULL_TIMEOUT_S: Final = 10.0
 CACHE_TTL_S: Final = 1800.0
 CACHE_MAX: Final = 1000
+# What one peer may hold at once: without these, a client announcing or requesting new chunk
+# ids at the message rate would grow the index for an hour (sources) or 5 minutes (requests).
+MAX_SOURCES_PER_PEER: Final = 10_000
+MAX_PENDING_PER_PEER: Final = 1_000
+TOO_MANY_PENDING: Final = "Too many pending chunk requests"
 
 NOT_FOUND_MESSAGE: Final = "No online sources available. You will be notified when available."
 
@@ -126,8 +131,16 @@ _Key = tuple[Literal["source", "pending", "pull", "cache"], str, str]
 class ChunkIndexState:
     """Sources, pending requests, pulls in flight and the cache of chunks. No I/O."""
 
-    def __init__(self, *, cache_max: int = CACHE_MAX) -> None:
+    def __init__(
+        self,
+        *,
+        cache_max: int = CACHE_MAX,
+        max_sources_per_peer: int = MAX_SOURCES_PER_PEER,
+        max_pending_per_peer: int = MAX_PENDING_PER_PEER,
+    ) -> None:
         self._cache_max = cache_max
+        self._max_sources_per_peer = max_sources_per_peer
+        self._max_pending_per_peer = max_pending_per_peer
         self._sources: dict[str, dict[str, _Source]] = {}  # chunk -> peer -> source (by announce)
         self._pending: dict[str, dict[str, _Pending]] = {}  # chunk -> peer -> request (by arrival)
         self._pulls: dict[str, _Pull] = {}  # chunk -> the pull in flight
@@ -151,14 +164,20 @@ class ChunkIndexState:
         waiting requesters, no cached copy and no pull in flight. ``channel_id`` is the
         announce's own and does not change which channel a pull echoes.
         """
-        outs = [ChunkOut(peer_id, {"type": "chunk_announce_ack", "registered": len(chunks)})]
+        ack: dict[str, Any] = {"type": "chunk_announce_ack", "registered": 0}
+        outs = [ChunkOut(peer_id, ack)]
+        held = self._peer_sources.get(peer_id, set())
         for chunk in chunks:
             chunk_id = chunk.chunk_id
+            if chunk_id not in held and len(held) >= self._max_sources_per_peer:
+                continue  # over the per-peer cap: skipped and not counted, like an invalid entry
+            ack["registered"] += 1
             sources = self._sources.setdefault(chunk_id, {})
             sources.pop(peer_id, None)  # re-insert: the latest announce is the most recent
             expires_at = now + SOURCE_TTL_S
             sources[peer_id] = _Source(chunk.routing_hash, expires_at)
-            self._peer_sources.setdefault(peer_id, set()).add(chunk_id)
+            held = self._peer_sources.setdefault(peer_id, held)
+            held.add(chunk_id)
             self._deadlines.schedule(("source", chunk_id, peer_id), expires_at)
             self._drop_pending(chunk_id, peer_id)  # it holds the chunk now
             if (
@@ -186,6 +205,16 @@ class ChunkIndexState:
             frame = _chunk_data(chunk_id, cached.data, "cache", channel_id)
             return ChunkResult(deliveries=[Delivery(frame, (peer_id,))])
 
+        waiting = self._peer_pending.get(peer_id, ())
+        if chunk_id not in waiting and len(waiting) >= self._max_pending_per_peer:
+            return ChunkResult(
+                [
+                    ChunkOut(
+                        peer_id,
+                        {"type": "error", "code": "rate_limited", "message": TOO_MANY_PENDING},
+                    )
+                ]
+            )
         self._cache_misses += 1
         expires_at = now + PENDING_TTL_S
         pending = self._pending.setdefault(chunk_id, {})
