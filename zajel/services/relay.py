@@ -10,7 +10,8 @@ Invariants:
   ``peerId`` belongs to at most one live connection; every later message acts for the bound
   peer, and one that names another ``peerId`` is refused with ``peer_id_mismatch``.
 - Entries belong to the connection that made them: when it closes, its relay entry goes, then
-  its meeting points and tokens, then its socket mapping. Cleanup never removes state that a
+  its meeting points and tokens, then its chunk sources and pending requests (a pull in flight
+  to it moves to the next source), then its socket mapping. Cleanup never removes state that a
   newer connection holds for the same ``peerId``.
 
 Timers (trio's clock): the rendezvous sweep every 5 minutes, and the chunk index's own
