@@ -24,9 +24,8 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict zajel
 
 bench: $(STAMP)
-	$(BIN)/python bench/signaling.py --pairs 10 --messages 2000 --window 32
-	$(BIN)/python bench/transport_floor.py --connections 20 --frames 4000 --window 32
-	$(BIN)/python bench/chunk_multicast.py --subscribers 100 --chunks 64 --size 16384
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run_all.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -105,3 +105,20 @@ def test_transport_floor_benchmark_echoes_every_frame(tmp_path):
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert result["benchmark"] == "transport_floor"
     assert result["echoed"] == 2 * 50
+
+
+def test_run_all_writes_latest_json_with_every_scenario(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", f"--results={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads((tmp_path / "latest.json").read_text())
+    kinds = [result["benchmark"] for result in summary["results"]]
+    assert kinds == ["signaling", "transport_floor", "chunk_multicast"]
+    assert all(result["exit"] == 0 for result in summary["results"])
+    assert summary["machine"]["cpus"] >= 1

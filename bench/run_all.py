@@ -1,0 +1,154 @@
+"""Every benchmark scenario, one after another, into ``bench/results/latest.json`` and a plot.
+
+Run from the repository root (``make bench`` does)::
+
+    python bench/run_all.py
+
+Scenarios: the signaling benchmark (10 pairs, 2,000 messages each way, window 32), the transport
+floor, and the chunk multicast at N = 10, 100 and 500 subscribers for S = 16 KiB and
+S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks.
+Each scenario runs as its own process with its own server, as the single benchmarks do; their
+JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
+(``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
+without it the figures are still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SUBSCRIBERS = (10, 100, 500)
+SIZES = (16_384, 48_000)
+CHUNKS = 64
+
+
+def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
+    if quick:  # a smoke run: every scenario kind, tiny numbers
+        return [
+            ("signaling", ["signaling.py", "--pairs=2", "--messages=20", "--window=4"]),
+            ("floor", ["transport_floor.py", "--connections=2", "--frames=50", "--window=4"]),
+            ("chunks", ["chunk_multicast.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
+        ]
+    runs = [
+        ("signaling", ["signaling.py", "--pairs=10", "--messages=2000", "--window=32"]),
+        ("floor", ["transport_floor.py", "--connections=20", "--frames=4000", "--window=32"]),
+    ]
+    for size in SIZES:
+        for subscribers in SUBSCRIBERS:
+            runs.append(
+                (
+                    "chunks",
+                    [
+                        "chunk_multicast.py",
+                        f"--subscribers={subscribers}",
+                        f"--chunks={CHUNKS}",
+                        f"--size={size}",
+                    ],
+                )
+            )
+    return runs
+
+
+def run_one(args: list[str], out: Path, timeout: float) -> dict[str, Any]:
+    finished = subprocess.run(
+        [sys.executable, str(BENCH / args[0]), *args[1:], f"--out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = finished.stdout.strip().splitlines()
+    if not lines:
+        return {
+            "command": args,
+            "failed": True,
+            "exit": finished.returncode,
+            "stderr": finished.stderr[-2000:],
+        }
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["exit"] = finished.returncode
+    return result
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    sizes = sorted({r["size"] for r in results if r.get("benchmark") == "chunk_multicast"})
+    for size in sizes:
+        rows = sorted(
+            (r for r in results if r.get("benchmark") == "chunk_multicast" and r["size"] == size),
+            key=lambda r: r["subscribers"],
+        )
+        if not rows:
+            continue
+        label = f"S = {size:,} bytes"
+        ns = [r["subscribers"] for r in rows]
+        throughput.plot(ns, [r["deliveries_per_s"] for r in rows], marker="o", label=label)
+        latency.plot(ns, [r["p99_ms"] for r in rows], marker="o", label=label)
+    for axes, title, unit in (
+        (throughput, "Chunk deliveries per second", "deliveries/s"),
+        (latency, "p99 request-to-data latency", "ms"),
+    ):
+        axes.set_xscale("log")
+        axes.set_xlabel("subscribers (N), K = 64 chunks")
+        axes.set_ylabel(unit)
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny numbers, for a smoke run")
+    parser.add_argument("--results", default=str(RESULTS), help="where latest.json goes")
+    parser.add_argument("--timeout", type=float, default=900.0, help="per scenario, seconds")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    history = results_dir / "history.jsonl"
+    results = []
+    for name, command in scenarios(args.quick):
+        result = run_one(command, history, args.timeout)
+        results.append(result)
+        print(json.dumps({"scenario": name, **result}, separators=(",", ":")), flush=True)
+    summary = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "arch": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+        },
+        "results": results,
+    }
+    (results_dir / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plotted = plot(results, results_dir / "latest.png")
+    if not plotted:
+        print("matplotlib not installed (the 'bench' extra): no plot", file=sys.stderr)
+    failed = [r for r in results if r.get("failed") or r.get("exit")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
