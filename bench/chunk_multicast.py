@@ -8,7 +8,10 @@ Scheme. The source registers on ``/relay`` and announces K chunks (``chunk-0`` â
 at most 100); it answers every ``chunk_pull`` with a ``chunk_push`` whose ``data`` is the
 standard base64 of S random bytes. Then N subscribers connect, register, and each sends a
 ``chunk_request`` for every chunk at once. The server pulls each chunk from the source once and
-multicasts the push to everyone waiting; later requests are served from its cache.
+multicasts the push to everyone waiting; later requests are served from its cache. Each
+subscriber keeps at most ``--window`` requests unanswered (4 by default, as an app fetching a
+channel does; 0 sends all K at once, which measures how long N x K deliveries take to drain
+rather than the latency of one request).
 
 Figures: ``deliveries`` (``chunk_data`` frames received), ``deliveries_per_s`` and
 ``delivered_mb_per_s`` over the request phase, p50/p99 request-to-data latency,
@@ -95,13 +98,17 @@ async def serve_pulls(source: RelayClient, payloads: list[str], counters: Counte
             counters.error(frame)
 
 
-async def subscribe(client: RelayClient, chunks: int, counters: Counters) -> None:
+async def subscribe(client: RelayClient, chunks: int, window: int, counters: Counters) -> None:
+    """Request every chunk, keeping at most ``window`` requests unanswered (0: all at once)."""
     sent_at: dict[str, int] = {}
-    for index in range(chunks):
-        chunk_id = f"chunk-{index}"
-        sent_at[chunk_id] = time.perf_counter_ns()
-        await client.send({"type": "chunk_request", "chunkId": chunk_id})
-    while sent_at:
+    next_index = 0
+    limit = window or chunks
+    while next_index < chunks or sent_at:
+        while next_index < chunks and len(sent_at) < limit:
+            chunk_id = f"chunk-{next_index}"
+            next_index += 1
+            sent_at[chunk_id] = time.perf_counter_ns()
+            await client.send({"type": "chunk_request", "chunkId": chunk_id})
         frame = await client.receive()
         if frame.get("type") != "chunk_data" or frame.get("chunkId") not in sent_at:
             counters.error(frame)
@@ -145,7 +152,7 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
             with trio.move_on_after(args.timeout) as scope:
                 async with trio.open_nursery() as requests:
                     for client in subscribers:
-                        requests.start_soon(subscribe, client, args.chunks, counters)
+                        requests.start_soon(subscribe, client, args.chunks, args.window, counters)
             timed_out = scope.cancelled_caught
             nursery.cancel_scope.cancel()
         seconds = time.perf_counter() - started
@@ -157,6 +164,7 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
         "subscribers": args.subscribers,
         "chunks": args.chunks,
         "size": args.size,
+        "window": args.window,
         "deliveries": counters.deliveries,
         "expected_deliveries": expected,
         "seconds": round(seconds, 3),
@@ -195,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=100, help="N")
     parser.add_argument("--chunks", type=int, default=64, help="K")
     parser.add_argument("--size", type=int, default=16_384, help="S: raw bytes per chunk")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=4,
+        help="requests each subscriber keeps unanswered (0: all K at once)",
+    )
     parser.add_argument("--url", help="use a running server instead of starting one")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT))

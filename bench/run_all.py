@@ -6,7 +6,8 @@ Run from the repository root (``make bench`` does)::
 
 Scenarios: the signaling benchmark (10 pairs, 2,000 messages each way, window 32), the transport
 floor, and the chunk multicast at N = 10, 100 and 500 subscribers for S = 16 KiB and
-S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks.
+S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks,
+each subscriber keeping 4 requests unanswered; and once with every request sent at once.
 Each scenario runs as its own process with its own server, as the single benchmarks do; their
 JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
 (``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
@@ -43,6 +44,13 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
         ("signaling", ["signaling.py", "--pairs=10", "--messages=2000", "--window=32"]),
         ("floor", ["transport_floor.py", "--connections=20", "--frames=4000", "--window=32"]),
     ]
+    # Every request at once: how long N x K deliveries take to drain.
+    runs.append(
+        (
+            "chunks-burst",
+            ["chunk_multicast.py", "--subscribers=100", f"--chunks={CHUNKS}", "--window=0"],
+        )
+    )
     for size in SIZES:
         for subscribers in SUBSCRIBERS:
             runs.append(
@@ -89,10 +97,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    sizes = sorted({r["size"] for r in results if r.get("benchmark") == "chunk_multicast"})
+    sizes = sorted(
+        {r["size"] for r in results if r.get("benchmark") == "chunk_multicast" and r["window"]}
+    )
     for size in sizes:
         rows = sorted(
-            (r for r in results if r.get("benchmark") == "chunk_multicast" and r["size"] == size),
+            (
+                r
+                for r in results
+                if r.get("benchmark") == "chunk_multicast" and r["size"] == size and r["window"]
+            ),
             key=lambda r: r["subscribers"],
         )
         if not rows:
