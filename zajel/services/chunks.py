@@ -44,6 +44,8 @@ from typing import Any, Final, Literal
 import attrs
 
 from zajel.services._deadlines import Deadlines
+from zajel.services._index import discard as _discard
+from zajel.services._index import remove as _remove
 
 SOURCE_TTL_S: Final = 3600.0
 PENDING_TTL_S: Final = 300.0
@@ -462,19 +464,3 @@ def _chunk_data(
     if channel_id is not None:
         frame["channelId"] = channel_id
     return frame
-
-
-def _remove(table: dict[str, dict[str, Any]], key: str, peer_id: str) -> None:
-    entries = table.get(key)
-    if entries is not None:
-        entries.pop(peer_id, None)
-        if not entries:
-            del table[key]
-
-
-def _discard(index: dict[str, set[str]], peer_id: str, key: str) -> None:
-    keys = index.get(peer_id)
-    if keys is not None:
-        keys.discard(key)
-        if not keys:
-            del index[peer_id]

@@ -36,6 +36,8 @@ from typing import Any, Final, Literal
 import attrs
 
 from zajel.services._deadlines import Deadlines
+from zajel.services._index import discard as _discard
+from zajel.services._index import remove as _remove
 
 DAILY_TTL_S: Final = 48 * 3600
 HOURLY_TTL_S: Final = 3 * 3600
@@ -235,19 +237,3 @@ def _with_relay(fields: dict[str, Any], relay_id: str | None) -> dict[str, Any]:
     if relay_id is not None:
         fields["relayId"] = relay_id
     return fields
-
-
-def _remove(table: dict[str, dict[str, Any]], key: str, peer_id: str) -> None:
-    entries = table.get(key)
-    if entries is not None:
-        entries.pop(peer_id, None)
-        if not entries:
-            del table[key]
-
-
-def _discard(index: dict[str, set[str]], peer_id: str, key: str) -> None:
-    keys = index.get(peer_id)
-    if keys is not None:
-        keys.discard(key)
-        if not keys:
-            del index[peer_id]

@@ -41,6 +41,7 @@ from zajel.protocol.signaling import (
     SignalMessage,
 )
 from zajel.services._deadlines import Deadlines
+from zajel.services._index import discard as _discard
 from zajel.services._peers import Attach, ConnId, Detach, Inbound, Out, PeerTable
 
 log = logging.getLogger("zajel.signaling")
@@ -335,14 +336,6 @@ class SignalingState:
         _discard(self._outgoing, requester, target)
         self._timers.cancel(("warn", requester, target))
         self._timers.cancel(("timeout", requester, target))
-
-
-def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
-    values = index.get(key)
-    if values is not None:
-        values.discard(value)
-        if not values:
-            del index[key]
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
