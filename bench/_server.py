@@ -19,6 +19,7 @@ inherited so that a failed start explains itself; its stdout is read for the lin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -139,3 +141,24 @@ async def _stop(process: trio.Process, grace_s: float) -> int:
     process.kill()
     await process.wait()
     raise RuntimeError(f"server did not exit within {grace_s} s of SIGTERM; killed")
+
+
+# What a throughput benchmark's server runs with: no per-connection rate limit or connection
+# cap in the way (they are settings; a benchmark measures throughput, not limits).
+THROUGHPUT_ENV = {
+    "ZAJEL_WS_MESSAGE_RATE": "1000000000",
+    "ZAJEL_WS_MESSAGE_BURST": "1000000000",
+    "ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "1000000",
+    "ZAJEL_WS_MAX_CONNECTIONS": "1000000",
+    "ZAJEL_HTTP_RATE_PER_MINUTE": "1000000000",
+    "ZAJEL_LOG_LEVEL": "warning",
+}
+
+
+def emit(result: Mapping[str, Any], out: Path) -> None:
+    """Print ``result`` as one JSON line and append the same line to ``out``."""
+    line = json.dumps(result, separators=(",", ":"))
+    print(line, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as results:
+        results.write(line + "\n")

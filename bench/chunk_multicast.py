@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import json
 import os
 import platform
 import secrets
@@ -42,20 +41,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._server import running_server  # noqa: E402
+from bench._server import THROUGHPUT_ENV, emit, running_server  # noqa: E402
 from zajel.client import RelayClient, connect_relay  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "chunk_multicast.jsonl"
-SERVER_ENV = {
-    "ZAJEL_WS_MESSAGE_RATE": "1000000000",
-    "ZAJEL_WS_MESSAGE_BURST": "1000000000",
-    "ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "1000000",
-    "ZAJEL_WS_MAX_CONNECTIONS": "1000000",
-    "ZAJEL_HTTP_RATE_PER_MINUTE": "1000000000",
-    # Every subscriber may have K chunk_data frames queued at once.
-    "ZAJEL_WS_OUTBOUND_QUEUE": "4096",
-    "ZAJEL_LOG_LEVEL": "warning",
-}
+# Every subscriber may have K chunk_data frames queued at once.
+SERVER_ENV = {**THROUGHPUT_ENV, "ZAJEL_WS_OUTBOUND_QUEUE": "4096"}
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -214,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     result = trio.run(main_async, args)
-    line = json.dumps(result, separators=(",", ":"))
-    print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as file:
-        file.write(line + "\n")
+    emit(result, Path(args.out))
     return 1 if result["errors"] or result["timed_out"] else 0
 
 

@@ -56,7 +56,7 @@ if str(REPO_ROOT) not in sys.path:
 import trio  # noqa: E402
 import trio_websocket  # noqa: E402
 
-from bench._server import process_cpu_seconds, running_server  # noqa: E402
+from bench._server import THROUGHPUT_ENV, emit, process_cpu_seconds, running_server  # noqa: E402
 from zajel.client import (  # noqa: E402
     ServerError,
     SignalClient,
@@ -68,15 +68,7 @@ from zajel.client import (  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "signaling.jsonl"
 
-# The server this script starts: no per-connection rate limit or connection cap in the way.
-SERVER_ENV = {
-    "ZAJEL_WS_MESSAGE_RATE": "1000000000",
-    "ZAJEL_WS_MESSAGE_BURST": "1000000000",
-    "ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "1000000",
-    "ZAJEL_WS_MAX_CONNECTIONS": "1000000",
-    "ZAJEL_HTTP_RATE_PER_MINUTE": "1000000000",
-    "ZAJEL_LOG_LEVEL": "warning",
-}
+SERVER_ENV = THROUGHPUT_ENV
 
 MESSAGE = "ice_candidate"
 ACK = "answer"
@@ -397,11 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     line = trio.run(main_async, args)
-    text = json.dumps(line, separators=(",", ":"))
-    print(text, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a", encoding="utf-8") as results:
-        results.write(text + "\n")
+    emit(line, args.out)
     if line["setup_error"] is not None:
         return 2
     return 1 if line["errors"] or line["timed_out"] else 0

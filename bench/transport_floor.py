@@ -32,7 +32,7 @@ REPO_ROOT = SCRIPT.parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._server import running_server  # noqa: E402
+from bench._server import emit, running_server  # noqa: E402
 
 FRAME = json.dumps(
     {"type": "ice_candidate", "target": "ABCDEF", "payload": {"candidate": "c" * 150}},
@@ -146,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(serve_echo)
         return 0
     result = trio.run(main_async, args)
-    line = json.dumps(result, separators=(",", ":"))
-    print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as file:
-        file.write(line + "\n")
+    emit(result, Path(args.out))
     return 0
 
 
