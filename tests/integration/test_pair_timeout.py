@@ -56,11 +56,7 @@ async def test_a_repeated_request_restarts_the_timer(server, clock):
 async def test_an_answer_before_the_timeout_stops_the_timers(server, clock):
     with trio.fail_after(200):
         async with registered(server.url, A, B) as (a, b):
-            await a.pair_request(B)
-            await b.expect("pair_incoming")
-            await b.pair_response(A, True)
-            await a.expect("pair_matched")
-            await b.expect("pair_matched")
+            await pair(a, b)
             clock.jump(121)
             await assert_quiet(a, b)
 

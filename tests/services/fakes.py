@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -32,3 +35,17 @@ class FakePeer:
         """The frames received so far; the queue is empty afterwards."""
         frames, self.frames = self.frames, []
         return frames
+
+
+@contextmanager
+def captured_log(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of logger ``name`` while the block runs, whatever the logging set-up."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.services.fakes import captured_log
 from zajel.services import Envelope, LocalAddress, run_service
 from zajel.services._mailbox import ServiceFailure, start_service
 
@@ -46,25 +47,11 @@ class Recorder:
             raise RuntimeError("timer exploded")
 
 
-class ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def service_log() -> Iterator[ListHandler]:
+def service_log() -> Iterator[list[logging.LogRecord]]:
     """Records of the service's logger, whatever the logging configuration of the session."""
-    handler = ListHandler()
-    logger = logging.getLogger("zajel.recorder")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
+    with captured_log("zajel.recorder") as records:
+        yield records
 
 
 async def test_call_returns_the_reply_and_requests_run_in_order(autojump_clock):
@@ -99,7 +86,7 @@ async def test_a_failing_handler_is_logged_answered_and_survived(autojump_clock,
         await address.cast("boom")  # a cast failure has nobody to answer
         assert await address.call("after") == ("echo", "after")
         nursery.cancel_scope.cancel()
-    failures = [r for r in service_log.records if r.getMessage() == "request failed"]
+    failures = [r for r in service_log if r.getMessage() == "request failed"]
     assert len(failures) == 2
     assert all(r.levelno == logging.ERROR for r in failures)
     assert failures[0].exc_info is not None
@@ -194,8 +181,8 @@ async def test_a_failing_timer_is_logged_and_the_service_goes_on(autojump_clock,
         await trio.sleep(6)
         assert len(service.fired) == 2
         nursery.cancel_scope.cancel()
-    assert [r.getMessage() for r in service_log.records] == ["timer failed"]
-    assert service_log.records[0].context == {"service": "recorder"}
+    assert [r.getMessage() for r in service_log] == ["timer failed"]
+    assert service_log[0].context == {"service": "recorder"}
 
 
 class StuckTimer(Recorder):
@@ -218,5 +205,5 @@ async def test_a_timer_that_keeps_failing_does_not_starve_the_inbox(autojump_clo
             nursery.cancel_scope.cancel()
     finally:
         logging.getLogger("zajel.recorder").propagate = True
-    assert service_log.records
-    assert {r.getMessage() for r in service_log.records} == {"timer failed"}
+    assert service_log
+    assert {r.getMessage() for r in service_log} == {"timer failed"}

@@ -12,7 +12,7 @@ import attrs
 import pytest
 import trio
 
-from tests.services.fakes import FakePeer
+from tests.services.fakes import FakePeer, captured_log
 from zajel.config import Config
 from zajel.protocol.signaling import decode
 from zajel.services import LocalAddress
@@ -63,15 +63,8 @@ async def room(nursery) -> Room:
 
 @pytest.fixture
 def signaling_log() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("zajel.signaling")
-    logger.addHandler(handler)
-    try:
+    with captured_log("zajel.signaling") as records:
         yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 async def test_register_ping_and_stats(autojump_clock, room):
