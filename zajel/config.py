@@ -158,7 +158,7 @@ class _Reader:
         return default if value is None else value
 
     def choice(self, name: str, default: str, allowed: Any) -> Any:
-        value = self.text(name, default).lower() if name != "TRUST_PROXY" else self.text(name, "")
+        value = self.text(name, default).lower()
         if value not in allowed:
             raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
         return value
