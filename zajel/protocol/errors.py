@@ -18,6 +18,15 @@ PEER_ID_IN_USE = "peer_id_in_use"
 CHUNK_TOO_LARGE = "chunk_too_large"
 NOT_A_SOURCE = "not_a_source"
 INTERNAL_ERROR = "internal_error"
+# HTTP bodies and the HTTP services (http.md); the web layer maps each code to a status in one
+# table.
+INVALID_BODY = "invalid_body"
+BODY_TOO_LARGE = "body_too_large"
+UNAUTHORIZED = "unauthorized"
+NOT_CONFIGURED = "not_configured"
+REGISTRY_FULL = "registry_full"
+NOT_FOUND = "not_found"
+STORE_UNAVAILABLE = "store_unavailable"
 
 
 class ProtocolError(Exception):
@@ -88,3 +97,19 @@ def chunk_too_large(size: int, limit: int) -> ProtocolError:
 
 def not_a_source() -> ProtocolError:
     return ProtocolError(NOT_A_SOURCE, "Not a source for this chunk")
+
+
+def invalid_body(message: str = "Invalid JSON body") -> ProtocolError:
+    return ProtocolError(INVALID_BODY, message)
+
+
+def body_too_large() -> ProtocolError:
+    return ProtocolError(BODY_TOO_LARGE, "Request body too large")
+
+
+def unauthorized() -> ProtocolError:
+    return ProtocolError(UNAUTHORIZED, "Unauthorized")
+
+
+def store_unavailable() -> ProtocolError:
+    return ProtocolError(STORE_UNAVAILABLE, "Storage unavailable, try again")

@@ -1,7 +1,8 @@
-"""JSON text frames: decoding with hard edges, and compact encoding.
+"""JSON text frames and HTTP bodies: decoding with hard edges, and compact encoding.
 
 Every WebSocket message is one JSON object with a string ``type``
-(``../shared/spec/conventions.md``, Frames).
+(``../shared/spec/conventions.md``, Frames); every HTTP request body is one JSON object
+(``http.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from zajel.protocol.errors import ProtocolError, invalid_message, unknown_type
+from zajel.protocol.errors import ProtocolError, invalid_body, invalid_message, unknown_type
 
 # ensure_ascii=True: a lone surrogate from a client (legal in JSON text, illegal in UTF-8) is
 # re-sent as an escape instead of breaking the outgoing frame's UTF-8 encoding.
@@ -55,6 +56,24 @@ def decode_object(data: str | bytes) -> dict[str, Any]:
         raise invalid_message() from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise invalid_message()
+    return obj
+
+
+def decode_body(data: bytes) -> dict[str, Any]:
+    """Decode an HTTP request body that must be one JSON object.
+
+    Raises:
+        ProtocolError: ``invalid_body`` for an empty body, bytes that are not UTF-8 JSON (the
+            same hard edges as ``decode_object``), or a JSON value that is not an object.
+    """
+    if not data.strip():
+        raise invalid_body("Request body is empty: expected a JSON object")
+    try:
+        obj = _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise invalid_body() from exc
+    if not isinstance(obj, dict):
+        raise invalid_body("Request body must be a JSON object")
     return obj
 
 
