@@ -1,0 +1,57 @@
+"""The store's interface: what services keep across a restart, as typed operations.
+
+Services never see SQL. They load their records once at start, and hand the store the writes a
+batch of requests made (``PutServer``, ``DeleteServer``, ...); ``apply`` commits them as one
+transaction and returns only after the commit, so a reply sent after ``apply`` returns is never
+lost by a crash (``../shared/spec/operations.md``, Storage). A networked store can replace the
+embedded one by implementing the same ``Store`` protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias
+
+import attrs
+
+from zajel.protocol.servers import ServerEntry
+
+
+class StoreError(Exception):
+    """The store failed; nothing of the operation that raised it was committed."""
+
+
+@attrs.frozen
+class PutServer:
+    """Add or replace one ServerRegistry entry."""
+
+    entry: ServerEntry
+
+
+@attrs.frozen
+class DeleteServer:
+    """Remove one ServerRegistry entry (nothing happens when there is none)."""
+
+    server_id: str
+
+
+Write: TypeAlias = PutServer | DeleteServer
+
+
+class Store(Protocol):
+    """Durable state of the services. Every method may raise ``StoreError``."""
+
+    async def load_servers(self) -> list[ServerEntry]:
+        """Every stored ServerRegistry entry, live or not."""
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Commit ``writes``, in order, as one transaction: all of them or none.
+
+        Returns once the transaction is durable.
+        """
+
+    async def ping(self) -> None:
+        """Return when the store answers (for ``/health``)."""
+
+    async def aclose(self) -> None:
+        """Flush and close; later calls raise ``StoreError``."""

@@ -1,0 +1,50 @@
+"""``MemoryStore``: the store in a dictionary, for unit tests of the services."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import assert_never
+
+import trio
+
+from zajel.protocol.servers import ServerEntry
+from zajel.storage.interface import DeleteServer, PutServer, StoreError, Write
+
+
+class MemoryStore:
+    """A ``Store`` that keeps everything in memory. ``fail`` makes every call raise
+    ``StoreError`` until it is cleared, as a broken disk would."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, ServerEntry] = {}
+        self.commits = 0
+        self.fail = False
+        self._closed = False
+
+    async def load_servers(self) -> list[ServerEntry]:
+        await self._check()
+        return list(self.servers.values())
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        await self._check()
+        for write in writes:
+            if isinstance(write, PutServer):
+                self.servers[write.entry.server_id] = write.entry
+            elif isinstance(write, DeleteServer):
+                self.servers.pop(write.server_id, None)
+            else:  # pragma: no cover - exhaustive
+                assert_never(write)
+        self.commits += 1
+
+    async def ping(self) -> None:
+        await self._check()
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def _check(self) -> None:
+        await trio.lowlevel.checkpoint()  # a real store always yields to the scheduler
+        if self._closed:
+            raise StoreError("store is closed")
+        if self.fail:
+            raise StoreError("store failure (simulated)")

@@ -1,0 +1,240 @@
+"""``SqliteStore``: the embedded store, one SQLite file in ``DATA_DIR``.
+
+- Every call runs on a worker thread (``trio.to_thread.run_sync``), one at a time, so the trio
+  thread never blocks on the disk. A call that is cancelled still finishes its transaction:
+  trio waits for the thread.
+- WAL journal with ``synchronous=FULL``: a transaction is on disk when ``COMMIT`` returns, so
+  killing the process, or the machine, loses nothing that ``apply`` acknowledged.
+- One process per data directory (operations.md, Deployment): an exclusive lock on
+  ``zajel.lock`` beside the database refuses a second server at start instead of letting two
+  of them split the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar, assert_never
+
+import trio
+
+from zajel.logs import context
+from zajel.protocol.servers import Counters, ServerEntry
+from zajel.storage.interface import DeleteServer, PutServer, StoreError, Write
+from zajel.storage.migrations import MIGRATIONS, Migration
+
+log = logging.getLogger("zajel.store")
+
+DATABASE_NAME: Final = "zajel.db"
+LOCK_NAME: Final = "zajel.lock"
+BUSY_TIMEOUT_S: Final = 5.0
+
+T = TypeVar("T")
+
+_SERVER_COLUMNS: Final = (
+    "server_id, endpoint, public_key, region, connections, relay_connections, "
+    "signaling_connections, active_codes, registered_at, last_seen"
+)
+_PUT_SERVER: Final = (
+    f"INSERT OR REPLACE INTO servers ({_SERVER_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+)
+_DELETE_SERVER: Final = "DELETE FROM servers WHERE server_id = ?"
+_SELECT_SERVERS: Final = f"SELECT {_SERVER_COLUMNS} FROM servers"
+
+
+class SqliteStore:
+    """A ``Store`` on one SQLite database. Make it with ``open`` (or ``open_store``)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: int, path: Path) -> None:
+        self._db: sqlite3.Connection | None = db
+        self._lock = lock
+        self.path = path
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(
+        cls, data_dir: Path, *, migrations: Sequence[Migration] = MIGRATIONS
+    ) -> SqliteStore:
+        """Open (creating if needed) the database in ``data_dir`` and bring its schema up to
+        date.
+
+        Raises:
+            StoreError: the directory is locked by another process, the file is not a database,
+                the schema is newer than ``migrations``, or SQLite fails.
+        """
+        return await trio.to_thread.run_sync(_open_sync, Path(data_dir), tuple(migrations))
+
+    async def load_servers(self) -> list[ServerEntry]:
+        rows = await self._run(lambda db: db.execute(_SELECT_SERVERS).fetchall())
+        return [_server_from_row(row) for row in rows]
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        await self._run(_transaction, list(writes))
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        async with self._limiter:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            await trio.to_thread.run_sync(_close_sync, db, self._lock)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        async with self._limiter:
+            db = self._db
+            if db is None:
+                raise StoreError("store is closed")
+            try:
+                return await trio.to_thread.run_sync(function, db, *args)
+            # Values SQLite cannot take are refused like any failed write: an int past 64 bits
+            # (OverflowError), text that is not Unicode, such as a lone surrogate (UnicodeError).
+            except (sqlite3.Error, OverflowError, UnicodeError) as exc:
+                raise StoreError(f"SQLite: {exc}") from exc
+
+
+def _transaction(db: sqlite3.Connection, writes: list[Write]) -> None:
+    if not writes:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            sql, parameters = _statement(write)
+            db.execute(sql, parameters)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _statement(write: Write) -> tuple[str, tuple[Any, ...]]:
+    if isinstance(write, PutServer):
+        entry = write.entry
+        counters = entry.counters
+        return _PUT_SERVER, (
+            entry.server_id,
+            entry.endpoint,
+            entry.public_key,
+            entry.region,
+            counters.connections,
+            counters.relay_connections,
+            counters.signaling_connections,
+            counters.active_codes,
+            entry.registered_at,
+            entry.last_seen,
+        )
+    if isinstance(write, DeleteServer):
+        return _DELETE_SERVER, (write.server_id,)
+    assert_never(write)
+
+
+def _server_from_row(row: tuple[Any, ...]) -> ServerEntry:
+    server_id, endpoint, public_key, region, *counts, registered_at, last_seen = row
+    return ServerEntry(
+        server_id, endpoint, public_key, region, Counters(*counts), registered_at, last_seen
+    )
+
+
+def _open_sync(data_dir: Path, migrations: tuple[Migration, ...]) -> SqliteStore:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {data_dir}: {exc.strerror}") from exc
+    lock = _lock_directory(data_dir)
+    path = data_dir / DATABASE_NAME
+    try:
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )
+    except sqlite3.Error as exc:
+        os.close(lock)
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"{path}: the WAL journal is not available (got {mode})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        _close_sync(db, lock)
+        raise StoreError(f"{path} is not a usable database: {exc}") from exc
+    except BaseException:
+        _close_sync(db, lock)
+        raise
+    try:
+        migrate(db, migrations)
+    except sqlite3.Error as exc:
+        _close_sync(db, lock)
+        raise StoreError(f"{path}: schema migration failed: {exc}") from exc
+    except BaseException:
+        _close_sync(db, lock)
+        raise
+    return SqliteStore(db, lock, path)
+
+
+def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply every migration newer than the database's version, each in its own transaction.
+
+    Returns the version the database is at afterwards.
+
+    Raises:
+        StoreError: the database is at a version newer than the last of ``migrations``.
+    """
+    current: int = db.execute("PRAGMA user_version").fetchone()[0]
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise StoreError(
+            f"the database is at schema v{current}, newer than this server knows (v{latest}); "
+            "run a newer zajel"
+        )
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration.statements:
+                db.execute(statement)
+            # PRAGMA takes no parameters; the version is an int from our own table.
+            db.execute(f"PRAGMA user_version = {int(migration.version)}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info(
+            "store migrated", extra=context(version=migration.version, migration=migration.name)
+        )
+        current = migration.version
+    return current
+
+
+def _lock_directory(data_dir: Path) -> int:
+    path = data_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"{data_dir} is in use by another zajel process (one process per data directory)"
+        ) from None
+    return fd
+
+
+def _close_sync(db: sqlite3.Connection, lock: int) -> None:
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            # Fold the WAL back into the database so the directory holds one tidy file.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+    finally:
+        os.close(lock)
