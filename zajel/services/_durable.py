@@ -1,0 +1,227 @@
+"""The runtime of a service whose state must outlive a restart (``operations.md``, Storage).
+
+A durable service keeps its state in memory, where it answers from, and mirrors every change to
+the store as typed writes (``zajel.storage``). Its task runs like ``run_service``'s, with three
+differences:
+
+- At start it loads its state from the store, before it reports itself started: a server that
+  cannot read its store does not start.
+- Requests are handled in batches (group commit): everything already queued is handled, the
+  writes they made are committed in one transaction, and only then are the replies sent. A
+  reply never acknowledges a write that is not on disk, and a read in the same batch waits for
+  the commit too, so no caller ever sees state the store does not hold. One fsync serves the
+  whole batch.
+- When a commit fails, every request of the batch is answered with ``StoreFailure`` and the
+  service reloads its state from the store, which holds exactly what was committed. While the
+  store cannot be read, every request is answered with ``StoreFailure`` and the reload is tried
+  again with the next batch. A handler that raises is answered with ``ServiceFailure``; its
+  writes are dropped and the state is reloaded the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from zajel.logs import context
+from zajel.services._mailbox import Envelope, LocalAddress, ServiceFailure
+from zajel.storage import Store, StoreError, Write
+
+# Requests handled (and committed) together at most; bounds the latency a batch adds.
+MAX_BATCH: Final = 256
+# How often a service whose state could not be reloaded tries again while nothing arrives.
+RELOAD_RETRY_S: Final = 1.0
+
+
+@attrs.frozen
+class StoreFailure:
+    """The reply to a request whose writes could not be committed, or that arrived while the
+    store could not be read; nothing it asked for was done."""
+
+    service: str
+
+
+@attrs.frozen
+class CheckStore:
+    """Request, handled by the runtime: reply ``StoreOk`` once the store answers."""
+
+
+@attrs.frozen
+class StoreOk:
+    pass
+
+
+class DurableService(Protocol):
+    """What ``run_durable_service`` drives. Every method runs on the service's own task."""
+
+    name: str
+
+    async def load(self, store: Store) -> None:
+        """Replace the in-memory state with what ``store`` holds. Raises ``StoreError``."""
+
+    def handle(self, request: Any, now: float) -> Any:
+        """Handle one request at ``now`` (trio seconds); the return value is the reply."""
+
+    def next_deadline(self) -> float:
+        """When ``expire`` next has work to do (``inf`` for never)."""
+
+    def expire(self, now: float) -> None:
+        """Run every timer due at ``now``."""
+
+    def take_writes(self) -> list[Write]:
+        """The writes made since the last call, in order; the service forgets them."""
+
+
+async def run_durable_service(
+    service: DurableService,
+    store: Store,
+    inbox: trio.MemoryReceiveChannel[Envelope],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Load ``service`` from ``store``, then serve batches until the inbox is closed.
+
+    Raises:
+        StoreError: the first load failed (the service never started).
+    """
+    log = logging.getLogger(f"zajel.{service.name}")
+    await service.load(store)
+    task_status.started()
+    stale = False  # the in-memory state may hold writes the store does not have
+    async with inbox:
+        while True:
+            # While stale, timers wait: the next reload attempt comes with the next request, or
+            # after RELOAD_RETRY_S.
+            deadline = trio.current_time() + RELOAD_RETRY_S if stale else service.next_deadline()
+            batch, closed = await _next_batch(inbox, deadline)
+            if stale:
+                stale = not await _reload(service, store, log)
+            if stale:
+                replies: list[tuple[Envelope, Any]] = [
+                    (envelope, StoreFailure(service.name)) for envelope in batch
+                ]
+            else:
+                replies, writes, broken = _handle_batch(service, batch, log)
+                stale = broken
+                if writes and not await _commit(store, writes, log):
+                    replies = [(envelope, StoreFailure(service.name)) for envelope in batch]
+                    stale = True
+                if stale:
+                    stale = not await _reload(service, store, log)
+            for envelope, reply in replies:
+                if type(envelope.request) is CheckStore:
+                    reply = await _check_store(service, store)
+                _reply(envelope, reply)
+            if closed:
+                return
+
+
+async def _next_batch(
+    inbox: trio.MemoryReceiveChannel[Envelope], deadline: float
+) -> tuple[list[Envelope], bool]:
+    """What the inbox holds, waiting until ``deadline`` for the first; and whether it closed."""
+    batch: list[Envelope] = []
+    with trio.move_on_at(deadline):
+        try:
+            batch.append(await inbox.receive())
+        except trio.EndOfChannel:
+            return batch, True
+    while len(batch) < MAX_BATCH:
+        try:
+            batch.append(inbox.receive_nowait())
+        except trio.WouldBlock:
+            break
+        except trio.EndOfChannel:
+            return batch, True
+    return batch, False
+
+
+def _handle_batch(
+    service: DurableService, batch: Sequence[Envelope], log: logging.Logger
+) -> tuple[list[tuple[Envelope, Any]], list[Write], bool]:
+    """Run due timers, then every request: the replies, the writes to commit, and whether a
+    failure left the state to be reloaded."""
+    writes: list[Write] = []
+    broken = False
+    now = trio.current_time()
+    if service.next_deadline() <= now:
+        try:
+            service.expire(now)
+            writes += service.take_writes()
+        except Exception:
+            log.exception("timer failed", extra=context(service=service.name))
+            service.take_writes()
+            broken = True
+    replies: list[tuple[Envelope, Any]] = []
+    for envelope in batch:
+        if type(envelope.request) is CheckStore:
+            replies.append((envelope, None))  # answered by the runtime once the batch is done
+            continue
+        try:
+            reply = service.handle(envelope.request, now)
+            writes += service.take_writes()
+        except Exception:
+            log.exception("request failed", extra=context(request=type(envelope.request).__name__))
+            service.take_writes()
+            reply = ServiceFailure(service.name)
+            broken = True
+        replies.append((envelope, reply))
+    return replies, writes, broken
+
+
+async def _commit(store: Store, writes: list[Write], log: logging.Logger) -> bool:
+    try:
+        await store.apply(writes)
+    except StoreError as exc:
+        log.error("commit failed", extra=context(error=str(exc), writes=len(writes)))
+        return False
+    except Exception:  # a store bug must not stop the service either
+        log.exception("commit failed", extra=context(writes=len(writes)))
+        return False
+    return True
+
+
+async def _reload(service: DurableService, store: Store, log: logging.Logger) -> bool:
+    try:
+        await service.load(store)
+    except StoreError as exc:
+        log.error("reload from the store failed", extra=context(error=str(exc)))
+        return False
+    log.warning("state reloaded from the store")
+    return True
+
+
+async def _check_store(service: DurableService, store: Store) -> StoreOk | StoreFailure:
+    try:
+        await store.ping()
+    except StoreError:
+        return StoreFailure(service.name)
+    return StoreOk()
+
+
+def _reply(envelope: Envelope, reply: Any) -> None:
+    if envelope.reply is not None:
+        # A caller that has gone away is ignored: nobody is waiting for this answer.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            envelope.reply.send_nowait(reply)
+        envelope.reply.close()
+
+
+async def start_durable_service(
+    nursery: trio.Nursery, service: DurableService, store: Store, *, inbox_size: int = 1024
+) -> LocalAddress:
+    """Start ``service`` as one task in ``nursery`` once it has loaded; returns its address.
+
+    Raises:
+        StoreError: the service could not load its state.
+    """
+    send, receive = trio.open_memory_channel[Envelope](inbox_size)
+    await nursery.start(
+        run_durable_service, service, store, receive, name=f"service:{service.name}"
+    )
+    return LocalAddress(service.name, send)
