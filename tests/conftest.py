@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -33,6 +34,13 @@ def make_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {"env": "development", "host": "127.0.0.1", "port": 0}
     values.update(overrides)
     return Config(**values)
+
+
+@pytest.fixture(autouse=True)
+def _own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in an empty directory of its own, so an in-process server's default
+    data directory (``./data``, where its store lives) belongs to that test alone."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

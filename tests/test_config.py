@@ -17,6 +17,10 @@ SECRETS = {
 }
 
 
+# Production and qa refuse to start without a bootstrap signing key (operations.md).
+KEY = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "c" * 64}
+
+
 def test_defaults():
     config = Config.from_env({})
     assert config == Config()
@@ -102,7 +106,7 @@ def test_every_setting_from_the_environment():
 
 
 def test_flags_override_the_environment():
-    environ = {"ZAJEL_PORT": "9000", "ZAJEL_HOST": "0.0.0.0", "ZAJEL_ENV": "qa"}
+    environ = {"ZAJEL_PORT": "9000", "ZAJEL_HOST": "0.0.0.0", "ZAJEL_ENV": "qa", **KEY}
     config = Config.from_env(
         environ, port=7000, env="production", data_dir="/srv/zajel", log_format="json"
     )
@@ -114,7 +118,7 @@ def test_flags_override_the_environment():
 
 
 def test_unset_flags_fall_back_to_the_environment():
-    config = Config.from_env({"ZAJEL_PORT": "9000", "ZAJEL_ENV": "qa"}, port=None, env=None)
+    config = Config.from_env({"ZAJEL_PORT": "9000", "ZAJEL_ENV": "qa", **KEY}, port=None, env=None)
     assert config.port == 9000
     assert config.env == "qa"
 
@@ -136,7 +140,7 @@ def test_port_zero_picks_a_free_port():
     ],
 )
 def test_environment_fallbacks(environ, env):
-    assert Config.from_env(environ).env == env
+    assert Config.from_env({**environ, **KEY}).env == env
 
 
 @pytest.mark.parametrize(
@@ -154,7 +158,7 @@ def test_environment_fallbacks(environ, env):
     ],
 )
 def test_log_levels(environ, level):
-    assert Config.from_env(environ).log_level == level
+    assert Config.from_env({**environ, **KEY}).log_level == level
 
 
 @pytest.mark.parametrize(
@@ -222,8 +226,8 @@ def test_invalid_environment_fallback_names_zajel_env_and_the_variable_it_came_f
 
 
 def test_zajel_env_wins_over_an_unusable_fallback():
-    assert Config.from_env({"ZAJEL_ENV": "qa", "NODE_ENV": "test"}).env == "qa"
-    assert Config.from_env({"NODE_ENV": "test"}, env="production").env == "production"
+    assert Config.from_env({"ZAJEL_ENV": "qa", "NODE_ENV": "test", **KEY}).env == "qa"
+    assert Config.from_env({"NODE_ENV": "test", **KEY}, env="production").env == "production"
 
 
 def test_config_error_is_a_value_error():
@@ -261,3 +265,45 @@ def test_config_is_frozen():
     config = Config()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("env", ["production", "qa"])
+def test_production_and_qa_refuse_to_start_without_a_bootstrap_signing_key(env):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"ZAJEL_ENV": env})
+    assert str(caught.value) == (
+        f"ZAJEL_BOOTSTRAP_SIGNING_KEY: required in {env}; make one with `zajel keygen`"
+    )
+
+
+def test_development_runs_without_signing_keys():
+    config = Config.from_env({"ZAJEL_ENV": "development"})
+    assert config.bootstrap_signing_key is None
+    assert config.attestation_signing_key is None
+
+
+def test_signing_keys_are_read_from_hex_or_a_file(tmp_path):
+    seed = "0123456789ABCDEF" * 4
+    (tmp_path / "bootstrap.key").write_text(seed + "\n")
+    config = Config.from_env(
+        {
+            "ZAJEL_BOOTSTRAP_SIGNING_KEY": f"@{tmp_path / 'bootstrap.key'}",
+            "ZAJEL_ATTESTATION_SIGNING_KEY": f"  {seed}  ",
+        }
+    )
+    assert config.bootstrap_signing_key == seed.lower()
+    assert config.attestation_signing_key == seed.lower()
+
+
+@pytest.mark.parametrize("name", ["BOOTSTRAP_SIGNING_KEY", "ATTESTATION_SIGNING_KEY"])
+@pytest.mark.parametrize(
+    "value", ["abc", "g" * 64, "a" * 63, "a" * 66, "@/nonexistent/zajel/seed.key"]
+)
+def test_malformed_signing_keys_name_the_setting_and_never_echo_the_value(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({f"ZAJEL_{name}": value})
+    message = str(caught.value)
+    assert message.startswith(f"ZAJEL_{name}: ")
+    assert "\n" not in message
+    if not value.startswith("@"):
+        assert value not in message

@@ -1,15 +1,25 @@
-"""``zajel``: the command line (``zajel serve``)."""
+"""``zajel``: the command line (``zajel serve``, ``zajel keygen``, ``zajel servers``)."""
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import math
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, TypeVar
 
 import trio
 
-from zajel import logs
+from zajel import clock, logs
+from zajel.bootstrap import SIGNATURE_HEADER, BootstrapError, verify_server_list
 from zajel.config import ENVIRONMENTS, Config, ConfigError
+from zajel.crypto import InvalidKey, generate_seed, parse_public_key, public_key_b64, signing_key
+from zajel.storage import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env", choices=ENVIRONMENTS, help="environment (default development)")
     serve.add_argument("--data-dir", help="where the embedded store lives (default ./data)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    keygen = commands.add_parser("keygen", help="print a new Ed25519 signing key")
+    keygen.add_argument(
+        "--seed-file", help="write the seed to this new file (mode 0600) instead of printing it"
+    )
+    servers = commands.add_parser("servers", help="fetch, verify and show the signed server list")
+    servers.add_argument("--url", required=True, help="the server's URL, e.g. https://host")
+    servers.add_argument(
+        "--public-key", required=True, help="the server's public key (base64, from zajel keygen)"
+    )
+    servers.add_argument("--json", action="store_true", help="print the verified list as JSON")
+    servers.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)"
+    )
     return parser
 
 
@@ -28,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keygen":
+        return _keygen(args)
+    if args.command == "servers":
+        return _servers(args)
     return 2  # pragma: no cover - argparse requires a command
 
 
@@ -63,26 +90,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(run)
-    except (OSError, BaseExceptionGroup) as exc:
-        failure = _os_error(exc)
+    except (OSError, StoreError, BaseExceptionGroup) as exc:
+        # The start-up steps that fail on the machine, not in the settings: the store, then
+        # binding the address.
+        store_failure = _only(exc, StoreError)
+        if store_failure is not None:
+            return _fail(f"cannot open the store (ZAJEL_DATA_DIR): {store_failure}", 2)
+        failure = _only(exc, OSError)
         if failure is None:
             raise
-        # Binding is the one start-up step that fails on the machine, not in the settings.
-        print(
-            f"zajel: cannot listen on {config.host}:{config.port} (ZAJEL_HOST/ZAJEL_PORT): "
+        return _fail(
+            f"cannot listen on {config.host}:{config.port} (ZAJEL_HOST/ZAJEL_PORT): "
             f"{failure.strerror or failure}",
-            file=sys.stderr,
+            2,
         )
-        return 2
     return 0
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` when that is all it holds (trio wraps errors in groups)."""
-    if isinstance(exc, OSError):
+E = TypeVar("E", bound=BaseException)
+
+
+def _only(exc: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` error behind ``exc`` when that is all it holds (trio wraps errors in
+    groups)."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        errors = [_os_error(inner) for inner in exc.exceptions]
+        errors = [_only(inner, kind) for inner in exc.exceptions]
         if errors and all(error is not None for error in errors):
             return errors[0]
     return None
@@ -92,6 +126,147 @@ async def _serve_and_report(config: Config, *, task_status: trio.TaskStatus[str]
     from zajel.server import serve
 
     await serve(config, task_status=task_status)
+
+
+def _fail(message: str, status: int) -> int:
+    """Print ``zajel: <message>`` as exactly one line on stderr and return ``status``."""
+    print("zajel: " + " ".join(message.split()), file=sys.stderr)
+    return status
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    # operations.md, Configuration: `seed=<64 hex>` and `public_key=<base64>`, two lines.
+    seed = generate_seed()
+    public_key = public_key_b64(signing_key(seed))
+    if args.seed_file is None:
+        print(f"seed={seed.hex()}")
+        print(f"public_key={public_key}")
+        return 0
+    path = args.seed_file
+    try:
+        # O_EXCL: never overwrite a key that may already be in use.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _fail(f"{path} already exists; not overwriting it", 2)
+    except OSError as exc:
+        return _fail(f"cannot create {path}: {exc.strerror or exc}", 2)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(seed.hex() + "\n")
+    print(f"public_key={public_key}")
+    print(f"seed written to {path} (give the key setting as @{path})")
+    return 0
+
+
+# Far above 1000 entries of at most 4 KiB each (http.md), far below a memory problem.
+_MAX_LIST_BYTES = 16 << 20
+_TABLE_FIELDS = (
+    "serverId",
+    "endpoint",
+    "region",
+    "connections",
+    "relayConnections",
+    "signalingConnections",
+    "activeCodes",
+)
+
+
+def _servers(args: argparse.Namespace) -> int:
+    url = _servers_url(args.url)
+    if url is None:
+        return _fail("--url must be an http or https URL with a host", 2)
+    try:
+        key = parse_public_key(args.public_key)
+    except InvalidKey as exc:
+        return _fail(f"--public-key: {exc}", 2)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        return _fail("--timeout must be a positive number of seconds", 2)
+
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", "User-Agent": "zajel-cli"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status = response.status
+            signature = response.headers.get(SIGNATURE_HEADER)
+            body = response.read(_MAX_LIST_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return _fail(f"{url} answered HTTP {exc.code}", 1)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        text = _describe(reason) if isinstance(reason, BaseException) else str(reason)
+        return _fail(f"cannot fetch {url}: {text}", 1)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _fail(f"cannot fetch {url}: {_describe(exc)}", 1)
+    if status != 200:
+        return _fail(f"{url} answered HTTP {status}", 1)
+    if len(body) > _MAX_LIST_BYTES:
+        return _fail(f"{url} answered more than {_MAX_LIST_BYTES} bytes", 1)
+
+    now_ms = clock.epoch_ms()
+    try:
+        entries = verify_server_list(body, signature, key, now_ms=now_ms)
+    except BootstrapError as exc:
+        return _fail(str(exc), 1)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        print(_table(entries, now_ms))
+    return 0
+
+
+def _servers_url(url: str) -> str | None:
+    """``<url>/servers`` (or ``url`` when it already names it); None unless http(s)."""
+    url = url.strip()
+    # http.client sends the URL as it is: it must already be printable ASCII without spaces.
+    if not url.isascii() or not all(char.isprintable() and char != " " for char in url):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a bad port raises only when it is parsed
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return None
+        parts.hostname.encode("idna")  # an empty or over-long label fails here, not in connect
+    except ValueError:  # UnicodeError included
+        return None
+    path = parts.path.rstrip("/")
+    if not path.endswith("/servers"):
+        path += "/servers"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _table(entries: list[dict[str, Any]], now_ms: int) -> str:
+    """The entries as aligned columns under a header row, or ``no servers``."""
+    if not entries:
+        return "no servers"
+    rows = [[*_TABLE_FIELDS, "lastSeen"]]
+    for entry in entries:
+        cells = [_cell(entry.get(field)) for field in _TABLE_FIELDS]
+        last_seen = entry.get("lastSeen")
+        if isinstance(last_seen, int) and not isinstance(last_seen, bool):
+            cells.append(f"{max(0, now_ms - last_seen) // 1000}s ago")
+        else:
+            cells.append("-")
+        rows.append(cells)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _cell(value: Any) -> str:
+    # Entries come from the network: a control character must not reach the terminal.
+    text = "-" if value is None else str(value)
+    return "".join(char if char.isprintable() else "?" for char in text)
 
 
 if __name__ == "__main__":  # pragma: no cover

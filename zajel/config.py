@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
+from zajel.crypto import InvalidKey, load_seed
+
 Environment = Literal["production", "qa", "development"]
 ENVIRONMENTS: tuple[Environment, ...] = ("production", "qa", "development")
 LOG_LEVELS = {
@@ -41,6 +43,8 @@ class Config:
     log_format: Literal["text", "json"] = "text"
     metrics: bool = True
 
+    # Signing keys hold the 64-hex-character Ed25519 seed once read (from the setting or its
+    # @file).
     bootstrap_signing_key: str | None = attrs.field(default=None, repr=False)
     attestation_signing_key: str | None = attrs.field(default=None, repr=False)
     build_token_verify_key: str | None = attrs.field(default=None, repr=False)
@@ -92,8 +96,12 @@ class Config:
             log_level=LOG_LEVELS[level],
             log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             metrics=reader.choice("METRICS", "on", ("on", "off")) == "on",
-            bootstrap_signing_key=reader.optional("BOOTSTRAP_SIGNING_KEY"),
-            attestation_signing_key=reader.optional("ATTESTATION_SIGNING_KEY"),
+            bootstrap_signing_key=reader.signing_seed(
+                "BOOTSTRAP_SIGNING_KEY", required=env != "development", env=env
+            ),
+            attestation_signing_key=reader.signing_seed(
+                "ATTESTATION_SIGNING_KEY", required=False, env=env
+            ),
             build_token_verify_key=reader.optional("BUILD_TOKEN_VERIFY_KEY"),
             server_registry_secret=reader.optional("SERVER_REGISTRY_SECRET"),
             ci_upload_secret=reader.optional("CI_UPLOAD_SECRET"),
@@ -152,6 +160,19 @@ class _Reader:
         if value is None or str(value).strip() == "":
             return None
         return str(value).strip()
+
+    def signing_seed(self, name: str, *, required: bool, env: str) -> str | None:
+        """An Ed25519 seed given as 64 hex characters or ``@path``, as 64 lowercase hex
+        characters (operations.md, Configuration and Environments)."""
+        value = self.optional(name)
+        if value is None:
+            if required:
+                raise ConfigError(f"ZAJEL_{name}: required in {env}; make one with `zajel keygen`")
+            return None
+        try:
+            return load_seed(value).hex()
+        except InvalidKey as exc:
+            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
 
     def text(self, name: str, default: str) -> str:
         value = self.optional(name)

@@ -13,6 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from zajel.config import Config
 from zajel.logs import context
 from zajel.services import open_services
+from zajel.storage import open_store
 from zajel.web import create_app
 
 log = logging.getLogger("zajel.server")
@@ -54,7 +55,12 @@ async def serve(
     """Serve until ``shutdown_trigger`` returns; report the bound URL through ``task_status``.
 
     Shutdown stops accepting connections, closes every WebSocket with 1001, lets requests in
-    flight finish within ``GRACEFUL_TIMEOUT_S``, then stops the services.
+    flight finish within ``GRACEFUL_TIMEOUT_S``, then stops the services and flushes and closes
+    the store.
+
+    Raises:
+        StoreError: the store in ``config.data_dir`` cannot be opened or read.
+        ConfigError: a service refused its configuration.
     """
     shutdown = trio.Event()
 
@@ -62,7 +68,7 @@ async def serve(
         await shutdown_trigger()
         shutdown.set()
 
-    async with open_services(config) as services:
+    async with open_store(config.data_dir) as store, open_services(config, store) as services:
         app = create_app(config, services, shutdown=shutdown)
 
         async def serve_app(*, task_status: trio.TaskStatus[list[str]]) -> None:

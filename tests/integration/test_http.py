@@ -49,6 +49,7 @@ IDLE_STATS = {
     "rendezvous": IDLE_RENDEZVOUS,
     "chunks": IDLE_CHUNKS,
     "signaling": {"connections": 0, "pairingCodes": 0, "pendingPairRequests": 0},
+    "servers": {"totalServers": 0, "liveServers": 0},
     "connections": 0,
 }
 
@@ -122,6 +123,7 @@ async def test_stats_counts_connections_codes_and_pending_requests(server):
                 "rendezvous": IDLE_RENDEZVOUS,
                 "chunks": IDLE_CHUNKS,
                 "signaling": {"connections": 3, "pairingCodes": 2, "pendingPairRequests": 1},
+                "servers": IDLE_STATS["servers"],
                 "connections": 3,
             }
         await wait_for_stats(server.url, IDLE_STATS)

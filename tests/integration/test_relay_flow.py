@@ -87,7 +87,14 @@ async def test_heartbeat_ping_and_stats(server):
                     "availableRelays": 2,
                 }
                 assert body["connections"] == 3
-                assert set(body) == {"relays", "rendezvous", "chunks", "signaling", "connections"}
+                assert set(body) == {
+                    "relays",
+                    "rendezvous",
+                    "chunks",
+                    "signaling",
+                    "servers",
+                    "connections",
+                }
 
 
 async def test_identity_is_bound_to_the_first_connection(server):

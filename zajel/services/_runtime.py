@@ -9,9 +9,12 @@ import attrs
 import trio
 
 from zajel.config import Config
+from zajel.services._durable import start_durable_service
 from zajel.services._mailbox import Address, start_service
 from zajel.services.relay import RelayService
+from zajel.services.servers import ServerRegistry
 from zajel.services.signaling import SignalingRoom
+from zajel.storage import Store
 
 # Bounded inboxes: a flood of frames makes the connections that send them wait, not memory grow.
 INBOX_SIZE = 1024
@@ -23,15 +26,26 @@ class Services:
 
     signaling: Address
     relay: Address
+    servers: Address
 
 
 @asynccontextmanager
-async def open_services(config: Config) -> AsyncIterator[Services]:
-    """Start every service in a nursery of its own; stop them all when the block exits."""
+async def open_services(config: Config, store: Store) -> AsyncIterator[Services]:
+    """Start every service in a nursery of its own; stop them all when the block exits.
+
+    Durable services load their state from ``store`` before this returns.
+
+    Raises:
+        StoreError: a durable service could not load its state.
+        ConfigError: a service refused its configuration.
+    """
     async with trio.open_nursery() as nursery:
         signaling = start_service(nursery, SignalingRoom.from_config(config), inbox_size=INBOX_SIZE)
         relay = start_service(nursery, RelayService.from_config(config), inbox_size=INBOX_SIZE)
+        servers = await start_durable_service(
+            nursery, ServerRegistry.from_config(config), store, inbox_size=INBOX_SIZE
+        )
         try:
-            yield Services(signaling=signaling, relay=relay)
+            yield Services(signaling=signaling, relay=relay, servers=servers)
         finally:
             nursery.cancel_scope.cancel()

@@ -24,10 +24,13 @@ from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Address, Services
+from zajel.services._durable import CheckStore, StoreOk
 from zajel.services.relay import GetRelayStats, RelayStats
+from zajel.services.servers import GetServerStats
 from zajel.services.signaling import GetStats, SignalingStats
 from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip
+from zajel.web.servers import add_server_routes
 from zajel.web.sockets import Endpoint, SocketRouter
 
 log = logging.getLogger("zajel.web")
@@ -39,6 +42,10 @@ ENDPOINTS = {
     "health": "GET /health",
     "stats": "GET /stats",
     "metrics": "GET /metrics",
+    "servers": "GET /servers",
+    "registerServer": "POST /servers",
+    "serverHeartbeat": "POST /servers/heartbeat",
+    "unregisterServer": "DELETE /servers/{serverId}",
     "signaling": "WebSocket /signal",
     "relay": "WebSocket /relay",
 }
@@ -51,6 +58,8 @@ FEATURES = [
     "relay-registry",
     "rendezvous",
     "chunk-distribution",
+    "server-registry",
+    "signed-bootstrap",
 ]
 
 
@@ -77,7 +86,9 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
 def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> QuartTrio:
     """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001)."""
     app = QuartTrio("zajel")
-    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    # The largest body any route takes (http.md); each route has its own, smaller limit.
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # entries keep the contract's field order
     caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
     http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
     endpoints = [
@@ -166,6 +177,8 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask, "signaling", services.signaling, GetStats())
             nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
+            nursery.start_soon(ask, "servers", services.servers, GetServerStats())
+            nursery.start_soon(ask, "store", services.servers, CheckStore())
         sections: dict[str, dict[str, int]] = {}
         failing: list[str] = []
         relay = replies.get("relay")
@@ -178,6 +191,13 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             sections["signaling"] = signaling.to_json()
         else:
             failing.append("signaling")
+        servers = replies.get("servers")
+        if isinstance(servers, dict):
+            sections["servers"] = servers
+        else:
+            failing.append("servers")
+        if not isinstance(replies.get("store"), StoreOk):
+            failing.append("store")
         return sections, failing
 
     @app.get("/health")
@@ -223,6 +243,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             ]
             return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
 
+    add_server_routes(app, config, services.servers)
     return app
 
 

@@ -1,0 +1,266 @@
+"""ServerRegistry: VPS relay servers register and heartbeat; clients read a signed list
+(``../shared/spec/http.md``, ServerRegistry).
+
+``ServerRegistryState`` is pure state: no I/O; times are epoch milliseconds (entries are stored
+and shown on the wire, and must mean the same after a restart). Every change it makes comes
+back as store writes beside its reply. ``ServerRegistry`` is the durable service around it
+(see ``_durable``): it turns trio's clock into epoch milliseconds, runs the sweep, and signs the
+list.
+
+Invariants:
+- At most ``max_entries`` (1000) entries are kept. A new id at the cap first drops the entries
+  that are no longer live; if the registry is still full it is refused. An existing id may
+  always re-register.
+- An entry is live while ``now_ms - last_seen < SERVER_TTL_MS`` (5 minutes): ``live``, the
+  heartbeat's peers and ``GET /servers`` skip an entry from the moment it is 5 minutes old,
+  even before the sweep deletes it, and a heartbeat for it is ``Server not registered``.
+- The sweep runs every ``SWEEP_INTERVAL_S`` (5 minutes) of trio's clock and deletes every entry
+  that is not live, from memory and from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import attrs
+import trio
+from nacl.signing import SigningKey
+
+from zajel import crypto
+from zajel.clock import WallClock
+from zajel.config import Config, ConfigError
+from zajel.logs import context
+from zajel.protocol.errors import ProtocolError
+from zajel.protocol.frames import encode
+from zajel.protocol.servers import (
+    MAX_SERVERS,
+    SERVER_TTL_MS,
+    ListServers,
+    RegisterServer,
+    ServerEntry,
+    ServerHeartbeat,
+    UnregisterServer,
+    not_registered,
+    registry_full,
+)
+from zajel.storage import DeleteServer, PutServer, Store, Write
+
+log = logging.getLogger("zajel.servers")
+
+SWEEP_INTERVAL_S: Final = 300.0
+
+
+@attrs.frozen
+class Registered:
+    """Reply to ``RegisterServer``."""
+
+    entry: ServerEntry
+
+
+@attrs.frozen
+class HeartbeatAccepted:
+    """Reply to ``ServerHeartbeat``: every other live entry."""
+
+    peers: list[ServerEntry]
+
+
+@attrs.frozen
+class Unregistered:
+    """Reply to ``UnregisterServer`` (also when there was no such entry)."""
+
+
+@attrs.frozen
+class SignedList:
+    """Reply to ``ListServers``: the exact body bytes and their signature (standard base64)."""
+
+    body: bytes
+    signature: str
+
+
+@attrs.frozen
+class GetServerStats:
+    """Request: reply with a ``dict`` of counters for ``/stats``."""
+
+
+class ServerRegistryState:
+    """The registered servers. No I/O; every method takes ``now_ms`` (epoch milliseconds)."""
+
+    def __init__(self, *, max_entries: int = MAX_SERVERS, ttl_ms: int = SERVER_TTL_MS) -> None:
+        self.max_entries = max_entries
+        self.ttl_ms = ttl_ms
+        self._entries: dict[str, ServerEntry] = {}
+
+    def load(self, entries: list[ServerEntry]) -> None:
+        """Replace every entry with ``entries`` (oldest registration first)."""
+        ordered = sorted(entries, key=lambda entry: (entry.registered_at, entry.server_id))
+        self._entries = {entry.server_id: entry for entry in ordered}
+
+    def register(
+        self, request: RegisterServer, now_ms: int
+    ) -> tuple[ServerEntry | ProtocolError, list[Write]]:
+        """Add or replace the entry of ``request.server_id``."""
+        writes: list[Write] = []
+        if request.server_id not in self._entries and len(self._entries) >= self.max_entries:
+            writes = self.sweep(now_ms)
+            if len(self._entries) >= self.max_entries:
+                return registry_full(), writes
+        entry = ServerEntry(
+            server_id=request.server_id,
+            endpoint=request.endpoint,
+            public_key=request.public_key,
+            region=request.region,
+            counters=request.counters,
+            registered_at=now_ms,
+            last_seen=now_ms,
+        )
+        # Re-registering replaces the entry and moves it to the end, as a new one.
+        self._entries.pop(entry.server_id, None)
+        self._entries[entry.server_id] = entry
+        return entry, [*writes, PutServer(entry)]
+
+    def heartbeat(
+        self, request: ServerHeartbeat, now_ms: int
+    ) -> tuple[list[ServerEntry] | ProtocolError, list[Write]]:
+        """Refresh a live entry; the reply is every other live entry."""
+        entry = self._entries.get(request.server_id)
+        if entry is None or not self._is_live(entry, now_ms):
+            return not_registered(), []
+        entry = attrs.evolve(
+            entry, counters=entry.counters.updated(request.counters), last_seen=now_ms
+        )
+        self._entries[entry.server_id] = entry
+        peers = [peer for peer in self.live(now_ms) if peer.server_id != entry.server_id]
+        return peers, [PutServer(entry)]
+
+    def unregister(self, server_id: str) -> list[Write]:
+        """Remove the entry of ``server_id`` (idempotent)."""
+        if self._entries.pop(server_id, None) is None:
+            return []
+        return [DeleteServer(server_id)]
+
+    def live(self, now_ms: int) -> list[ServerEntry]:
+        """Every live entry, oldest registration first."""
+        return [entry for entry in self._entries.values() if self._is_live(entry, now_ms)]
+
+    def sweep(self, now_ms: int) -> list[Write]:
+        """Delete every entry that is no longer live."""
+        stale = [id_ for id_, entry in self._entries.items() if not self._is_live(entry, now_ms)]
+        for server_id in stale:
+            del self._entries[server_id]
+        return [DeleteServer(server_id) for server_id in stale]
+
+    def statistics(self, now_ms: int) -> dict[str, int]:
+        return {"totalServers": len(self._entries), "liveServers": len(self.live(now_ms))}
+
+    def _is_live(self, entry: ServerEntry, now_ms: int) -> bool:
+        return now_ms - entry.last_seen < self.ttl_ms
+
+
+class ServerRegistry:
+    """The durable ServerRegistry service: the state, its sweep, and the signed list."""
+
+    name = "servers"
+
+    def __init__(
+        self,
+        state: ServerRegistryState,
+        signing_key: SigningKey,
+        *,
+        wall_clock: WallClock | None = None,
+    ) -> None:
+        self.state = state
+        self.signing_key = signing_key
+        self._wall_clock = wall_clock
+        self._next_sweep = float("inf")
+        self._writes: list[Write] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> ServerRegistry:
+        """The registry with the configured bootstrap signing key; in development without one,
+        an ephemeral key whose public key is logged.
+
+        Raises:
+            ConfigError: no signing key outside development.
+        """
+        if config.bootstrap_signing_key is not None:
+            seed = bytes.fromhex(config.bootstrap_signing_key)
+        elif config.env == "development":
+            seed = crypto.generate_seed()
+        else:
+            raise ConfigError(f"ZAJEL_BOOTSTRAP_SIGNING_KEY: required in {config.env}")
+        key = crypto.signing_key(seed)
+        if config.bootstrap_signing_key is None:
+            log.warning(
+                "bootstrap signing key is ephemeral: GET /servers signatures change at restart",
+                extra=context(public_key=crypto.public_key_b64(key)),
+            )
+        return cls(ServerRegistryState(), key)
+
+    # -- the durable service protocol ------------------------------------------------------
+
+    async def load(self, store: Store) -> None:
+        entries = await store.load_servers()
+        self.state.load(entries)
+        self._writes.clear()
+        if self._wall_clock is None:
+            self._wall_clock = WallClock.start()
+        if self._next_sweep == float("inf"):
+            self._next_sweep = trio.current_time() + SWEEP_INTERVAL_S
+        log.info("loaded", extra=context(servers=len(entries)))
+
+    def handle(self, request: Any, now: float) -> Any:
+        now_ms = self._epoch_ms(now)
+        if type(request) is ListServers:
+            return self._signed_list(now_ms)
+        if type(request) is ServerHeartbeat:
+            peers, writes = self.state.heartbeat(request, now_ms)
+            self._writes += writes
+            return peers if isinstance(peers, ProtocolError) else HeartbeatAccepted(peers)
+        if type(request) is RegisterServer:
+            entry, writes = self.state.register(request, now_ms)
+            self._writes += writes
+            if isinstance(entry, ProtocolError):
+                log.warning("registry full", extra=context(server_id=request.server_id))
+                return entry
+            log.info(
+                "server registered",
+                extra=context(server_id=entry.server_id, region=entry.region),
+            )
+            return Registered(entry)
+        if type(request) is UnregisterServer:
+            writes = self.state.unregister(request.server_id)
+            self._writes += writes
+            if writes:
+                log.info("server unregistered", extra=context(server_id=request.server_id))
+            return Unregistered()
+        if type(request) is GetServerStats:
+            return self.state.statistics(now_ms)
+        raise TypeError(f"unknown request {type(request).__name__}")
+
+    def next_deadline(self) -> float:
+        return self._next_sweep
+
+    def expire(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        writes = self.state.sweep(self._epoch_ms(now))
+        self._writes += writes
+        self._next_sweep = now + SWEEP_INTERVAL_S
+        if writes:
+            log.info("swept stale servers", extra=context(removed=len(writes)))
+
+    def take_writes(self) -> list[Write]:
+        writes, self._writes = self._writes, []
+        return writes
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _epoch_ms(self, now: float) -> int:
+        assert self._wall_clock is not None, "load() runs before any request"
+        return self._wall_clock.epoch_ms(now)
+
+    def _signed_list(self, now_ms: int) -> SignedList:
+        servers = [entry.to_json() for entry in self.state.live(now_ms)]
+        body = encode({"servers": servers, "timestamp": now_ms}).encode("ascii")
+        return SignedList(body, crypto.sign_b64(self.signing_key, body))

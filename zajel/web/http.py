@@ -1,0 +1,84 @@
+"""What every JSON route shares: bounded bodies, bearer secrets, and error replies rendered
+from one table (``../shared/spec/conventions.md``, Errors)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, Final
+
+from quart import Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from zajel.logs import context
+from zajel.protocol import errors
+from zajel.protocol.errors import ProtocolError
+from zajel.services._durable import StoreFailure
+from zajel.services._mailbox import ServiceFailure
+
+log = logging.getLogger("zajel.web")
+
+# The HTTP status of each error code: the one place the two meet.
+HTTP_STATUS: Final = {
+    errors.INVALID_BODY: 400,
+    errors.INVALID_FIELD: 400,
+    errors.UNAUTHORIZED: 401,
+    errors.NOT_FOUND: 404,
+    errors.BODY_TOO_LARGE: 413,
+    errors.REGISTRY_FULL: 503,
+    errors.NOT_CONFIGURED: 503,
+    errors.STORE_UNAVAILABLE: 503,
+}
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def error_response(error: ProtocolError) -> Response:
+    """``{"error": <message>}`` with the status of ``error.code``; the refusal is logged."""
+    status = HTTP_STATUS.get(error.code, 400)
+    log.info(
+        "request refused",
+        extra=context(method=request.method, path=request.path, status=status, error=error.message),
+    )
+    return json_response({"error": error.message}, status)
+
+
+def failure_response(reply: Any) -> Response | None:
+    """The response for a service that could not do the work, or ``None`` for a real reply."""
+    if isinstance(reply, ProtocolError):
+        return error_response(reply)
+    if isinstance(reply, StoreFailure):
+        return error_response(errors.store_unavailable())
+    if isinstance(reply, ServiceFailure):
+        return json_response({"error": "Internal Server Error"}, 500)
+    return None
+
+
+async def read_body(limit: int) -> bytes:
+    """The request body, refused before it is read when it announces more than ``limit`` bytes.
+
+    Raises:
+        ProtocolError: ``body_too_large`` past ``limit``.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise errors.body_too_large()
+    try:
+        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    except RequestEntityTooLarge:  # past the app's own limit, without a Content-Length
+        raise errors.body_too_large() from None
+    if len(data) > limit:
+        raise errors.body_too_large()
+    return data
+
+
+def bearer_matches(secret: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <secret>``, compared in constant
+    time."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode("utf-8", "replace")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, secret.encode("utf-8"))
