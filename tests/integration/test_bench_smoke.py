@@ -89,10 +89,27 @@ def test_transport_floor_benchmark_echoes_every_frame(tmp_path):
     assert result["echoed"] == 2 * 50
 
 
+def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_path):
+    result = reported(
+        "registry.py",
+        tmp_path / "registry.jsonl",
+        "--clients=2",
+        "--heartbeats=5",
+        "--servers=6",
+        "--lists=4",
+    )
+    assert result["benchmark"] == "registry"
+    assert result["heartbeats"] == 2 * 5
+    assert result["lists"] == 4
+    assert result["listed"] == 6  # the list verified with the server's public key
+    assert result["errors"] == 0
+    assert result["heartbeat_p50_ms"] <= result["heartbeat_p99_ms"]
+
+
 def test_run_all_writes_latest_json_with_every_scenario(tmp_path):
     run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
     summary = json.loads((tmp_path / "latest.json").read_text())
     kinds = [result["benchmark"] for result in summary["results"]]
-    assert kinds == ["signaling", "transport_floor", "chunk_multicast"]
+    assert kinds == ["signaling", "transport_floor", "chunk_multicast", "registry"]
     assert all(result["exit"] == 0 for result in summary["results"])
     assert summary["machine"]["cpus"] >= 1

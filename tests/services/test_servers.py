@@ -9,9 +9,10 @@ import pytest
 import trio
 
 from zajel import bootstrap, crypto
-from zajel.clock import WallClock
+from zajel.clock import MAX_STEP_MS, WallClock, epoch_ms
 from zajel.config import Config, ConfigError
 from zajel.protocol import errors
+from zajel.protocol.frames import encode
 from zajel.protocol.servers import (
     MAX_SERVERS,
     Counters,
@@ -82,25 +83,35 @@ def test_a_heartbeat_every_60_s_keeps_an_entry_for_10_minutes():
     state = ServerRegistryState()
     state.register(register("a"), T0)
     for minute in range(1, 11):
-        peers, writes = state.heartbeat(heartbeat("a"), T0 + minute * MINUTE_MS)
-        assert peers == []
-        assert len(writes) == 1
+        entry, writes = state.heartbeat(heartbeat("a"), T0 + minute * MINUTE_MS)
+        assert entry.last_seen == T0 + minute * MINUTE_MS
+        assert writes == [PutServer(entry)]
     assert ids(state.live(T0 + 14 * MINUTE_MS)) == ["a"]
     assert state.live(T0 + 15 * MINUTE_MS) == []
 
 
-def test_heartbeat_updates_only_the_counters_it_carries_and_answers_the_other_live_peers():
+def test_heartbeat_updates_only_the_counters_it_carries():
     state = ServerRegistryState()
     state.register(register("a", connections=1, active_codes=7), T0)
-    state.register(register("b"), T0)
-    state.register(register("old"), T0 - 5 * MINUTE_MS)
-    peers, writes = state.heartbeat(heartbeat("a", connections=9), T0 + 1000)
-    assert ids(peers) == ["b"]
+    entry, writes = state.heartbeat(heartbeat("a", connections=9), T0 + 1000)
+    assert writes == [PutServer(entry)]
     (write,) = writes
     assert isinstance(write, PutServer)
     assert write.entry.counters == Counters(connections=9, active_codes=7)
     assert write.entry.last_seen == T0 + 1000
     assert write.entry.registered_at == T0
+
+
+def test_live_json_is_the_compact_json_of_the_live_entries_but_the_one_excluded():
+    state = ServerRegistryState()
+    state.register(register("a", connections=1), T0)
+    b, _ = state.register(register("b"), T0 + 1)
+    state.register(register("old"), T0 - 5 * MINUTE_MS)
+    a, _ = state.heartbeat(heartbeat("a", connections=2), T0 + 2)
+    assert state.live_json(T0 + 3) == encode([a.to_json(), b.to_json()])
+    assert state.live_json(T0 + 3, excluding="a") == encode([b.to_json()])
+    assert state.live_json(T0 + 3, excluding="b") == encode([a.to_json()])
+    assert ServerRegistryState().live_json(T0) == "[]"
 
 
 @pytest.mark.parametrize("age_ms", [5 * MINUTE_MS, 6 * MINUTE_MS])
@@ -208,7 +219,7 @@ async def test_signed_list_verifies_with_the_public_key(autojump_clock):
         body = json.loads(signed.body)
         assert list(body) == ["servers", "timestamp"]
         assert body["timestamp"] == now_ms
-        assert b" " not in signed.body  # compact JSON
+        assert signed.body == encode(body).encode()  # exactly the compact JSON encoding
         nursery.cancel_scope.cancel()
 
 
@@ -236,6 +247,7 @@ async def test_heartbeats_every_60_s_keep_a_server_listed_for_10_minutes(autojum
             await trio.sleep(60)
             reply = await address.call(heartbeat("a", connections=4))
             assert isinstance(reply, HeartbeatAccepted)
+        assert json.loads(reply.peers_json) == []  # "b" stopped beating and is gone
         assert ids_in(await address.call(ListServers())) == ["a"]
         assert set(store.servers) == {"a"}  # "b" went stale and was swept from the store
         assert store.servers["a"].counters.connections == 4
@@ -343,6 +355,47 @@ def test_wall_clock_follows_trios_clock():
     assert clock.epoch_ms(100.0) == T0
     assert clock.epoch_ms(100.5) == T0 + 500
     assert clock.epoch_ms(100.0 + 48 * 3600) == T0 + 48 * 3600 * 1000
+
+
+def test_wall_clock_anchors_again_only_after_a_step_of_the_wall_clock():
+    clock = WallClock(anchor_ms=T0, anchor=100.0)
+    at_200 = T0 + 100_000
+    assert clock.resynced(200.0, wall_ms=at_200 + MAX_STEP_MS) is clock  # drift, not a step
+    assert clock.resynced(200.0, wall_ms=at_200 - MAX_STEP_MS) is clock
+    stepped = clock.resynced(200.0, wall_ms=at_200 + 3_600_000)  # the wall clock jumped 1 h
+    assert stepped.epoch_ms(200.0) == at_200 + 3_600_000
+    assert stepped.epoch_ms(201.0) == at_200 + 3_601_000
+    back = clock.resynced(200.0, wall_ms=at_200 - 120_000)
+    assert back.epoch_ms(200.0) == at_200 - 120_000
+
+
+async def test_under_a_mock_clock_the_wall_clock_is_never_read_again(autojump_clock):
+    clock = WallClock.start()
+    assert clock.follows_wall_clock is False
+    assert clock.resynced(trio.current_time() + 3600, wall_ms=0) is clock
+
+
+async def test_under_the_system_clock_the_wall_clock_is_followed():
+    assert WallClock.start().follows_wall_clock is True
+
+
+async def test_the_sweep_follows_a_stepped_wall_clock(autojump_clock, caplog):
+    caplog.set_level("WARNING", logger="zajel.servers")
+    service = ServerRegistry(
+        ServerRegistryState(),
+        crypto.signing_key(SEED),
+        wall_clock=WallClock(anchor_ms=0, anchor=trio.current_time()),  # 1970: far from the wall
+    )
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        _, address = await started(nursery, store, service)
+        await address.call(register("a"))
+        assert store.servers["a"].registered_at < 1000
+        await trio.sleep(SWEEP_INTERVAL_S + 1)
+        reply = await address.call(register("b"))
+        assert abs(reply.entry.registered_at - epoch_ms()) < 60_000
+        assert "wall clock stepped" in caplog.text
+        nursery.cancel_scope.cancel()
 
 
 def ids_in(signed: SignedList) -> list[str]:

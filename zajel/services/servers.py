@@ -15,7 +15,11 @@ Invariants:
   heartbeat's peers and ``GET /servers`` skip an entry from the moment it is 5 minutes old,
   even before the sweep deletes it, and a heartbeat for it is ``Server not registered``.
 - The sweep runs every ``SWEEP_INTERVAL_S`` (5 minutes) of trio's clock and deletes every entry
-  that is not live, from memory and from the store.
+  that is not live, from memory and from the store. Before it, the wall clock is read again: if
+  it was stepped, epoch times follow it from then on (``WallClock.resynced``).
+- Each entry is held with its compact JSON text, encoded once when the entry changes: a
+  heartbeat's reply and ``GET /servers`` carry up to 999 entries, and joining their texts costs a
+  small part of encoding them again for every request.
 """
 
 from __future__ import annotations
@@ -60,9 +64,9 @@ class Registered:
 
 @attrs.frozen
 class HeartbeatAccepted:
-    """Reply to ``ServerHeartbeat``: every other live entry."""
+    """Reply to ``ServerHeartbeat``: every other live entry, as a JSON array (text)."""
 
-    peers: list[ServerEntry]
+    peers_json: str
 
 
 @attrs.frozen
@@ -83,18 +87,28 @@ class GetServerStats:
     """Request: reply with a ``dict`` of counters for ``/stats``."""
 
 
+@attrs.frozen
+class _Held:
+    entry: ServerEntry
+    text: str  # ``entry`` as compact JSON
+
+    @classmethod
+    def of(cls, entry: ServerEntry) -> _Held:
+        return cls(entry, encode(entry.to_json()))
+
+
 class ServerRegistryState:
     """The registered servers. No I/O; every method takes ``now_ms`` (epoch milliseconds)."""
 
     def __init__(self, *, max_entries: int = MAX_SERVERS, ttl_ms: int = SERVER_TTL_MS) -> None:
         self.max_entries = max_entries
         self.ttl_ms = ttl_ms
-        self._entries: dict[str, ServerEntry] = {}
+        self._entries: dict[str, _Held] = {}
 
     def load(self, entries: list[ServerEntry]) -> None:
         """Replace every entry with ``entries`` (oldest registration first)."""
         ordered = sorted(entries, key=lambda entry: (entry.registered_at, entry.server_id))
-        self._entries = {entry.server_id: entry for entry in ordered}
+        self._entries = {entry.server_id: _Held.of(entry) for entry in ordered}
 
     def register(
         self, request: RegisterServer, now_ms: int
@@ -116,22 +130,21 @@ class ServerRegistryState:
         )
         # Re-registering replaces the entry and moves it to the end, as a new one.
         self._entries.pop(entry.server_id, None)
-        self._entries[entry.server_id] = entry
+        self._entries[entry.server_id] = _Held.of(entry)
         return entry, [*writes, PutServer(entry)]
 
     def heartbeat(
         self, request: ServerHeartbeat, now_ms: int
-    ) -> tuple[list[ServerEntry] | ProtocolError, list[Write]]:
-        """Refresh a live entry; the reply is every other live entry."""
-        entry = self._entries.get(request.server_id)
-        if entry is None or not self._is_live(entry, now_ms):
+    ) -> tuple[ServerEntry | ProtocolError, list[Write]]:
+        """Refresh a live entry: its ``lastSeen`` and the counters the heartbeat carries."""
+        held = self._entries.get(request.server_id)
+        if held is None or not self._is_live(held.entry, now_ms):
             return not_registered(), []
         entry = attrs.evolve(
-            entry, counters=entry.counters.updated(request.counters), last_seen=now_ms
+            held.entry, counters=held.entry.counters.updated(request.counters), last_seen=now_ms
         )
-        self._entries[entry.server_id] = entry
-        peers = [peer for peer in self.live(now_ms) if peer.server_id != entry.server_id]
-        return peers, [PutServer(entry)]
+        self._entries[entry.server_id] = _Held.of(entry)
+        return entry, [PutServer(entry)]
 
     def unregister(self, server_id: str) -> list[Write]:
         """Remove the entry of ``server_id`` (idempotent)."""
@@ -141,11 +154,24 @@ class ServerRegistryState:
 
     def live(self, now_ms: int) -> list[ServerEntry]:
         """Every live entry, oldest registration first."""
-        return [entry for entry in self._entries.values() if self._is_live(entry, now_ms)]
+        return [held.entry for held in self._entries.values() if self._is_live(held.entry, now_ms)]
+
+    def live_json(self, now_ms: int, *, excluding: str | None = None) -> str:
+        """Every live entry but ``excluding``'s, as a compact JSON array (text)."""
+        texts = [
+            held.text
+            for server_id, held in self._entries.items()
+            if server_id != excluding and self._is_live(held.entry, now_ms)
+        ]
+        return "[" + ",".join(texts) + "]"
 
     def sweep(self, now_ms: int) -> list[Write]:
         """Delete every entry that is no longer live."""
-        stale = [id_ for id_, entry in self._entries.items() if not self._is_live(entry, now_ms)]
+        stale = [
+            server_id
+            for server_id, held in self._entries.items()
+            if not self._is_live(held.entry, now_ms)
+        ]
         for server_id in stale:
             del self._entries[server_id]
         return [DeleteServer(server_id) for server_id in stale]
@@ -214,9 +240,11 @@ class ServerRegistry:
         if type(request) is ListServers:
             return self._signed_list(now_ms)
         if type(request) is ServerHeartbeat:
-            peers, writes = self.state.heartbeat(request, now_ms)
+            entry, writes = self.state.heartbeat(request, now_ms)
             self._writes += writes
-            return peers if isinstance(peers, ProtocolError) else HeartbeatAccepted(peers)
+            if isinstance(entry, ProtocolError):
+                return entry
+            return HeartbeatAccepted(self.state.live_json(now_ms, excluding=entry.server_id))
         if type(request) is RegisterServer:
             entry, writes = self.state.register(request, now_ms)
             self._writes += writes
@@ -244,6 +272,7 @@ class ServerRegistry:
     def expire(self, now: float) -> None:
         if now < self._next_sweep:
             return
+        self._resync_wall_clock(now)
         writes = self.state.sweep(self._epoch_ms(now))
         self._writes += writes
         self._next_sweep = now + SWEEP_INTERVAL_S
@@ -256,11 +285,22 @@ class ServerRegistry:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _resync_wall_clock(self, now: float) -> None:
+        assert self._wall_clock is not None, "load() runs before any timer"
+        before = self._wall_clock.epoch_ms(now)
+        self._wall_clock = self._wall_clock.resynced(now)
+        step = self._wall_clock.epoch_ms(now) - before
+        if step:
+            log.warning(
+                "wall clock stepped: epoch times follow it again", extra=context(step_ms=step)
+            )
+
     def _epoch_ms(self, now: float) -> int:
         assert self._wall_clock is not None, "load() runs before any request"
         return self._wall_clock.epoch_ms(now)
 
     def _signed_list(self, now_ms: int) -> SignedList:
-        servers = [entry.to_json() for entry in self.state.live(now_ms)]
-        body = encode({"servers": servers, "timestamp": now_ms}).encode("ascii")
+        # Compact JSON, as encode() writes it, from the entries' texts encoded beforehand.
+        servers = self.state.live_json(now_ms)
+        body = f'{{"servers":{servers},"timestamp":{now_ms}}}'.encode("ascii")
         return SignedList(body, crypto.sign_b64(self.signing_key, body))

@@ -157,22 +157,18 @@ def _open_sync(data_dir: Path, migrations: tuple[Migration, ...]) -> SqliteStore
         os.close(lock)
         raise StoreError(f"cannot open {path}: {exc}") from exc
     try:
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a usable database: {exc}") from exc
         if mode != "wal":
             raise StoreError(f"{path}: the WAL journal is not available (got {mode})")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.DatabaseError as exc:
-        _close_sync(db, lock)
-        raise StoreError(f"{path} is not a usable database: {exc}") from exc
-    except BaseException:
-        _close_sync(db, lock)
-        raise
-    try:
-        migrate(db, migrations)
-    except sqlite3.Error as exc:
-        _close_sync(db, lock)
-        raise StoreError(f"{path}: schema migration failed: {exc}") from exc
+        try:
+            migrate(db, migrations)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: schema migration failed: {exc}") from exc
     except BaseException:
         _close_sync(db, lock)
         raise

@@ -60,9 +60,8 @@ def add_server_routes(app: QuartTrio, config: Config, registry: Address) -> None
         if isinstance(reply, Registered):
             return json_response({"success": True, "server": reply.entry.to_json()})
         if isinstance(reply, HeartbeatAccepted):
-            return json_response(
-                {"success": True, "peers": [peer.to_json() for peer in reply.peers]}
-            )
+            body = f'{{"success":true,"peers":{reply.peers_json}}}'
+            return Response(body, content_type="application/json")
         if isinstance(reply, Unregistered):
             return json_response({"success": True})
         raise TypeError(f"unexpected reply {type(reply).__name__}")
