@@ -19,8 +19,11 @@ inherited so that a failed start explains itself; its stdout is read for the lin
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -162,3 +165,27 @@ def emit(result: Mapping[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as results:
         results.write(line + "\n")
+
+
+def percentile_ms(samples_ns: Sequence[int], pct: float) -> float | None:
+    """Nearest-rank percentile (``pct`` from 0 to 100) of nanosecond samples, in milliseconds."""
+    if not samples_ns:
+        return None
+    ordered = sorted(samples_ns)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return round(ordered[rank - 1] / 1e6, 3)
+
+
+def run_facts() -> dict[str, Any]:
+    """When and on what a benchmark ran, for its result line."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "machine": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "arch": platform.machine(),
+            "processor": platform.processor() or None,
+        },
+        "cpus": os.cpu_count(),
+    }

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
-import os
-import platform
 import secrets
 import sys
 import time
@@ -41,7 +38,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._server import THROUGHPUT_ENV, emit, running_server  # noqa: E402
+from bench._server import (  # noqa: E402
+    THROUGHPUT_ENV,
+    emit,
+    percentile_ms,
+    run_facts,
+    running_server,
+)
 from zajel.client import RelayClient, connect_relay  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "chunk_multicast.jsonl"
@@ -109,13 +112,6 @@ async def subscribe(client: RelayClient, chunks: int, window: int, counters: Cou
         counters.delivered_bytes += len(frame["data"])
 
 
-def percentile_ms(values: list[int], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * pct))] / 1e6, 3)
-
-
 async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> dict[str, Any]:
     payloads = [
         base64.b64encode(secrets.token_bytes(args.size)).decode() for _ in range(args.chunks)
@@ -161,8 +157,8 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
         "seconds": round(seconds, 3),
         "deliveries_per_s": round(counters.deliveries / seconds, 1),
         "delivered_mb_per_s": round(counters.delivered_bytes / seconds / 1e6, 2),
-        "p50_ms": percentile_ms(counters.latencies_ns, 0.50),
-        "p99_ms": percentile_ms(counters.latencies_ns, 0.99),
+        "p50_ms": percentile_ms(counters.latencies_ns, 50),
+        "p99_ms": percentile_ms(counters.latencies_ns, 99),
         "pulls_per_chunk": round(sum(counters.pulls) / args.chunks, 3),
         "max_pulls_of_one_chunk": max(counters.pulls),
         "errors": counters.errors + missing,
@@ -175,10 +171,7 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
             else round(cpu_used / counters.deliveries * 1e6, 2)
         ),
         "server_peak_rss_mb": None if pid is None else peak_rss_mb(pid),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "machine": {"system": platform.system(), "arch": platform.machine()},
-        "cpus": os.cpu_count(),
+        **run_facts(),
     }
 
 

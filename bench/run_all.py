@@ -7,7 +7,8 @@ Run from the repository root (``make bench`` does)::
 Scenarios: the signaling benchmark (10 pairs, 2,000 messages each way, window 32), the transport
 floor, and the chunk multicast at N = 10, 100 and 500 subscribers for S = 16 KiB and
 S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks,
-each subscriber keeping 4 requests unanswered; and once with every request sent at once.
+each subscriber keeping 4 requests unanswered; and once with every request sent at once; then
+the server registry with 1000 entries (50 clients, 100 heartbeats each, 200 signed lists).
 Each scenario runs as its own process with its own server, as the single benchmarks do; their
 JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
 (``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
@@ -39,6 +40,10 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
             ("signaling", ["signaling.py", "--pairs=2", "--messages=20", "--window=4"]),
             ("floor", ["transport_floor.py", "--connections=2", "--frames=50", "--window=4"]),
             ("chunks", ["chunk_multicast.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
+            (
+                "registry",
+                ["registry.py", "--clients=2", "--heartbeats=5", "--servers=6", "--lists=4"],
+            ),
         ]
     runs = [
         ("signaling", ["signaling.py", "--pairs=10", "--messages=2000", "--window=32"]),
@@ -64,6 +69,13 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
                     ],
                 )
             )
+    # The server registry at its cap: heartbeats committed to the store, the signed list.
+    runs.append(
+        (
+            "registry",
+            ["registry.py", "--clients=50", "--heartbeats=100", "--servers=1000", "--lists=200"],
+        )
+    )
     return runs
 
 

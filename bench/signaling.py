@@ -37,11 +37,7 @@ or the run timed out, 2 if the set-up (server start, connecting, pairing) failed
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +52,14 @@ if str(REPO_ROOT) not in sys.path:
 import trio  # noqa: E402
 import trio_websocket  # noqa: E402
 
-from bench._server import THROUGHPUT_ENV, emit, process_cpu_seconds, running_server  # noqa: E402
+from bench._server import (  # noqa: E402
+    THROUGHPUT_ENV,
+    emit,
+    percentile_ms,
+    process_cpu_seconds,
+    run_facts,
+    running_server,
+)
 from zajel.client import (  # noqa: E402
     ServerError,
     SignalClient,
@@ -249,14 +252,6 @@ async def run_all(
             )
 
 
-def percentile_ms(sorted_ns: list[int], pct: float) -> float | None:
-    """Nearest-rank percentile of sorted nanosecond samples, in milliseconds."""
-    if not sorted_ns:
-        return None
-    rank = max(1, math.ceil(pct / 100 * len(sorted_ns)))
-    return round(sorted_ns[rank - 1] / 1e6, 3)
-
-
 async def measure(
     url: str, cpu: Callable[[], float] | None, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -333,15 +328,7 @@ def result_line(args: argparse.Namespace, measured: dict[str, Any], server: str)
         "setup_error": measured["setup_error"],
         "error_samples": samples[:MAX_ERROR_SAMPLES],
         "server": server,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "machine": {
-            "system": platform.system(),
-            "release": platform.release(),
-            "arch": platform.machine(),
-            "processor": platform.processor() or None,
-        },
-        "cpus": os.cpu_count(),
+        **run_facts(),
     }
 
 

@@ -15,10 +15,7 @@ Output: one JSON line on stdout, also appended to ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import signal
 import sys
 import time
@@ -32,7 +29,7 @@ REPO_ROOT = SCRIPT.parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._server import emit, running_server  # noqa: E402
+from bench._server import emit, run_facts, running_server  # noqa: E402
 
 FRAME = json.dumps(
     {"type": "ice_candidate", "target": "ABCDEF", "payload": {"candidate": "c" * 150}},
@@ -126,10 +123,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_s": round(echoed / seconds, 1),
         "server_cpu_s": round(cpu, 3),
         "server_cpu_us_per_frame": round(cpu / echoed * 1e6, 2),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "machine": {"system": platform.system(), "arch": platform.machine()},
-        "cpus": os.cpu_count(),
+        **run_facts(),
     }
 
 
