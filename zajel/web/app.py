@@ -23,8 +23,7 @@ from zajel.logs import context
 from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
-from zajel.services import Address, Services
-from zajel.services._durable import CheckStore, StoreOk
+from zajel.services import Address, CheckStore, Services, StoreOk
 from zajel.services.relay import GetRelayStats, RelayStats
 from zajel.services.servers import GetServerStats
 from zajel.services.signaling import GetStats, SignalingStats

@@ -13,8 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from zajel.logs import context
 from zajel.protocol import errors
 from zajel.protocol.errors import ProtocolError
-from zajel.services._durable import StoreFailure
-from zajel.services._mailbox import ServiceFailure
+from zajel.services import ServiceFailure, StoreFailure
 
 log = logging.getLogger("zajel.web")
 
