@@ -1,0 +1,192 @@
+"""The check a VPS relay server makes of a device's session token, and build-token signing.
+
+``../shared/spec/http.md``, AttestationRegistry: a session token is what the coordination
+server gives a device that has proved it runs a genuine build. ``POST /attest/verify`` issues one
+for 1 hour after a correct challenge response; web-fallback registration (``POST
+/attest/register`` with ``platform:"web"``) issues one for 15 minutes, marked
+``trust_level:"web_fallback"``. The token is ``base64url(payload JSON) + "." +
+base64url(Ed25519 signature)``, signed with the seed in ``ZAJEL_ATTESTATION_SIGNING_KEY``.
+
+A VPS server holds only the attestation public key, the ``public_key=`` line ``zajel keygen``
+printed for that seed, and checks each token offline, without asking the coordination server:
+
+    from zajel.attestation import SessionTokenError, verify_session_token
+    from zajel.clock import epoch_ms
+    try:
+        claims = verify_session_token(token, public_key, now_ms=epoch_ms())
+    except SessionTokenError as exc:
+        return refuse(str(exc))  # one sentence; it never contains the token
+
+``claims.trust_level`` is ``"attested"`` for a device that passed the binary challenge and
+``"web_fallback"`` for a web client, which a server may trust less.
+
+``sign_build_token`` is the release pipeline's half of registration: the ``build_token`` a
+device sends to ``POST /attest/register``, signed with the seed whose public key the server has
+as ``ZAJEL_BUILD_TOKEN_VERIFY_KEY`` (a different key from the attestation key).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import attrs
+from nacl.signing import VerifyKey
+
+from zajel.crypto import open_token, parse_public_key, sign_b64, signing_key
+
+MAX_SKEW_MS = 60_000
+# The trust level of a token without one: only native devices, which passed the binary
+# challenge, get tokens without a trust_level (http.md, Session token).
+ATTESTED = "attested"
+WEB_FALLBACK = "web_fallback"
+_STRING_FIELDS = ("device_id", "build_version", "platform")
+_INTEGER_FIELDS = ("issued_at", "expires_at")
+
+
+class SessionTokenError(Exception):
+    """The session token cannot be trusted; the message is one sentence, never the token."""
+
+
+class InvalidToken(SessionTokenError):
+    """The token is malformed, its signature does not verify, or its claims are not valid."""
+
+
+class ExpiredToken(SessionTokenError):
+    """The token's ``expires_at`` has been reached."""
+
+
+class FutureToken(SessionTokenError):
+    """The token's ``issued_at`` is further ahead of our clock than the skew allows."""
+
+
+@attrs.frozen
+class SessionClaims:
+    """The claims of a verified session token.
+
+    Attributes:
+        device_id: the device the token was issued to.
+        build_version: the app version the device registered with.
+        platform: the platform of that build (``"android"``, ``"web"``, ...).
+        issued_at: when the token was issued, epoch milliseconds.
+        expires_at: when it stops being valid, epoch milliseconds (exclusive).
+        trust_level: ``"attested"`` for a device that passed the binary challenge, else the
+            token's own ``trust_level`` (``"web_fallback"``).
+    """
+
+    device_id: str
+    build_version: str
+    platform: str
+    issued_at: int
+    expires_at: int
+    trust_level: str
+
+    @classmethod
+    def from_payload(cls, payload: object) -> SessionClaims:
+        """The claims of a decoded token payload; unknown fields are ignored.
+
+        Raises:
+            InvalidToken: ``payload`` is not an object with string ``device_id``,
+                ``build_version`` and ``platform``, integer ``issued_at`` and ``expires_at``
+                with ``expires_at > issued_at``, and, when present, a string ``trust_level``.
+        """
+        if not isinstance(payload, dict):
+            _invalid("session token payload is not a JSON object")
+        for field in _STRING_FIELDS:
+            if not isinstance(payload.get(field), str):
+                _invalid(f"session token has no string {field}")
+        for field in _INTEGER_FIELDS:
+            value = payload.get(field)
+            if not isinstance(value, int) or isinstance(value, bool):
+                _invalid(f"session token has no integer {field}")
+        if payload["expires_at"] <= payload["issued_at"]:
+            _invalid("session token expires before it is issued")
+        trust_level = payload.get("trust_level", ATTESTED)
+        if not isinstance(trust_level, str):
+            _invalid("session token trust_level is not a string")
+        return cls(
+            device_id=payload["device_id"],
+            build_version=payload["build_version"],
+            platform=payload["platform"],
+            issued_at=payload["issued_at"],
+            expires_at=payload["expires_at"],
+            trust_level=trust_level,
+        )
+
+
+def verify_session_token(
+    token: str,
+    public_key: str | bytes | VerifyKey,
+    *,
+    now_ms: int,
+    max_skew_ms: int = MAX_SKEW_MS,
+) -> SessionClaims:
+    """Check a session token and return its claims.
+
+    Args:
+        token: the token exactly as the device presented it.
+        public_key: the attestation public key: standard base64, raw 32 bytes, or a
+            ``VerifyKey``.
+        now_ms: the caller's wall clock in epoch milliseconds.
+        max_skew_ms: how far ahead of ``now_ms`` ``issued_at`` may be, inclusive.
+
+    Raises:
+        InvalidKey: ``public_key`` cannot be parsed (a caller error, not a token error).
+        InvalidToken: the token is not a string of two base64url parts, its signature does not
+            verify with the key, or its payload is not the documented claims.
+        ExpiredToken: ``now_ms`` is at or past ``expires_at``.
+        FutureToken: ``issued_at`` is more than ``max_skew_ms`` ahead of ``now_ms``.
+    """
+    key = public_key if isinstance(public_key, VerifyKey) else parse_public_key(public_key)
+    payload = open_token(key, token)
+    if payload is None:
+        _invalid("session token is malformed or its signature does not verify with this key")
+    claims = SessionClaims.from_payload(payload)
+    if now_ms >= claims.expires_at:
+        raise ExpiredToken(f"session token expired {now_ms - claims.expires_at} ms ago")
+    ahead = claims.issued_at - now_ms
+    if ahead > max_skew_ms:
+        raise FutureToken(
+            f"session token is issued {ahead} ms in the future (limit {max_skew_ms} ms)"
+        )
+    return claims
+
+
+def sign_build_token(
+    seed: bytes, *, version: str, platform: str, build_hash: str, timestamp_ms: int
+) -> dict[str, str]:
+    """The ``build_token`` of a release, as a device sends it to ``POST /attest/register``.
+
+    http.md, Build token: ``payload`` is the compact JSON string ``{"version", "platform",
+    "build_hash", "timestamp"}`` in that order; ``signature`` is the Ed25519 signature of the
+    payload's UTF-8 bytes in standard base64 with padding.
+
+    Args:
+        seed: the 32-byte seed of the build-token signing key.
+        version: the release version, ``X.Y.Z``.
+        platform: the platform of the build.
+        build_hash: the hash of the build, as the pipeline records it.
+        timestamp_ms: when the build was signed, epoch milliseconds.
+
+    Raises:
+        InvalidKey: ``seed`` is not 32 bytes.
+        TypeError: a field has the wrong type (a bool is not a timestamp).
+    """
+    key = signing_key(seed)
+    for name, text in (("version", version), ("platform", platform), ("build_hash", build_hash)):
+        if not isinstance(text, str):
+            raise TypeError(f"build token {name} must be a string")
+    if not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool):
+        raise TypeError("build token timestamp must be an integer")
+    claims: dict[str, Any] = {
+        "version": version,
+        "platform": platform,
+        "build_hash": build_hash,
+        "timestamp": timestamp_ms,
+    }
+    payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
+    return {"payload": payload, "signature": sign_b64(key, payload.encode("utf-8"))}
+
+
+def _invalid(message: str) -> NoReturn:
+    raise InvalidToken(message) from None
