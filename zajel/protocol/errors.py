@@ -27,6 +27,9 @@ NOT_CONFIGURED = "not_configured"
 REGISTRY_FULL = "registry_full"
 NOT_FOUND = "not_found"
 STORE_UNAVAILABLE = "store_unavailable"
+# The AttestationRegistry (http.md): 403 refusals and 429 limits.
+FORBIDDEN = "forbidden"
+TOO_MANY = "too_many"
 
 
 class ProtocolError(Exception):
