@@ -11,14 +11,14 @@ from zajel.config import Config, ConfigError
 SECRETS = {
     "ZAJEL_BOOTSTRAP_SIGNING_KEY": "b" * 64,
     "ZAJEL_ATTESTATION_SIGNING_KEY": "a" * 64,
-    "ZAJEL_BUILD_TOKEN_VERIFY_KEY": "dmVyaWZ5LWtleS1zZWNyZXQ=",
+    "ZAJEL_BUILD_TOKEN_VERIFY_KEY": "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
     "ZAJEL_SERVER_REGISTRY_SECRET": "registry-secret-value",
     "ZAJEL_CI_UPLOAD_SECRET": "ci-upload-secret-value",
 }
 
 
-# Production and qa refuse to start without a bootstrap signing key (operations.md).
-KEY = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "c" * 64}
+# Production and qa refuse to start without their signing keys (operations.md).
+KEY = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "c" * 64, "ZAJEL_ATTESTATION_SIGNING_KEY": "d" * 64}
 
 
 def test_defaults():
@@ -307,3 +307,32 @@ def test_malformed_signing_keys_name_the_setting_and_never_echo_the_value(name, 
     assert "\n" not in message
     if not value.startswith("@"):
         assert value not in message
+
+
+@pytest.mark.parametrize("env", ["production", "qa"])
+def test_production_and_qa_refuse_to_start_without_an_attestation_signing_key(env):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"ZAJEL_ENV": env, "ZAJEL_BOOTSTRAP_SIGNING_KEY": "c" * 64})
+    assert str(caught.value) == (
+        f"ZAJEL_ATTESTATION_SIGNING_KEY: required in {env}; make one with `zajel keygen`"
+    )
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", "dmVyaWZ5LWtleS1zZWNyZXQ=", "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"]
+)
+def test_a_build_token_key_that_is_not_a_32_byte_public_key_is_refused(value):
+    with pytest.raises(ConfigError, match=r"^ZAJEL_BUILD_TOKEN_VERIFY_KEY: "):
+        Config.from_env({"ZAJEL_BUILD_TOKEN_VERIFY_KEY": value})
+
+
+def test_the_attestation_key_must_differ_from_the_build_token_key():
+    seed = "a" * 64
+    own_public_key = "5zTqbCtiV95yNV5HKqBaTEh+a0Y8Ap7TBt8vAbVja1g="
+    with pytest.raises(ConfigError, match=r"^ZAJEL_ATTESTATION_SIGNING_KEY: must differ"):
+        Config.from_env(
+            {
+                "ZAJEL_ATTESTATION_SIGNING_KEY": seed,
+                "ZAJEL_BUILD_TOKEN_VERIFY_KEY": own_public_key,
+            }
+        )

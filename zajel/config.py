@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from zajel.crypto import InvalidKey, load_seed
+from zajel.crypto import InvalidKey, load_seed, parse_public_key, public_key_b64, signing_key
 
 Environment = Literal["production", "qa", "development"]
 ENVIRONMENTS: tuple[Environment, ...] = ("production", "qa", "development")
@@ -88,6 +88,22 @@ class Config:
         default_env = "development" if reader.optional("ENV") else _default_env(environ)
         env = reader.choice("ENV", default_env, ENVIRONMENTS)
         level = reader.choice("LOG_LEVEL", "info" if env != "development" else "debug", LOG_LEVELS)
+        bootstrap_key = reader.signing_seed(
+            "BOOTSTRAP_SIGNING_KEY", required=env != "development", env=env
+        )
+        attestation_key = reader.signing_seed(
+            "ATTESTATION_SIGNING_KEY", required=env != "development", env=env
+        )
+        build_token_key = reader.public_key("BUILD_TOKEN_VERIFY_KEY")
+        if attestation_key is not None and build_token_key is not None:
+            own = public_key_b64(signing_key(bytes.fromhex(attestation_key)))
+            if own == build_token_key:
+                # http.md: session tokens and build tokens are signed by different keys, so
+                # the server's key can never make a build token.
+                raise ConfigError(
+                    "ZAJEL_ATTESTATION_SIGNING_KEY: must differ from the build-token key "
+                    "(ZAJEL_BUILD_TOKEN_VERIFY_KEY is its public key)"
+                )
         return cls(
             env=env,
             host=reader.text("HOST", "127.0.0.1"),
@@ -96,13 +112,9 @@ class Config:
             log_level=LOG_LEVELS[level],
             log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             metrics=reader.choice("METRICS", "on", ("on", "off")) == "on",
-            bootstrap_signing_key=reader.signing_seed(
-                "BOOTSTRAP_SIGNING_KEY", required=env != "development", env=env
-            ),
-            attestation_signing_key=reader.signing_seed(
-                "ATTESTATION_SIGNING_KEY", required=False, env=env
-            ),
-            build_token_verify_key=reader.optional("BUILD_TOKEN_VERIFY_KEY"),
+            bootstrap_signing_key=bootstrap_key,
+            attestation_signing_key=attestation_key,
+            build_token_verify_key=build_token_key,
             server_registry_secret=reader.optional("SERVER_REGISTRY_SECRET"),
             ci_upload_secret=reader.optional("CI_UPLOAD_SECRET"),
             allowed_origins=tuple(
@@ -171,6 +183,16 @@ class _Reader:
             return None
         try:
             return load_seed(value).hex()
+        except InvalidKey as exc:
+            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+
+    def public_key(self, name: str) -> str | None:
+        """An Ed25519 public key in standard base64 (what ``zajel keygen`` prints)."""
+        value = self.optional(name)
+        if value is None:
+            return None
+        try:
+            return public_key_b64(parse_public_key(value))
         except InvalidKey as exc:
             raise ConfigError(f"ZAJEL_{name}: {exc}") from None
 

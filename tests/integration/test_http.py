@@ -50,6 +50,7 @@ IDLE_STATS = {
     "chunks": IDLE_CHUNKS,
     "signaling": {"connections": 0, "pairingCodes": 0, "pendingPairRequests": 0},
     "servers": {"totalServers": 0, "liveServers": 0},
+    "attestation": {"devices": 0, "references": 0, "openChallenges": 0, "flaggedDevices": 0},
     "connections": 0,
 }
 
@@ -124,6 +125,7 @@ async def test_stats_counts_connections_codes_and_pending_requests(server):
                 "chunks": IDLE_CHUNKS,
                 "signaling": {"connections": 3, "pairingCodes": 2, "pendingPairRequests": 1},
                 "servers": IDLE_STATS["servers"],
+                "attestation": IDLE_STATS["attestation"],
                 "connections": 3,
             }
         await wait_for_stats(server.url, IDLE_STATS)

@@ -26,7 +26,11 @@ async def run_session_and_read_logs(tmp_path, env: str) -> tuple[list[dict], lis
             env,
             "--log-format",
             "json",
-            env={"ZAJEL_LOG_LEVEL": "debug", "ZAJEL_BOOTSTRAP_SIGNING_KEY": "5e" * 32},
+            env={
+                "ZAJEL_LOG_LEVEL": "debug",
+                "ZAJEL_BOOTSTRAP_SIGNING_KEY": "5e" * 32,
+                "ZAJEL_ATTESTATION_SIGNING_KEY": "6f" * 32,
+            },
         ) as (process, url):
             async with connect_signal(url) as a, connect_signal(url) as b:
                 await a.register(CODES[0], keys[0])

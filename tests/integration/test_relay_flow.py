@@ -93,6 +93,7 @@ async def test_heartbeat_ping_and_stats(server):
                     "chunks",
                     "signaling",
                     "servers",
+                    "attestation",
                     "connections",
                 }
 

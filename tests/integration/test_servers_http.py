@@ -37,6 +37,7 @@ PRIVATE = "Invalid endpoint: must not point to private or internal addresses"
 def registry_config(**overrides: Any):
     values: dict[str, Any] = {
         "bootstrap_signing_key": SEED.hex(),
+        "attestation_signing_key": bytes(range(64, 96)).hex(),
         "http_rate_per_minute": 100_000,
         "ws_idle_timeout": 86_400.0,
     }

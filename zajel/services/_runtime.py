@@ -11,6 +11,7 @@ import trio
 from zajel.config import Config
 from zajel.services._durable import start_durable_service
 from zajel.services._mailbox import Address, start_service
+from zajel.services.attestation import AttestationRegistry
 from zajel.services.relay import RelayService
 from zajel.services.servers import ServerRegistry
 from zajel.services.signaling import SignalingRoom
@@ -27,6 +28,7 @@ class Services:
     signaling: Address
     relay: Address
     servers: Address
+    attestation: Address
 
 
 @asynccontextmanager
@@ -45,7 +47,12 @@ async def open_services(config: Config, store: Store) -> AsyncIterator[Services]
         servers = await start_durable_service(
             nursery, ServerRegistry.from_config(config), store, inbox_size=INBOX_SIZE
         )
+        attestation = await start_durable_service(
+            nursery, AttestationRegistry.from_config(config), store, inbox_size=INBOX_SIZE
+        )
         try:
-            yield Services(signaling=signaling, relay=relay, servers=servers)
+            yield Services(
+                signaling=signaling, relay=relay, servers=servers, attestation=attestation
+            )
         finally:
             nursery.cancel_scope.cancel()

@@ -12,13 +12,33 @@ from pathlib import Path
 
 import trio
 
-from zajel.storage.interface import DeleteServer, PutServer, Store, StoreError, Write
+from zajel.storage.interface import (
+    AttestationRecords,
+    DeleteChallenge,
+    DeleteDevice,
+    DeleteServer,
+    PutChallenge,
+    PutDevice,
+    PutPolicy,
+    PutReference,
+    PutServer,
+    Store,
+    StoreError,
+    Write,
+)
 from zajel.storage.memory import MemoryStore
 from zajel.storage.sqlite import SqliteStore
 
 __all__ = [
+    "AttestationRecords",
+    "DeleteChallenge",
+    "DeleteDevice",
     "DeleteServer",
     "MemoryStore",
+    "PutChallenge",
+    "PutDevice",
+    "PutPolicy",
+    "PutReference",
     "PutServer",
     "SqliteStore",
     "Store",

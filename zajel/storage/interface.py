@@ -14,6 +14,7 @@ from typing import Protocol, TypeAlias
 
 import attrs
 
+from zajel.protocol.attestation import Challenge, Device, Policy, Reference
 from zajel.protocol.servers import ServerEntry
 
 
@@ -35,7 +36,64 @@ class DeleteServer:
     server_id: str
 
 
-Write: TypeAlias = PutServer | DeleteServer
+@attrs.frozen
+class PutDevice:
+    """Add or replace one attested device."""
+
+    device: Device
+
+
+@attrs.frozen
+class DeleteDevice:
+    device_id: str
+
+
+@attrs.frozen
+class PutReference:
+    """Add or replace the reference of one version and platform."""
+
+    reference: Reference
+
+
+@attrs.frozen
+class PutChallenge:
+    """Keep one open challenge (its nonce) until it is used or expires."""
+
+    challenge: Challenge
+
+
+@attrs.frozen
+class DeleteChallenge:
+    nonce: str
+
+
+@attrs.frozen
+class PutPolicy:
+    """Replace the version policy."""
+
+    policy: Policy
+
+
+Write: TypeAlias = (
+    PutServer
+    | DeleteServer
+    | PutDevice
+    | DeleteDevice
+    | PutReference
+    | PutChallenge
+    | DeleteChallenge
+    | PutPolicy
+)
+
+
+@attrs.frozen
+class AttestationRecords:
+    """Everything the AttestationRegistry keeps; ``policy`` is None until one is set."""
+
+    devices: list[Device]
+    references: list[Reference]
+    challenges: list[Challenge]
+    policy: Policy | None
 
 
 class Store(Protocol):
@@ -43,6 +101,9 @@ class Store(Protocol):
 
     async def load_servers(self) -> list[ServerEntry]:
         """Every stored ServerRegistry entry, live or not."""
+
+    async def load_attestation(self) -> AttestationRecords:
+        """Every stored device, reference, open challenge, and the version policy."""
 
     async def apply(self, writes: Sequence[Write]) -> None:
         """Commit ``writes``, in order, as one transaction: all of them or none.

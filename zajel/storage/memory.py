@@ -7,8 +7,21 @@ from typing import assert_never
 
 import trio
 
+from zajel.protocol.attestation import Challenge, Device, Policy, Reference
 from zajel.protocol.servers import ServerEntry
-from zajel.storage.interface import DeleteServer, PutServer, StoreError, Write
+from zajel.storage.interface import (
+    AttestationRecords,
+    DeleteChallenge,
+    DeleteDevice,
+    DeleteServer,
+    PutChallenge,
+    PutDevice,
+    PutPolicy,
+    PutReference,
+    PutServer,
+    StoreError,
+    Write,
+)
 
 
 class MemoryStore:
@@ -17,6 +30,10 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.servers: dict[str, ServerEntry] = {}
+        self.devices: dict[str, Device] = {}
+        self.references: dict[tuple[str, str], Reference] = {}
+        self.challenges: dict[str, Challenge] = {}
+        self.policy: Policy | None = None
         self.commits = 0
         self.fail = False
         self._closed = False
@@ -25,6 +42,15 @@ class MemoryStore:
         await self._check()
         return list(self.servers.values())
 
+    async def load_attestation(self) -> AttestationRecords:
+        await self._check()
+        return AttestationRecords(
+            list(self.devices.values()),
+            list(self.references.values()),
+            list(self.challenges.values()),
+            self.policy,
+        )
+
     async def apply(self, writes: Sequence[Write]) -> None:
         await self._check()
         for write in writes:
@@ -32,6 +58,19 @@ class MemoryStore:
                 self.servers[write.entry.server_id] = write.entry
             elif isinstance(write, DeleteServer):
                 self.servers.pop(write.server_id, None)
+            elif isinstance(write, PutDevice):
+                self.devices[write.device.device_id] = write.device
+            elif isinstance(write, DeleteDevice):
+                self.devices.pop(write.device_id, None)
+            elif isinstance(write, PutReference):
+                reference = write.reference
+                self.references[reference.version, reference.platform] = reference
+            elif isinstance(write, PutChallenge):
+                self.challenges[write.challenge.nonce] = write.challenge
+            elif isinstance(write, DeleteChallenge):
+                self.challenges.pop(write.nonce, None)
+            elif isinstance(write, PutPolicy):
+                self.policy = write.policy
             else:  # pragma: no cover - exhaustive
                 assert_never(write)
         self.commits += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -24,8 +25,21 @@ from typing import Any, Final, TypeVar, assert_never
 import trio
 
 from zajel.logs import context
+from zajel.protocol.attestation import Challenge, Device, Policy, Reference
 from zajel.protocol.servers import Counters, ServerEntry
-from zajel.storage.interface import DeleteServer, PutServer, StoreError, Write
+from zajel.storage.interface import (
+    AttestationRecords,
+    DeleteChallenge,
+    DeleteDevice,
+    DeleteServer,
+    PutChallenge,
+    PutDevice,
+    PutPolicy,
+    PutReference,
+    PutServer,
+    StoreError,
+    Write,
+)
 from zajel.storage.migrations import MIGRATIONS, Migration
 
 log = logging.getLogger("zajel.store")
@@ -45,6 +59,20 @@ _PUT_SERVER: Final = (
 )
 _DELETE_SERVER: Final = "DELETE FROM servers WHERE server_id = ?"
 _SELECT_SERVERS: Final = f"SELECT {_SERVER_COLUMNS} FROM servers"
+# Attestation rows hold their record as JSON beside the columns lookups and sweeps use (v4).
+_PUT_DEVICE: Final = (
+    "INSERT OR REPLACE INTO attestation_devices (device_id, last_seen, record) VALUES (?, ?, ?)"
+)
+_DELETE_DEVICE: Final = "DELETE FROM attestation_devices WHERE device_id = ?"
+_PUT_REFERENCE: Final = (
+    "INSERT OR REPLACE INTO attestation_references (version, platform, record) VALUES (?, ?, ?)"
+)
+_PUT_CHALLENGE: Final = (
+    "INSERT OR REPLACE INTO attestation_nonces (nonce, device_id, created_at, record) "
+    "VALUES (?, ?, ?, ?)"
+)
+_DELETE_CHALLENGE: Final = "DELETE FROM attestation_nonces WHERE nonce = ?"
+_PUT_POLICY: Final = "INSERT OR REPLACE INTO attestation_policy (id, record) VALUES (1, ?)"
 
 
 class SqliteStore:
@@ -73,6 +101,9 @@ class SqliteStore:
         rows = await self._run(lambda db: db.execute(_SELECT_SERVERS).fetchall())
         return [_server_from_row(row) for row in rows]
 
+    async def load_attestation(self) -> AttestationRecords:
+        return await self._run(_load_attestation)
+
     async def apply(self, writes: Sequence[Write]) -> None:
         await self._run(_transaction, list(writes))
 
@@ -94,8 +125,9 @@ class SqliteStore:
             try:
                 return await trio.to_thread.run_sync(function, db, *args)
             # Values SQLite cannot take are refused like any failed write: an int past 64 bits
-            # (OverflowError), text that is not Unicode, such as a lone surrogate (UnicodeError).
-            except (sqlite3.Error, OverflowError, UnicodeError) as exc:
+            # (OverflowError), text that is not Unicode, such as a lone surrogate (UnicodeError),
+            # a record that is not what the schema holds (ValueError, KeyError, TypeError).
+            except (sqlite3.Error, OverflowError, ValueError, KeyError, TypeError) as exc:
                 raise StoreError(f"SQLite: {exc}") from exc
 
 
@@ -132,7 +164,45 @@ def _statement(write: Write) -> tuple[str, tuple[Any, ...]]:
         )
     if isinstance(write, DeleteServer):
         return _DELETE_SERVER, (write.server_id,)
+    if isinstance(write, PutDevice):
+        device = write.device
+        return _PUT_DEVICE, (device.device_id, device.last_seen, _json(device.to_record()))
+    if isinstance(write, DeleteDevice):
+        return _DELETE_DEVICE, (write.device_id,)
+    if isinstance(write, PutReference):
+        reference = write.reference
+        record = _json(reference.to_json())
+        return _PUT_REFERENCE, (reference.version, reference.platform, record)
+    if isinstance(write, PutChallenge):
+        challenge = write.challenge
+        record = _json(challenge.to_record())
+        return _PUT_CHALLENGE, (challenge.nonce, challenge.device_id, challenge.created_at, record)
+    if isinstance(write, DeleteChallenge):
+        return _DELETE_CHALLENGE, (write.nonce,)
+    if isinstance(write, PutPolicy):
+        return _PUT_POLICY, (_json(write.policy.to_json()),)
     assert_never(write)
+
+
+def _json(record: Any) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
+def _load_attestation(db: sqlite3.Connection) -> AttestationRecords:
+    def records(sql: str) -> list[Any]:
+        return [json.loads(row[0]) for row in db.execute(sql)]
+
+    policies = records("SELECT record FROM attestation_policy WHERE id = 1")
+    return AttestationRecords(
+        devices=[Device.from_record(r) for r in records("SELECT record FROM attestation_devices")],
+        references=[
+            Reference.from_json(r) for r in records("SELECT record FROM attestation_references")
+        ],
+        challenges=[
+            Challenge.from_record(r) for r in records("SELECT record FROM attestation_nonces")
+        ],
+        policy=Policy.from_json(policies[0]) if policies else None,
+    )
 
 
 def _server_from_row(row: tuple[Any, ...]) -> ServerEntry:

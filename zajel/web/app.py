@@ -24,9 +24,11 @@ from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Address, CheckStore, Services, StoreOk
+from zajel.services.attestation import GetAttestationStats
 from zajel.services.relay import GetRelayStats, RelayStats
 from zajel.services.servers import GetServerStats
 from zajel.services.signaling import GetStats, SignalingStats
+from zajel.web.attestation import add_attestation_routes
 from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip
 from zajel.web.servers import add_server_routes
@@ -45,6 +47,12 @@ ENDPOINTS = {
     "registerServer": "POST /servers",
     "serverHeartbeat": "POST /servers/heartbeat",
     "unregisterServer": "DELETE /servers/{serverId}",
+    "attestRegister": "POST /attest/register",
+    "attestUploadReference": "POST /attest/upload-reference",
+    "attestChallenge": "POST /attest/challenge",
+    "attestVerify": "POST /attest/verify",
+    "attestVersions": "GET /attest/versions",
+    "attestSetVersions": "POST /attest/versions",
     "signaling": "WebSocket /signal",
     "relay": "WebSocket /relay",
 }
@@ -59,6 +67,9 @@ FEATURES = [
     "chunk-distribution",
     "server-registry",
     "signed-bootstrap",
+    "device-attestation",
+    "web-fallback",
+    "version-policy",
 ]
 
 
@@ -177,6 +188,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             nursery.start_soon(ask, "signaling", services.signaling, GetStats())
             nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
             nursery.start_soon(ask, "servers", services.servers, GetServerStats())
+            nursery.start_soon(ask, "attestation", services.attestation, GetAttestationStats())
             nursery.start_soon(ask, "store", services.servers, CheckStore())
         sections: dict[str, dict[str, int]] = {}
         failing: list[str] = []
@@ -190,11 +202,12 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             sections["signaling"] = signaling.to_json()
         else:
             failing.append("signaling")
-        servers = replies.get("servers")
-        if isinstance(servers, dict):
-            sections["servers"] = servers
-        else:
-            failing.append("servers")
+        for name in ("servers", "attestation"):
+            section = replies.get(name)
+            if isinstance(section, dict):
+                sections[name] = section
+            else:
+                failing.append(name)
         if not isinstance(replies.get("store"), StoreOk):
             failing.append("store")
         return sections, failing
@@ -243,6 +256,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
 
     add_server_routes(app, config, services.servers)
+    add_attestation_routes(app, config, services.attestation)
     return app
 
 

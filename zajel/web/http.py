@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from quart import Response, jsonify, request
@@ -13,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from zajel.logs import context
 from zajel.protocol import errors
 from zajel.protocol.errors import ProtocolError
-from zajel.services import ServiceFailure, StoreFailure
+from zajel.services import Address, ServiceFailure, StoreFailure
 
 log = logging.getLogger("zajel.web")
 
@@ -22,8 +23,10 @@ HTTP_STATUS: Final = {
     errors.INVALID_BODY: 400,
     errors.INVALID_FIELD: 400,
     errors.UNAUTHORIZED: 401,
+    errors.FORBIDDEN: 403,
     errors.NOT_FOUND: 404,
     errors.BODY_TOO_LARGE: 413,
+    errors.TOO_MANY: 429,
     errors.REGISTRY_FULL: 503,
     errors.NOT_CONFIGURED: 503,
     errors.STORE_UNAVAILABLE: 503,
@@ -81,3 +84,36 @@ def bearer_matches(secret: str) -> bool:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     given = token.strip().encode("utf-8", "replace")
     return scheme.lower() == "bearer" and hmac.compare_digest(given, secret.encode("utf-8"))
+
+
+def authorize(secret: str | None, *, unset: str | None) -> None:
+    """Let a write through only with ``Authorization: Bearer <secret>``.
+
+    Without a secret configured, ``unset`` is the 503 message, or ``None`` to let every
+    request through (the server registry in development).
+
+    Raises:
+        ProtocolError: ``not_configured`` (503) or ``unauthorized`` (401).
+    """
+    if secret is None:
+        if unset is not None:
+            raise ProtocolError(errors.NOT_CONFIGURED, unset)
+        return
+    if not bearer_matches(secret):
+        raise errors.unauthorized()
+
+
+async def serve_call(
+    service: Address,
+    decode: Callable[[], Awaitable[Any]],
+    render: Callable[[Any], Response],
+) -> Response:
+    """The shape of every JSON route: ``decode`` (checks, reads and decodes the request; raises
+    ``ProtocolError``), ask ``service``, and ``render`` its reply unless it is a refusal."""
+    try:
+        message = await decode()
+    except ProtocolError as error:
+        return error_response(error)
+    reply = await service.call(message)
+    failure = failure_response(reply)
+    return failure if failure is not None else render(reply)
