@@ -522,6 +522,10 @@ def decode_upload_reference(body: bytes) -> UploadReference:
     if len(items) > MAX_REGIONS:
         raise errors.invalid_field(f"Too many critical_regions (at most {MAX_REGIONS})")
     regions = tuple(_decode_region(item, size) for item in items)
+    # Ours: a challenge draws distinct regions, so one place listed twice could be asked twice
+    # and answered with one known region.
+    if len({(region.offset, region.length) for region in regions}) != len(regions):
+        raise errors.invalid_field("Each critical_region must be a distinct offset and length")
     return UploadReference(version, platform, build_hash, size, regions)
 
 

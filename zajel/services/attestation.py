@@ -306,9 +306,10 @@ class AttestationState:
         device = self.devices.get(challenge.device_id)
         if device is None:  # forgotten since the challenge: it must register again
             return ProtocolError(errors.NOT_FOUND, "Device not registered"), writes
-        device = self._seen(device, now_ms)
-        writes.append(PutDevice(device))
-        return Verified(_claims(device, now_ms, SESSION_TTL_MS)), writes
+        writes.append(PutDevice(self._seen(device, now_ms)))
+        # The token names what the answers proved: the challenge's build, whatever the device
+        # registered as since (a build token proves a build, not that this device runs it).
+        return Verified(_claims(challenge, now_ms, SESSION_TTL_MS)), writes
 
     def upload_reference(
         self, request: UploadReference, now_ms: int
@@ -440,12 +441,12 @@ class AttestationState:
         return writes
 
 
-def _claims(device: Device, now_ms: int, ttl_ms: int, **extra: str) -> dict[str, Any]:
+def _claims(subject: Device | Challenge, now_ms: int, ttl_ms: int, **extra: str) -> dict[str, Any]:
     """The payload of a session token, in the contract's field order."""
     return {
-        "device_id": device.device_id,
-        "build_version": device.build_version,
-        "platform": device.platform,
+        "device_id": subject.device_id,
+        "build_version": subject.build_version,
+        "platform": subject.platform,
         "issued_at": now_ms,
         "expires_at": now_ms + ttl_ms,
         **extra,
