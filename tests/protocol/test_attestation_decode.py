@@ -469,8 +469,17 @@ UPLOAD = {
     "version": "2.0.1",
     "platform": "linux",
     "build_hash": "sha256:0011",
-    "critical_regions": [{"offset": 0, "length": 2, "data_hex": "abcd"}],
+    "critical_regions": [
+        {"offset": 0, "length": 2, "data_hex": "abcd"},
+        {"offset": 2, "length": 2, "data_hex": "ef01"},
+        {"offset": 4, "length": 2, "data_hex": "2345"},
+    ],
 }
+# Two more regions for bodies built around one region under test: a reference holds at least 3.
+OTHERS = [
+    {"offset": 100, "length": 1, "data_hex": "aa"},
+    {"offset": 101, "length": 1, "data_hex": "bb"},
+]
 
 
 def upload_body(**fields: Any) -> bytes:
@@ -493,7 +502,19 @@ def upload_error(data: bytes) -> ProtocolError:
 
 def test_a_minimal_upload_decodes_with_size_and_weight_defaults():
     assert decode_upload_reference(upload_body()) == UploadReference(
-        "2.0.1", "linux", "sha256:0011", 0, (Region(0, 2, "abcd", 1.0),)
+        "2.0.1",
+        "linux",
+        "sha256:0011",
+        0,
+        (Region(0, 2, "abcd", 1.0), Region(2, 2, "ef01", 1.0), Region(4, 2, "2345", 1.0)),
+    )
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_fewer_than_3_regions_cannot_be_challenged_and_are_refused(count):
+    items = [region(offset=i, length=1, data_hex="00") for i in range(count)]
+    assert upload_error(regions_body(*items)) == invalid(
+        "critical_regions must hold at least 3 regions (a challenge draws 3 to 5)"
     )
 
 
@@ -525,11 +546,11 @@ def test_upload_bounds_are_inclusive():
     items = [region(offset=i, length=1, data_hex="00") for i in range(MAX_REGIONS)]
     assert len(decode_upload_reference(regions_body(*items)).regions) == MAX_REGIONS
     long = region(length=MAX_REGION_BYTES, data_hex="ff" * MAX_REGION_BYTES, weight=1_000_000)
-    decoded = decode_upload_reference(regions_body(long, size=MAX_REGION_BYTES))
-    assert decoded.regions == (Region(0, MAX_REGION_BYTES, "ff" * MAX_REGION_BYTES, 1e6),)
+    decoded = decode_upload_reference(regions_body(long, *OTHERS))
+    assert decoded.regions[0] == Region(0, MAX_REGION_BYTES, "ff" * MAX_REGION_BYTES, 1e6)
     assert decode_upload_reference(upload_body(size=2**53 - 1)).size == 2**53 - 1
     big = region(offset=2**53 - 1, length=1, data_hex="00", weight=1e-300)
-    assert decode_upload_reference(regions_body(big)).regions[0].weight == 1e-300
+    assert decode_upload_reference(regions_body(big, *OTHERS)).regions[0].weight == 1e-300
 
 
 @pytest.mark.parametrize("field", ["version", "platform", "build_hash"])
@@ -1071,7 +1092,7 @@ def test_records_round_trip_through_json_text():
 
 def test_an_uploaded_reference_round_trips():
     decoded = decode_upload_reference(
-        regions_body(region(data_hex="ABCD", weight=3), region(offset=5), size=10)
+        regions_body(region(data_hex="ABCD", weight=3), region(offset=5), region(offset=7), size=10)
     )
     reference = Reference(
         decoded.version, decoded.platform, decoded.build_hash, decoded.size, decoded.regions, 9

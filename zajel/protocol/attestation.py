@@ -40,6 +40,7 @@ VERSIONS_MAX_BYTES: Final = 4096
 # Ours (not in the original contract): 256 regions per reference is far more than a challenge
 # draws from (3-5), and a 64 KiB body holds at most ~32 KiB of region data anyway.
 MAX_REGIONS: Final = 256
+MIN_REGIONS: Final = 3
 MAX_REGION_BYTES: Final = 4096
 # Ours: a challenge has at most 5 regions; 16 leaves room for a client sending extra answers (the
 # service answers "Wrong number of responses") without letting a body carry thousands.
@@ -526,6 +527,11 @@ def decode_upload_reference(body: bytes) -> UploadReference:
     # and answered with one known region.
     if len({(region.offset, region.length) for region in regions}) != len(regions):
         raise errors.invalid_field("Each critical_region must be a distinct offset and length")
+    # Ours: a challenge draws 3 to 5 distinct regions (http.md), so fewer cannot be challenged.
+    if len(regions) < MIN_REGIONS:
+        raise errors.invalid_field(
+            f"critical_regions must hold at least {MIN_REGIONS} regions (a challenge draws 3 to 5)"
+        )
     return UploadReference(version, platform, build_hash, size, regions)
 
 
