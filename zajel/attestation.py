@@ -23,17 +23,32 @@ printed for that seed, and checks each token offline, without asking the coordin
 ``sign_build_token`` is the release pipeline's half of registration: the ``build_token`` a
 device sends to ``POST /attest/register``, signed with the seed whose public key the server has
 as ``ZAJEL_BUILD_TOKEN_VERIFY_KEY`` (a different key from the attestation key).
+``make_reference`` builds the pipeline's ``POST /attest/upload-reference`` body from the
+release binary, and ``region_hmacs`` is what a device computes to answer a challenge.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+import secrets
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import attrs
 from nacl.signing import VerifyKey
 
-from zajel.crypto import open_token, parse_public_key, sign_b64, signing_key
+from zajel.crypto import hmac_sha256_hex, open_token, parse_public_key, sign_b64, signing_key
+from zajel.protocol.attestation import (
+    BUILD_HASH_MAX_LENGTH,
+    MAX_OFFSET,
+    MAX_REGION_BYTES,
+    MAX_REGIONS,
+    UPLOAD_MAX_BYTES,
+    is_identifier,
+    is_version,
+)
 
 MAX_SKEW_MS = 60_000
 # The trust level of a token without one: only native devices, which passed the binary
@@ -42,6 +57,8 @@ ATTESTED = "attested"
 WEB_FALLBACK = "web_fallback"
 _STRING_FIELDS = ("device_id", "build_version", "platform")
 _INTEGER_FIELDS = ("issued_at", "expires_at")
+# A challenge draws 3-5 regions (http.md, Challenge): fewer than 3 could never fill one.
+MIN_REFERENCE_REGIONS = 3
 
 
 class SessionTokenError(Exception):
@@ -186,6 +203,164 @@ def sign_build_token(
     }
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
     return {"payload": payload, "signature": sign_b64(key, payload.encode("utf-8"))}
+
+
+def check_release(version: str, platform: str, build_hash: str | None = None) -> None:
+    """Check the fields a release pipeline puts in a reference or a build token.
+
+    They are the server's rules (http.md, AttestationRegistry), checked before anything is
+    uploaded or signed: a token the server would refuse is better refused at build time.
+
+    Raises:
+        ValueError: ``version`` is not strict ``X.Y.Z``, ``platform`` is not 1-128 characters
+            of ``A-Za-z0-9._-``, or ``build_hash`` (when given) is not 1-256 characters of
+            text.
+    """
+    if not is_version(version):
+        raise ValueError(f"version must be X.Y.Z (digits, no leading zeros), not {_shown(version)}")
+    if not is_identifier(platform):
+        raise ValueError(
+            f"platform must be 1-128 characters of A-Za-z0-9._-, not {_shown(platform)}"
+        )
+    if build_hash is not None and not (
+        isinstance(build_hash, str)
+        and 1 <= len(build_hash) <= BUILD_HASH_MAX_LENGTH
+        and _is_text(build_hash)
+    ):
+        raise ValueError(f"build hash must be 1-{BUILD_HASH_MAX_LENGTH} characters of text")
+
+
+def make_reference(
+    data: bytes,
+    *,
+    version: str,
+    platform: str,
+    build_hash: str | None = None,
+    regions: int = 16,
+    region_bytes: int = 256,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """The ``POST /attest/upload-reference`` body for the release binary ``data``.
+
+    The file is cut into ``regions`` equal slices and one region of ``region_bytes`` bytes is
+    taken at a random offset inside each slice, so the regions are spread over the whole file,
+    never overlap, and every one is exactly ``region_bytes`` long. A file too small for
+    ``regions`` of them gets as many as fit (at least 3). Each region has weight 1.
+
+    Args:
+        data: the exact bytes of the binary devices will run.
+        version: the release version, strict ``X.Y.Z``.
+        platform: the platform of the build (``android``, ``ios``, ...).
+        build_hash: the hash the pipeline records; default the SHA-256 of ``data`` in hex.
+        regions: how many regions to take, 3-256.
+        region_bytes: the length of each region, 1-4096.
+        rng: where offsets come from; default ``secrets.SystemRandom()``, so the regions
+            cannot be predicted from the binary.
+
+    Returns:
+        ``{"version", "platform", "build_hash", "size", "critical_regions": [{"offset",
+        "length", "data_hex", "weight"}]}`` with lowercase ``data_hex``, regions in file order.
+
+    Raises:
+        ValueError: a field breaks the server's rules (see ``check_release``), ``regions`` or
+            ``region_bytes`` is out of range, ``data`` is shorter than 3 regions, or the body
+            would exceed the server's 65,536-byte upload limit.
+    """
+    check_release(version, platform, build_hash)
+    if not MIN_REFERENCE_REGIONS <= regions <= MAX_REGIONS:
+        raise ValueError(f"regions must be {MIN_REFERENCE_REGIONS}-{MAX_REGIONS}, not {regions}")
+    if not 1 <= region_bytes <= MAX_REGION_BYTES:
+        raise ValueError(f"region bytes must be 1-{MAX_REGION_BYTES}, not {region_bytes}")
+    size = len(data)
+    if size < MIN_REFERENCE_REGIONS * region_bytes:
+        raise ValueError(
+            f"the binary is {size} bytes: too small for {MIN_REFERENCE_REGIONS} regions of "
+            f"{region_bytes} bytes"
+        )
+    if size > MAX_OFFSET:
+        raise ValueError(f"the binary is {size} bytes: larger than the server accepts")
+    rng = rng if rng is not None else secrets.SystemRandom()
+    count = min(regions, size // region_bytes)
+    critical_regions = []
+    for i in range(count):
+        # Slice i is [i*size//count, (i+1)*size//count): at least size//count >= region_bytes
+        # bytes, so the region fits inside it and slices never overlap.
+        start, end = i * size // count, (i + 1) * size // count
+        offset = rng.randint(start, end - region_bytes)
+        critical_regions.append(
+            {
+                "offset": offset,
+                "length": region_bytes,
+                "data_hex": data[offset : offset + region_bytes].hex(),
+                "weight": 1,
+            }
+        )
+    body: dict[str, Any] = {
+        "version": version,
+        "platform": platform,
+        "build_hash": build_hash if build_hash is not None else hashlib.sha256(data).hexdigest(),
+        "size": size,
+        "critical_regions": critical_regions,
+    }
+    length = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if length > UPLOAD_MAX_BYTES:
+        raise ValueError(
+            f"{count} regions of {region_bytes} bytes make a {length}-byte body, over the "
+            f"server's {UPLOAD_MAX_BYTES}-byte upload limit; use fewer or smaller regions"
+        )
+    return body
+
+
+def region_hmacs(data: bytes, nonce_hex: str, regions: Sequence[tuple[int, int]]) -> list[str]:
+    """A device's answers to a challenge: one HMAC per challenged region, in challenge order.
+
+    http.md, Verify: HMAC-SHA256 with the nonce's bytes as the key and the region's bytes of
+    the device's own binary as the message, in lowercase hex. Send answer ``i`` as
+    ``{"region_index": i, "hmac": answers[i]}``.
+
+    Args:
+        data: the bytes of the binary the device runs.
+        nonce_hex: the challenge's ``nonce`` (hex).
+        regions: the ``(offset, length)`` of each region of the challenge, in the order of
+            their ``index``.
+
+    Raises:
+        ValueError: ``nonce_hex`` is not an even number of hex digits, or a region does not
+            lie inside ``data``.
+    """
+    if (
+        not isinstance(nonce_hex, str)
+        or not nonce_hex
+        or len(nonce_hex) % 2
+        or not nonce_hex.isascii()
+        or not all(char in "0123456789abcdefABCDEF" for char in nonce_hex)
+    ):
+        raise ValueError("nonce must be an even number of hex digits")
+    key = bytes.fromhex(nonce_hex)
+    answers = []
+    for offset, length in regions:
+        if offset < 0 or length < 1 or offset + length > len(data):
+            raise ValueError(
+                f"region at offset {offset} of length {length} is not inside the "
+                f"{len(data)}-byte binary"
+            )
+        answers.append(hmac_sha256_hex(key, data[offset : offset + length]))
+    return answers
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message: quoted, and cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _is_text(text: str) -> bool:
+    # A lone surrogate is legal in a Python str but not in the UTF-8 a request carries.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _invalid(message: str) -> NoReturn:

@@ -1,4 +1,5 @@
-"""``zajel``: the command line (``zajel serve``, ``zajel keygen``, ``zajel servers``)."""
+"""``zajel``: the command line (``zajel serve``, ``zajel keygen``, ``zajel servers``, and the
+release pipeline's ``zajel attest make-reference`` and ``zajel attest sign-build-token``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ from typing import Any, TypeVar
 import trio
 
 from zajel import clock, logs
+from zajel.attestation import check_release, make_reference, sign_build_token
 from zajel.bootstrap import SIGNATURE_HEADER, BootstrapError, verify_server_list
 from zajel.config import ENVIRONMENTS, Config, ConfigError
-from zajel.crypto import InvalidKey, generate_seed, parse_public_key, public_key_b64, signing_key
+from zajel.crypto import (
+    InvalidKey,
+    generate_seed,
+    load_seed,
+    parse_public_key,
+    public_key_b64,
+    signing_key,
+)
 from zajel.storage import StoreError
 
 
@@ -44,7 +53,47 @@ def _parser() -> argparse.ArgumentParser:
     servers.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)"
     )
+    _add_attest(commands)
     return parser
+
+
+def _add_attest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # docs/protocol/attestation.md: the release pipeline's half of device attestation.
+    attest = commands.add_parser("attest", help="release-pipeline helpers for device attestation")
+    steps = attest.add_subparsers(dest="attest_command", required=True)
+    reference = steps.add_parser(
+        "make-reference",
+        help="print the POST /attest/upload-reference body for a release binary",
+    )
+    reference.add_argument("binary", metavar="BINARY", help="the release binary devices run")
+    reference.add_argument("--version", required=True, help="release version, X.Y.Z")
+    reference.add_argument("--platform", required=True, help="platform, e.g. android")
+    reference.add_argument(
+        "--regions",
+        type=int,
+        default=16,
+        help="regions to take, 3-256 (default 16; fewer if the binary is small)",
+    )
+    reference.add_argument(
+        "--region-bytes", type=int, default=256, help="bytes per region, 1-4096 (default 256)"
+    )
+    reference.add_argument(
+        "--build-hash", help="build hash to record (default: SHA-256 of BINARY in hex)"
+    )
+    token = steps.add_parser(
+        "sign-build-token", help="print a signed build_token for POST /attest/register"
+    )
+    token.add_argument(
+        "--seed",
+        required=True,
+        help="build-token signing seed: 64 hex, or @FILE holding them (prefer @FILE)",
+    )
+    token.add_argument("--version", required=True, help="release version, X.Y.Z")
+    token.add_argument("--platform", required=True, help="platform, e.g. android")
+    token.add_argument("--build-hash", required=True, help="the build hash of the release")
+    token.add_argument(
+        "--timestamp", type=int, help="signing time, epoch milliseconds (default now)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(args)
     if args.command == "servers":
         return _servers(args)
+    if args.command == "attest":
+        if args.attest_command == "make-reference":
+            return _make_reference(args)
+        return _sign_build_token(args)
     return 2  # pragma: no cover - argparse requires a command
 
 
@@ -154,6 +207,52 @@ def _keygen(args: argparse.Namespace) -> int:
         file.write(seed.hex() + "\n")
     print(f"public_key={public_key}")
     print(f"seed written to {path} (give the key setting as @{path})")
+    return 0
+
+
+def _make_reference(args: argparse.Namespace) -> int:
+    path = args.binary
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        return _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+    try:
+        body = make_reference(
+            data,
+            version=args.version,
+            platform=args.platform,
+            build_hash=args.build_hash,
+            regions=args.regions,
+            region_bytes=args.region_bytes,
+        )
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    print(json.dumps(body, separators=(",", ":")))
+    return 0
+
+
+def _sign_build_token(args: argparse.Namespace) -> int:
+    try:
+        # InvalidKey never carries the seed, only what is wrong with it (or the file's path).
+        seed = load_seed(args.seed)
+    except InvalidKey as exc:
+        return _fail(f"--seed: {exc}", 2)
+    try:
+        check_release(args.version, args.platform, args.build_hash)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    timestamp = clock.epoch_ms() if args.timestamp is None else args.timestamp
+    if timestamp < 0:
+        return _fail("--timestamp must be epoch milliseconds, not negative", 2)
+    token = sign_build_token(
+        seed,
+        version=args.version,
+        platform=args.platform,
+        build_hash=args.build_hash,
+        timestamp_ms=timestamp,
+    )
+    print(json.dumps(token, separators=(",", ":")))
     return 0
 
 
