@@ -28,6 +28,7 @@ import attrs
 
 from zajel.protocol import errors
 from zajel.protocol.errors import ProtocolError
+from zajel.protocol.fields import is_unicode
 from zajel.protocol.frames import decode_body
 
 # Body limits per route (http.md, the AttestationRegistry table).
@@ -444,7 +445,7 @@ def decode_register(body: bytes) -> RegisterDevice:
     if (
         not isinstance(payload, str)
         or not 1 <= len(payload) <= PAYLOAD_MAX_LENGTH
-        or not _is_unicode(payload)
+        or not is_unicode(payload)
     ):
         raise bad_token
     if (
@@ -613,7 +614,7 @@ def decode_verify(body: bytes) -> VerifyChallenge:
     assert isinstance(device_id, str)
     # A nonce with a lone surrogate is "not a string" here, as in the ServerRegistry: it could
     # never match a stored nonce, and it cannot be bound as SQLite text.
-    if not isinstance(nonce, str) or not _is_unicode(nonce):
+    if not isinstance(nonce, str) or not is_unicode(nonce):
         raise missing
     # Ours: a bound on the answers one body may carry.
     if len(items) > MAX_RESPONSES:
@@ -629,7 +630,7 @@ def _decode_response(item: object) -> tuple[int, str]:
     if not _is_int(region_index):
         raise errors.invalid_field("Invalid region_index: must be an integer")
     # Ours: the length bound; a lone surrogate counts as not a string (see decode_verify).
-    if not isinstance(hmac, str) or len(hmac) > HMAC_MAX_LENGTH or not _is_unicode(hmac):
+    if not isinstance(hmac, str) or len(hmac) > HMAC_MAX_LENGTH or not is_unicode(hmac):
         raise errors.invalid_field("Invalid hmac: must be a string")
     return region_index, hmac
 
@@ -701,16 +702,4 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 def _is_build_hash(value: object) -> bool:
     # Hardened: a lone surrogate would be stored and echoed back in replies as broken text.
-    return (
-        isinstance(value, str) and 1 <= len(value) <= BUILD_HASH_MAX_LENGTH and _is_unicode(value)
-    )
-
-
-def _is_unicode(text: str) -> bool:
-    # JSON may escape a lone surrogate ("\ud800"): valid JSON, but not text that can be
-    # encoded as UTF-8.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and 1 <= len(value) <= BUILD_HASH_MAX_LENGTH and is_unicode(value)

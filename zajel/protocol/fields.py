@@ -20,6 +20,16 @@ _PAIRING_CODE_RE = re.compile(f"[{PAIRING_CODE_ALPHABET}]{{{PAIRING_CODE_LENGTH}
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
+def is_unicode(text: str) -> bool:
+    """False for text that cannot be encoded as UTF-8: JSON may escape a lone surrogate
+    (``"\\ud800"``), which is valid JSON but not text that can be stored or sent on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_pairing_code(value: object) -> bool:
     """True when ``value`` is exactly 6 characters of the pairing-code alphabet."""
     return isinstance(value, str) and _PAIRING_CODE_RE.fullmatch(value) is not None

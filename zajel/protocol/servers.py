@@ -18,6 +18,7 @@ import attrs
 from zajel.protocol import errors
 from zajel.protocol.endpoints import check_endpoint
 from zajel.protocol.errors import ProtocolError
+from zajel.protocol.fields import is_unicode
 from zajel.protocol.frames import decode_body
 
 REGISTER_MAX_BYTES: Final = 4096
@@ -157,7 +158,7 @@ def decode_register(body: bytes, *, allow_private: bool) -> RegisterServer:
         raise errors.invalid_field("Invalid publicKey: must be a string")
     if len(public_key) > PUBLIC_KEY_MAX:
         raise errors.invalid_field("Invalid publicKey: too long")
-    if not _is_unicode(public_key):
+    if not is_unicode(public_key):
         raise errors.invalid_field("Invalid publicKey: must be a string")
     region = obj.get("region")
     if not isinstance(region, str) or _REGION_RE.fullmatch(region) is None:
@@ -215,16 +216,6 @@ def counter(value: object) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         return 0
     return min(max(math.floor(value), 0), COUNTER_MAX)
-
-
-def _is_unicode(text: str) -> bool:
-    # JSON may escape a lone surrogate ("\ud800"): valid JSON, but not text that can be
-    # stored or sent as UTF-8.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def registry_full() -> ProtocolError:

@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 import trio
+from nacl.signing import SigningKey
 
+from zajel import crypto
+from zajel.clock import WallClock
+from zajel.config import ConfigError
 from zajel.logs import context
 from zajel.services._mailbox import Envelope, LocalAddress, ServiceFailure
 from zajel.storage import Store, StoreError, Write
+
+R = TypeVar("R")
 
 # Requests handled (and committed) together at most; bounds the latency a batch adds.
 MAX_BATCH: Final = 256
@@ -225,3 +232,95 @@ async def start_durable_service(
         run_durable_service, service, store, receive, name=f"service:{service.name}"
     )
     return LocalAddress(service.name, send)
+
+
+class DurableServiceBase:
+    """What the durable services share around their state: the store writes their requests
+    made, epoch milliseconds from trio's clock (a ``WallClock`` started at the first load), and a
+    sweep every ``SWEEP_INTERVAL_S`` seconds, before which the wall clock is read again.
+
+    A subclass sets ``name``, implements ``load`` (calling ``_loaded`` at its end), ``handle``
+    (adding writes with ``_record``) and ``sweep``.
+    """
+
+    name: str
+    SWEEP_INTERVAL_S: float = 300.0
+
+    def __init__(self, *, wall_clock: WallClock | None = None) -> None:
+        self._wall_clock = wall_clock
+        self._next_sweep = math.inf
+        self._writes: list[Write] = []
+
+    def sweep(self, now_ms: int) -> list[Write]:
+        """Remove what has expired at ``now_ms``; the store writes that mirror it."""
+        raise NotImplementedError
+
+    def next_deadline(self) -> float:
+        return self._next_sweep
+
+    def expire(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        self._resync_wall_clock(now)
+        writes = self.sweep(self._epoch_ms(now))
+        self._writes += writes
+        if writes:
+            self._log.info("swept", extra=context(removed=len(writes)))
+
+    def take_writes(self) -> list[Write]:
+        writes, self._writes = self._writes, []
+        return writes
+
+    @property
+    def _log(self) -> logging.Logger:
+        return logging.getLogger(f"zajel.{self.name}")
+
+    def _loaded(self) -> None:
+        """End of every load: nothing is owed to the store; the clock and the sweep run."""
+        self._writes.clear()
+        if self._wall_clock is None:
+            self._wall_clock = WallClock.start()
+        if self._next_sweep == math.inf:
+            self._next_sweep = trio.current_time() + self.SWEEP_INTERVAL_S
+
+    def _record(self, outcome: tuple[R, list[Write]]) -> R:
+        """The reply of a state method's ``(reply, writes)``; the writes are owed to the store."""
+        reply, writes = outcome
+        self._writes += writes
+        return reply
+
+    def _epoch_ms(self, now: float) -> int:
+        assert self._wall_clock is not None, "load() runs before any request"
+        return self._wall_clock.epoch_ms(now)
+
+    def _resync_wall_clock(self, now: float) -> None:
+        assert self._wall_clock is not None, "load() runs before any timer"
+        before = self._wall_clock.epoch_ms(now)
+        self._wall_clock = self._wall_clock.resynced(now)
+        step = self._wall_clock.epoch_ms(now) - before
+        if step:
+            self._log.warning(
+                "wall clock stepped: epoch times follow it again", extra=context(step_ms=step)
+            )
+
+
+def signing_key_from(
+    seed_hex: str | None, *, env: str, setting: str, purpose: str, log: logging.Logger
+) -> SigningKey:
+    """The signing key a service is configured with; in development without one, an ephemeral
+    key whose public key is logged (operations.md, Environments).
+
+    Raises:
+        ConfigError: no key outside development.
+    """
+    if seed_hex is not None:
+        return crypto.signing_key(bytes.fromhex(seed_hex))
+    if env != "development":
+        raise ConfigError(f"ZAJEL_{setting}: required in {env}")
+    key = crypto.signing_key(crypto.generate_seed())
+    log.warning(
+        f"{purpose} signing key is ephemeral: it changes at every restart",
+        extra=context(setting=f"ZAJEL_{setting}", public_key=crypto.public_key_b64(key)),
+    )
+    return key

@@ -36,12 +36,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
-import trio
 from nacl.signing import SigningKey, VerifyKey
 
 from zajel import crypto
 from zajel.clock import WallClock
-from zajel.config import Config, ConfigError
+from zajel.config import Config
 from zajel.crypto.tokens import (
     decode_signature,
     hex_equal,
@@ -66,6 +65,7 @@ from zajel.protocol.attestation import (
     parse_build_token_payload,
 )
 from zajel.protocol.errors import ProtocolError
+from zajel.services._durable import DurableServiceBase, signing_key_from
 from zajel.storage import (
     DeleteChallenge,
     DeleteDevice,
@@ -457,7 +457,7 @@ def _day(now_ms: int) -> datetime.date:
     return datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).date()
 
 
-class AttestationRegistry:
+class AttestationRegistry(DurableServiceBase):
     """The durable AttestationRegistry service: keys, signatures, session tokens, the sweep."""
 
     name = "attestation"
@@ -470,33 +470,26 @@ class AttestationRegistry:
         *,
         wall_clock: WallClock | None = None,
     ) -> None:
+        super().__init__(wall_clock=wall_clock)
         self.state = state
         self.signing_key = signing_key
         self.build_token_key = build_token_key
-        self._wall_clock = wall_clock
-        self._next_sweep = float("inf")
-        self._writes: list[Write] = []
 
     @classmethod
     def from_config(cls, config: Config) -> AttestationRegistry:
-        """The registry with the configured keys; in development without a session signing key,
-        an ephemeral one whose public key is logged.
+        """The registry with the configured keys (an ephemeral session signing key in
+        development without one).
 
         Raises:
             ConfigError: no session signing key outside development.
         """
-        if config.attestation_signing_key is not None:
-            seed = bytes.fromhex(config.attestation_signing_key)
-        elif config.env == "development":
-            seed = crypto.generate_seed()
-        else:
-            raise ConfigError(f"ZAJEL_ATTESTATION_SIGNING_KEY: required in {config.env}")
-        key = crypto.signing_key(seed)
-        if config.attestation_signing_key is None:
-            log.warning(
-                "attestation signing key is ephemeral: session tokens change key at restart",
-                extra=context(public_key=crypto.public_key_b64(key)),
-            )
+        key = signing_key_from(
+            config.attestation_signing_key,
+            env=config.env,
+            setting="ATTESTATION_SIGNING_KEY",
+            purpose="attestation",
+            log=log,
+        )
         verify = config.build_token_verify_key
         build_key = crypto.parse_public_key(verify) if verify is not None else None
         return cls(AttestationState(), key, build_key)
@@ -506,11 +499,7 @@ class AttestationRegistry:
     async def load(self, store: Store) -> None:
         records = await store.load_attestation()
         self.state.load(records.devices, records.references, records.challenges, records.policy)
-        self._writes.clear()
-        if self._wall_clock is None:
-            self._wall_clock = WallClock.start()
-        if self._next_sweep == float("inf"):
-            self._next_sweep = trio.current_time() + SWEEP_INTERVAL_S
+        self._loaded()
         log.info(
             "loaded",
             extra=context(
@@ -541,7 +530,7 @@ class AttestationRegistry:
             )
             return ReferenceStored(reference)
         if kind is Policy:
-            self._writes += self.state.set_policy(request)
+            self._record((None, self.state.set_policy(request)))
             log.info("version policy set", extra=context(**request.to_json()))
             return PolicySet(request)
         if kind is GetPolicy:
@@ -550,23 +539,8 @@ class AttestationRegistry:
             return self.state.statistics(now_ms)
         raise TypeError(f"unknown request {kind.__name__}")
 
-    def next_deadline(self) -> float:
-        return self._next_sweep
-
-    def expire(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        assert self._wall_clock is not None, "load() runs before any timer"
-        self._wall_clock = self._wall_clock.resynced(now)
-        writes = self.state.sweep(self._epoch_ms(now))
-        self._writes += writes
-        self._next_sweep = now + SWEEP_INTERVAL_S
-        if writes:
-            log.info("attestation sweep", extra=context(removed=len(writes)))
-
-    def take_writes(self) -> list[Write]:
-        writes, self._writes = self._writes, []
-        return writes
+    def sweep(self, now_ms: int) -> list[Write]:
+        return self.state.sweep(now_ms)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -596,12 +570,3 @@ class AttestationRegistry:
 
     def _token(self, claims: dict[str, Any]) -> str:
         return sign_token(self.signing_key, claims)
-
-    def _record(self, outcome: tuple[Any, list[Write]]) -> Any:
-        reply, writes = outcome
-        self._writes += writes
-        return reply
-
-    def _epoch_ms(self, now: float) -> int:
-        assert self._wall_clock is not None, "load() runs before any request"
-        return self._wall_clock.epoch_ms(now)

@@ -28,12 +28,11 @@ import logging
 from typing import Any, Final
 
 import attrs
-import trio
 from nacl.signing import SigningKey
 
 from zajel import crypto
 from zajel.clock import WallClock
-from zajel.config import Config, ConfigError
+from zajel.config import Config
 from zajel.logs import context
 from zajel.protocol.errors import ProtocolError
 from zajel.protocol.frames import encode
@@ -48,6 +47,7 @@ from zajel.protocol.servers import (
     not_registered,
     registry_full,
 )
+from zajel.services._durable import DurableServiceBase, signing_key_from
 from zajel.storage import DeleteServer, PutServer, Store, Write
 
 log = logging.getLogger("zajel.servers")
@@ -183,7 +183,7 @@ class ServerRegistryState:
         return now_ms - entry.last_seen < self.ttl_ms
 
 
-class ServerRegistry:
+class ServerRegistry(DurableServiceBase):
     """The durable ServerRegistry service: the state, its sweep, and the signed list."""
 
     name = "servers"
@@ -195,32 +195,25 @@ class ServerRegistry:
         *,
         wall_clock: WallClock | None = None,
     ) -> None:
+        super().__init__(wall_clock=wall_clock)
         self.state = state
         self.signing_key = signing_key
-        self._wall_clock = wall_clock
-        self._next_sweep = float("inf")
-        self._writes: list[Write] = []
 
     @classmethod
     def from_config(cls, config: Config) -> ServerRegistry:
-        """The registry with the configured bootstrap signing key; in development without one,
-        an ephemeral key whose public key is logged.
+        """The registry with the configured bootstrap signing key (an ephemeral one in
+        development without it).
 
         Raises:
             ConfigError: no signing key outside development.
         """
-        if config.bootstrap_signing_key is not None:
-            seed = bytes.fromhex(config.bootstrap_signing_key)
-        elif config.env == "development":
-            seed = crypto.generate_seed()
-        else:
-            raise ConfigError(f"ZAJEL_BOOTSTRAP_SIGNING_KEY: required in {config.env}")
-        key = crypto.signing_key(seed)
-        if config.bootstrap_signing_key is None:
-            log.warning(
-                "bootstrap signing key is ephemeral: GET /servers signatures change at restart",
-                extra=context(public_key=crypto.public_key_b64(key)),
-            )
+        key = signing_key_from(
+            config.bootstrap_signing_key,
+            env=config.env,
+            setting="BOOTSTRAP_SIGNING_KEY",
+            purpose="bootstrap",
+            log=log,
+        )
         return cls(ServerRegistryState(), key)
 
     # -- the durable service protocol ------------------------------------------------------
@@ -228,11 +221,7 @@ class ServerRegistry:
     async def load(self, store: Store) -> None:
         entries = await store.load_servers()
         self.state.load(entries)
-        self._writes.clear()
-        if self._wall_clock is None:
-            self._wall_clock = WallClock.start()
-        if self._next_sweep == float("inf"):
-            self._next_sweep = trio.current_time() + SWEEP_INTERVAL_S
+        self._loaded()
         log.info("loaded", extra=context(servers=len(entries)))
 
     def handle(self, request: Any, now: float) -> Any:
@@ -240,64 +229,34 @@ class ServerRegistry:
         if type(request) is ListServers:
             return self._signed_list(now_ms)
         if type(request) is ServerHeartbeat:
-            entry, writes = self.state.heartbeat(request, now_ms)
-            self._writes += writes
+            entry = self._record(self.state.heartbeat(request, now_ms))
             if isinstance(entry, ProtocolError):
                 return entry
             return HeartbeatAccepted(self.state.live_json(now_ms, excluding=entry.server_id))
         if type(request) is RegisterServer:
-            entry, writes = self.state.register(request, now_ms)
-            self._writes += writes
-            if isinstance(entry, ProtocolError):
+            registered = self._record(self.state.register(request, now_ms))
+            if isinstance(registered, ProtocolError):
                 log.warning("registry full", extra=context(server_id=request.server_id))
-                return entry
+                return registered
             log.info(
                 "server registered",
-                extra=context(server_id=entry.server_id, region=entry.region),
+                extra=context(server_id=registered.server_id, region=registered.region),
             )
-            return Registered(entry)
+            return Registered(registered)
         if type(request) is UnregisterServer:
-            writes = self.state.unregister(request.server_id)
-            self._writes += writes
-            if writes:
+            removed = self.state.unregister(request.server_id)
+            self._record((None, removed))
+            if removed:
                 log.info("server unregistered", extra=context(server_id=request.server_id))
             return Unregistered()
         if type(request) is GetServerStats:
             return self.state.statistics(now_ms)
         raise TypeError(f"unknown request {type(request).__name__}")
 
-    def next_deadline(self) -> float:
-        return self._next_sweep
-
-    def expire(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._resync_wall_clock(now)
-        writes = self.state.sweep(self._epoch_ms(now))
-        self._writes += writes
-        self._next_sweep = now + SWEEP_INTERVAL_S
-        if writes:
-            log.info("swept stale servers", extra=context(removed=len(writes)))
-
-    def take_writes(self) -> list[Write]:
-        writes, self._writes = self._writes, []
-        return writes
+    def sweep(self, now_ms: int) -> list[Write]:
+        return self.state.sweep(now_ms)
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _resync_wall_clock(self, now: float) -> None:
-        assert self._wall_clock is not None, "load() runs before any timer"
-        before = self._wall_clock.epoch_ms(now)
-        self._wall_clock = self._wall_clock.resynced(now)
-        step = self._wall_clock.epoch_ms(now) - before
-        if step:
-            log.warning(
-                "wall clock stepped: epoch times follow it again", extra=context(step_ms=step)
-            )
-
-    def _epoch_ms(self, now: float) -> int:
-        assert self._wall_clock is not None, "load() runs before any request"
-        return self._wall_clock.epoch_ms(now)
 
     def _signed_list(self, now_ms: int) -> SignedList:
         # Compact JSON, as encode() writes it, from the entries' texts encoded beforehand.
