@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import attrs
 import pytest
 
@@ -15,7 +12,6 @@ from zajel.storage import (
     AttestationRecords,
     DeleteChallenge,
     DeleteDevice,
-    MemoryStore,
     PutChallenge,
     PutDevice,
     PutPolicy,
@@ -101,18 +97,6 @@ def sort_records(records: AttestationRecords) -> tuple[list, list, list, Policy 
 
 async def loaded(store: Store) -> tuple[list, list, list, Policy | None]:
     return sort_records(await store.load_attestation())
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open store of each kind, closed at teardown."""
-    opened: Store
-    if request.param == "memory":
-        opened = MemoryStore()
-    else:
-        opened = await SqliteStore.open(tmp_path / "data")
-    yield opened
-    await opened.aclose()
 
 
 # -- the contract, both implementations --------------------------------------------------------

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -18,7 +17,6 @@ from zajel.storage import (
     MemoryStore,
     PutServer,
     SqliteStore,
-    Store,
     StoreError,
     open_store,
 )
@@ -56,18 +54,6 @@ def lock_is_free(data_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open store of each kind, closed at teardown (a second close if the test closed it)."""
-    opened: Store
-    if request.param == "memory":
-        opened = MemoryStore()
-    else:
-        opened = await SqliteStore.open(tmp_path / "data")
-    yield opened
-    await opened.aclose()
 
 
 # -- the contract, both implementations --------------------------------------------------------

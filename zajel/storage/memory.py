@@ -53,6 +53,11 @@ class MemoryStore:
 
     async def apply(self, writes: Sequence[Write]) -> None:
         await self._check()
+        self.apply_nowait(writes)
+        self.commits += 1
+
+    def apply_nowait(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order, at once: what a committed ``apply`` leaves behind."""
         for write in writes:
             if isinstance(write, PutServer):
                 self.servers[write.entry.server_id] = write.entry
@@ -73,7 +78,6 @@ class MemoryStore:
                 self.policy = write.policy
             else:  # pragma: no cover - exhaustive
                 assert_never(write)
-        self.commits += 1
 
     async def ping(self) -> None:
         await self._check()
