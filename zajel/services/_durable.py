@@ -16,6 +16,10 @@ differences:
   store cannot be read, every request is answered with ``StoreFailure`` and the reload is tried
   again with the next batch. A handler that raises is answered with ``ServiceFailure``; its
   writes are dropped and the state is reloaded the same way.
+
+``DurableServiceBase`` holds what the durable services share around their state (the writes
+owed to the store, epoch milliseconds, the sweep), and ``signing_key_from`` their configured,
+or in development ephemeral, signing key.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from zajel.protocol.attestation import (
     Device,
     Policy,
     Reference,
+    Region,
     RegisterDevice,
     RequestChallenge,
     UploadReference,
@@ -357,12 +358,12 @@ class AttestationState:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _pick_regions(self, reference: Reference) -> list[Any]:
+    def _pick_regions(self, reference: Reference) -> list[Region]:
         """3-5 distinct regions, each draw's chance proportional to its weight (http.md)."""
         low, high = CHALLENGE_REGIONS
         count = min(self.rng.randint(low, high), len(reference.regions))
         remaining = list(reference.regions)
-        picked = []
+        picked: list[Region] = []
         for _ in range(count):
             total = sum(region.weight for region in remaining)
             point = self.rng.random() * total
