@@ -43,6 +43,17 @@ def test_defaults():
     assert config.http_rate_per_minute == 100
     assert config.ws_outbound_queue == 256
     assert (config.ws_ping_interval, config.ws_idle_timeout) == (30.0, 120.0)
+    assert config.trusted_proxies == ()
+    assert (config.ws_outbound_bytes, config.ws_slow_consumer_ms) == (4 << 20, 2000)
+    assert config.http_max_connections_per_ip == 50
+    assert config.pair_requests_per_minute_per_ip == 30
+    assert config.chunk_cache_bytes == 64 << 20
+    assert (config.chunk_sources_per_ip, config.chunk_pending_per_ip) == (20_000, 2_000)
+    assert config.rendezvous_drops_per_point == 20
+    assert config.rendezvous_reply_bytes == 128 << 10
+    assert config.rendezvous_entries_per_ip == 2_000
+    assert config.attest_registrations_per_ip_per_hour == 30
+    assert config.attest_web_devices_max == 10_000
     assert config.redacts_codes is False
 
 
@@ -57,6 +68,19 @@ def test_every_setting_from_the_environment():
         "ZAJEL_METRICS": "off",
         "ZAJEL_ALLOWED_ORIGINS": " https://a.example , http://localhost:*,, ",
         "ZAJEL_TRUST_PROXY": "x-forwarded-for",
+        "ZAJEL_TRUSTED_PROXIES": " 10.0.0.0/8, ::1 ,,192.0.2.7",
+        "ZAJEL_WS_OUTBOUND_BYTES": "65536",
+        "ZAJEL_WS_SLOW_CONSUMER_MS": "500",
+        "ZAJEL_HTTP_MAX_CONNECTIONS_PER_IP": "13",
+        "ZAJEL_PAIR_REQUESTS_PER_MINUTE_PER_IP": "14",
+        "ZAJEL_CHUNK_CACHE_BYTES": "1048576",
+        "ZAJEL_CHUNK_SOURCES_PER_IP": "16",
+        "ZAJEL_CHUNK_PENDING_PER_IP": "17",
+        "ZAJEL_RENDEZVOUS_DROPS_PER_POINT": "18",
+        "ZAJEL_RENDEZVOUS_REPLY_BYTES": "8192",
+        "ZAJEL_RENDEZVOUS_ENTRIES_PER_IP": "19",
+        "ZAJEL_ATTEST_REGISTRATIONS_PER_IP_PER_HOUR": "21",
+        "ZAJEL_ATTEST_WEB_DEVICES_MAX": "22",
         "ZAJEL_WS_MAX_MESSAGE_BYTES": "4096",
         "ZAJEL_CHUNK_MAX_BYTES": "2048",
         "ZAJEL_WS_MESSAGE_RATE": "2.5",
@@ -84,6 +108,21 @@ def test_every_setting_from_the_environment():
     assert config.metrics is False
     assert config.allowed_origins == ("https://a.example", "http://localhost:*")
     assert config.trust_proxy == "X-Forwarded-For"
+    assert [str(network) for network in config.trusted_proxies] == [
+        "10.0.0.0/8",
+        "::1/128",
+        "192.0.2.7/32",
+    ]
+    assert (config.ws_outbound_bytes, config.ws_slow_consumer_ms) == (65_536, 500)
+    assert config.http_max_connections_per_ip == 13
+    assert config.pair_requests_per_minute_per_ip == 14
+    assert config.chunk_cache_bytes == 1_048_576
+    assert (config.chunk_sources_per_ip, config.chunk_pending_per_ip) == (16, 17)
+    assert config.rendezvous_drops_per_point == 18
+    assert config.rendezvous_reply_bytes == 8192
+    assert config.rendezvous_entries_per_ip == 19
+    assert config.attest_registrations_per_ip_per_hour == 21
+    assert config.attest_web_devices_max == 22
     assert config.ws_max_message_bytes == 4096
     assert config.chunk_max_bytes == 2048
     assert config.ws_message_rate == 2.5
@@ -196,6 +235,21 @@ def test_log_levels(environ, level):
         ("WS_PING_INTERVAL", "0"),
         ("WS_IDLE_TIMEOUT", "-5"),
         ("WS_IDLE_TIMEOUT", "forever"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("TRUSTED_PROXIES", "proxy.example"),
+        ("TRUSTED_PROXIES", "10.0.0.1,,nope"),
+        ("WS_OUTBOUND_BYTES", "1024"),
+        ("WS_SLOW_CONSUMER_MS", "0"),
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+        ("PAIR_REQUESTS_PER_MINUTE_PER_IP", "none"),
+        ("CHUNK_CACHE_BYTES", "10"),
+        ("CHUNK_SOURCES_PER_IP", "0"),
+        ("CHUNK_PENDING_PER_IP", "-1"),
+        ("RENDEZVOUS_DROPS_PER_POINT", "0"),
+        ("RENDEZVOUS_REPLY_BYTES", "100"),
+        ("RENDEZVOUS_ENTRIES_PER_IP", "0"),
+        ("ATTEST_REGISTRATIONS_PER_IP_PER_HOUR", "0"),
+        ("ATTEST_WEB_DEVICES_MAX", "0"),
     ],
 )
 def test_invalid_values_name_the_setting(name, value):
@@ -244,12 +298,20 @@ def test_empty_values_count_as_unset():
 
 
 def test_trust_proxy_names_are_normalised():
-    assert Config.from_env({"ZAJEL_TRUST_PROXY": "cf-connecting-ip"}).trust_proxy == (
-        "CF-Connecting-IP"
-    )
-    assert Config.from_env({"ZAJEL_TRUST_PROXY": "X-Forwarded-For"}).trust_proxy == (
-        "X-Forwarded-For"
-    )
+    proxies = {"ZAJEL_TRUSTED_PROXIES": "127.0.0.1"}
+    config = Config.from_env({"ZAJEL_TRUST_PROXY": "cf-connecting-ip", **proxies})
+    assert config.trust_proxy == "CF-Connecting-IP"
+    config = Config.from_env({"ZAJEL_TRUST_PROXY": "X-Forwarded-For", **proxies})
+    assert config.trust_proxy == "X-Forwarded-For"
+
+
+def test_a_trusted_header_needs_the_proxies_it_is_trusted_from():
+    # A header believed from anyone lets every client choose its own IP (and per-IP caps).
+    with pytest.raises(ConfigError, match=r"^ZAJEL_TRUSTED_PROXIES: required with "):
+        Config.from_env({"ZAJEL_TRUST_PROXY": "X-Forwarded-For"})
+    # Proxies without a header are harmless: nothing is read from them.
+    config = Config.from_env({"ZAJEL_TRUSTED_PROXIES": "10.0.0.1"})
+    assert (config.trust_proxy, len(config.trusted_proxies)) == (None, 1)
 
 
 def test_secrets_are_not_in_repr():

@@ -6,6 +6,7 @@ Invalid configuration stops the server at start with one clear line naming the s
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -25,6 +26,7 @@ LOG_LEVELS = {
 }
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,8 @@ class Config:
     ci_upload_secret: str | None = attrs.field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     trust_proxy: str | None = None
+    # Proxies whose ``trust_proxy`` header is believed (operations.md, Configuration).
+    trusted_proxies: tuple[Network, ...] = ()
 
     ws_max_message_bytes: int = 262_144
     chunk_max_bytes: int = 65_536
@@ -67,6 +71,20 @@ class Config:
     ws_outbound_queue: int = 256
     ws_ping_interval: float = 30.0
     ws_idle_timeout: float = 120.0
+
+    # What one client (one IP, IPv6 by its /64) may hold: docs/operations.md, "Limits".
+    ws_outbound_bytes: int = 4 << 20
+    ws_slow_consumer_ms: int = 2000
+    http_max_connections_per_ip: int = 50
+    pair_requests_per_minute_per_ip: int = 30
+    chunk_cache_bytes: int = 64 << 20
+    chunk_sources_per_ip: int = 20_000
+    chunk_pending_per_ip: int = 2_000
+    rendezvous_drops_per_point: int = 20
+    rendezvous_reply_bytes: int = 128 << 10
+    rendezvous_entries_per_ip: int = 2_000
+    attest_registrations_per_ip_per_hour: int = 30
+    attest_web_devices_max: int = 10_000
 
     @property
     def redacts_codes(self) -> bool:
@@ -104,6 +122,15 @@ class Config:
                     "ZAJEL_ATTESTATION_SIGNING_KEY: must differ from the build-token key "
                     "(ZAJEL_BUILD_TOKEN_VERIFY_KEY is its public key)"
                 )
+        trust_proxy = reader.optional_choice("TRUST_PROXY", ("CF-Connecting-IP", "X-Forwarded-For"))
+        trusted_proxies = reader.networks("TRUSTED_PROXIES")
+        if trust_proxy is not None and not trusted_proxies:
+            # A header believed from anyone lets every client pick its own IP, and with it
+            # every per-IP cap (operations.md, Behind a TLS-terminating proxy).
+            raise ConfigError(
+                "ZAJEL_TRUSTED_PROXIES: required with ZAJEL_TRUST_PROXY; list the addresses "
+                "or CIDRs of the proxies whose header is believed"
+            )
         return cls(
             env=env,
             host=reader.text("HOST", "127.0.0.1"),
@@ -122,9 +149,8 @@ class Config:
                 for origin in reader.text("ALLOWED_ORIGINS", "").split(",")
                 if origin.strip()
             ),
-            trust_proxy=reader.optional_choice(
-                "TRUST_PROXY", ("CF-Connecting-IP", "X-Forwarded-For")
-            ),
+            trust_proxy=trust_proxy,
+            trusted_proxies=trusted_proxies,
             ws_max_message_bytes=reader.integer("WS_MAX_MESSAGE_BYTES", 262_144, 1024, 16 << 20),
             chunk_max_bytes=reader.integer("CHUNK_MAX_BYTES", 65_536, 1024, 16 << 20),
             ws_message_rate=reader.number("WS_MESSAGE_RATE", 100.0, 0.1, 1e9),
@@ -139,6 +165,24 @@ class Config:
             ws_outbound_queue=reader.integer("WS_OUTBOUND_QUEUE", 256, 1, 1_000_000),
             ws_ping_interval=reader.number("WS_PING_INTERVAL", 30.0, 0.01, 86_400.0),
             ws_idle_timeout=reader.number("WS_IDLE_TIMEOUT", 120.0, 0.01, 86_400.0),
+            ws_outbound_bytes=reader.integer("WS_OUTBOUND_BYTES", 4 << 20, 65_536, 1 << 30),
+            ws_slow_consumer_ms=reader.integer("WS_SLOW_CONSUMER_MS", 2000, 10, 3_600_000),
+            http_max_connections_per_ip=reader.integer("HTTP_MAX_CONNECTIONS_PER_IP", 50, 1, 10**6),
+            pair_requests_per_minute_per_ip=reader.integer(
+                "PAIR_REQUESTS_PER_MINUTE_PER_IP", 30, 1, 10**6
+            ),
+            chunk_cache_bytes=reader.integer("CHUNK_CACHE_BYTES", 64 << 20, 65_536, 1 << 40),
+            chunk_sources_per_ip=reader.integer("CHUNK_SOURCES_PER_IP", 20_000, 1, 10**8),
+            chunk_pending_per_ip=reader.integer("CHUNK_PENDING_PER_IP", 2_000, 1, 10**8),
+            rendezvous_drops_per_point=reader.integer("RENDEZVOUS_DROPS_PER_POINT", 20, 1, 10_000),
+            rendezvous_reply_bytes=reader.integer(
+                "RENDEZVOUS_REPLY_BYTES", 128 << 10, 4_096, 16 << 20
+            ),
+            rendezvous_entries_per_ip=reader.integer("RENDEZVOUS_ENTRIES_PER_IP", 2_000, 1, 10**8),
+            attest_registrations_per_ip_per_hour=reader.integer(
+                "ATTEST_REGISTRATIONS_PER_IP_PER_HOUR", 30, 1, 10**6
+            ),
+            attest_web_devices_max=reader.integer("ATTEST_WEB_DEVICES_MAX", 10_000, 1, 10**7),
         )
 
 
@@ -214,6 +258,22 @@ class _Reader:
             if value.lower() == option.lower():
                 return option
         raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+
+    def networks(self, name: str) -> tuple[Network, ...]:
+        """Comma-separated addresses or CIDRs, e.g. ``10.0.0.0/8, ::1``."""
+        value = self.optional(name)
+        if value is None:
+            return ()
+        networks = []
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"ZAJEL_{name}: {item!r} is not an IP address or CIDR") from None
+        return tuple(networks)
 
     def _parsed(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
         value = self._raw(name)

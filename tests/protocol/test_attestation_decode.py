@@ -129,7 +129,6 @@ BAD_IDENTIFIERS = [
     "é",
     "\uff21",  # full-width A
     "١٢٣",  # Arabic-Indic digits are not 0-9
-    "a\ud800",
     5,
     1.5,
     True,
@@ -353,7 +352,6 @@ def test_the_device_id_is_checked_before_the_token():
         token_body(payload={"version": "1.0.0"}),
         token_body(payload=5),
         token_body(payload="p" * 4097),
-        token_body(payload="bad \ud800 text"),
         token_body(signature=_ABSENT),
         token_body(signature=None),
         token_body(signature=""),
@@ -361,7 +359,6 @@ def test_the_device_id_is_checked_before_the_token():
         token_body(signature=["s"]),
         token_body(signature="s" * 201),
         token_body(signature="sïgnature"),
-        token_body(signature="\udfff"),
     ],
 )
 def test_a_malformed_build_token_is_refused(data):
@@ -449,7 +446,6 @@ def test_a_missing_claim_is_reported_before_malformed_ones():
         {"build_hash": 5},
         {"build_hash": ["h"]},
         {"build_hash": {}},
-        {"build_hash": "\ud800"},
         {"timestamp": 1.5},
         {"timestamp": 1.0},
         {"timestamp": 1e3},
@@ -573,7 +569,7 @@ def test_an_upload_with_a_bad_version_or_platform_is_refused(fields):
     assert upload_error(upload_body(**fields)) == invalid(BAD_VERSION_OR_PLATFORM)
 
 
-@pytest.mark.parametrize("build_hash", ["h" * 257, 5, True, ["h"], {}, "\udfff"])
+@pytest.mark.parametrize("build_hash", ["h" * 257, 5, True, ["h"], {}])
 def test_an_upload_with_a_bad_build_hash_is_refused(build_hash):
     assert upload_error(upload_body(build_hash=build_hash)) == invalid(BAD_BUILD_HASH)
 
@@ -794,7 +790,7 @@ def test_a_bad_device_id_is_refused_on_verify(device_id):
     assert verify_error(verify_body(device_id=device_id, nonce=5)) == invalid(BAD_DEVICE_ID)
 
 
-@pytest.mark.parametrize("nonce", [*NOT_STRINGS, "\ud800"])
+@pytest.mark.parametrize("nonce", NOT_STRINGS)
 def test_a_nonce_that_is_not_a_string_is_refused(nonce):
     assert verify_error(verify_body(nonce=nonce)) == invalid(VERIFY_MISSING)
 
@@ -816,7 +812,7 @@ def test_a_region_index_that_is_not_an_integer_is_refused(region_index):
     assert verify_error(data) == invalid(BAD_REGION_INDEX)
 
 
-@pytest.mark.parametrize("hmac", [_ABSENT, None, 5, True, ["ab"], {}, "h" * 129, "\udc00"])
+@pytest.mark.parametrize("hmac", [_ABSENT, None, 5, True, ["ab"], {}, "h" * 129])
 def test_an_hmac_that_is_not_a_string_is_refused(hmac):
     assert verify_error(verify_body(responses=[answer(hmac=hmac)])) == invalid(BAD_HMAC)
 
@@ -1471,3 +1467,22 @@ def test_decode_policy_raises_only_protocol_errors(data):
     for version in ("1.0.0", policy.minimum_version, *policy.blocked_versions):
         check_policy(policy, version, today=TODAY)
     assert Policy.from_json(through_json(policy.to_json())) == policy
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        register_body(device_id="a\ud800"),
+        token_body(payload="bad \ud800 text"),
+        token_body(signature="\udfff"),
+        upload_body(build_hash="\ud800"),
+        verify_body(nonce="\ud800"),
+        verify_body(responses=[answer(hmac="\udc00")]),
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_not_json_text(data):
+    # A lone surrogate escape cannot be written back as UTF-8, so the body is refused as a
+    # whole, whichever field holds it (docs/protocol/attestation.md, bad input).
+    assert b"\\ud8" in data or b"\\udc" in data or b"\\udf" in data
+    for decode in ALL_DECODERS:
+        assert error_of(decode, data) == ProtocolError(errors.INVALID_BODY, "Invalid JSON body")

@@ -75,13 +75,33 @@ def test_encode_is_compact():
     assert encode({"a": [1, 2], "b": {"c": None}}) == '{"a":[1,2],"b":{"c":null}}'
 
 
-def test_encode_escapes_non_ascii_and_lone_surrogates_into_valid_utf8():
-    decoded = decode_object('{"type":"x","s":"\\ud800","t":"\\udfff-é-😀"}')
-    assert decoded["s"] == "\ud800"
+def test_encode_writes_non_ascii_as_raw_utf8():
+    decoded = decode_object('{"type":"x","t":"\\ud83d\\ude00-é-😀"}')
+    assert decoded["t"] == "😀-é-😀"  # an escaped surrogate pair is one character
     text = encode(decoded)
-    assert text.isascii()
-    text.encode("utf-8")  # would raise UnicodeEncodeError on a raw lone surrogate
-    assert json.loads(text) == decoded
+    assert text == '{"type":"x","t":"😀-é-😀"}'
+    assert len(text.encode("utf-8")) == len('{"type":"x","t":"-é-"}'.encode()) + 8
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"x","s":"\\ud800"}',
+        '{"type":"x","s":"a\\udfff"}',
+        '{"type":"x","s":"\\ude00\\ud83d"}',  # a pair in the wrong order is two lone halves
+        '{"type":"x","\\udc00":1}',  # keys too
+        '{"type":"x","s":["\\ud800"]}',
+    ],
+)
+def test_a_lone_surrogate_escape_is_not_a_valid_frame(text):
+    # It could never be sent on as UTF-8 (conventions.md, Frames; docs/protocol: bad input).
+    with pytest.raises(ProtocolError) as refused:
+        decode_object(text)
+    assert refused.value.code == "invalid_message"
+
+
+def test_an_escaped_backslash_before_u_is_not_a_surrogate():
+    assert decode_object('{"type":"x","s":"\\\\ud800"}')["s"] == "\\ud800"
 
 
 def test_error_frame_is_the_encoded_error():

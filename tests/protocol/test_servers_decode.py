@@ -273,10 +273,10 @@ def test_a_public_key_that_is_not_a_string_is_invalid(public_key):
     assert error == ProtocolError(errors.INVALID_FIELD, "Invalid publicKey: must be a string")
 
 
-def test_a_public_key_with_a_lone_surrogate_is_not_text_and_is_invalid():
+def test_a_public_key_with_a_lone_surrogate_is_not_json_text():
     data = b'{"serverId":"a","endpoint":"https://relay.example.com","publicKey":"k\\ud800"}'
     error = register_error(data)
-    assert error == ProtocolError(errors.INVALID_FIELD, "Invalid publicKey: must be a string")
+    assert error == ProtocolError(errors.INVALID_BODY, "Invalid JSON body")
 
 
 def test_a_public_key_is_at_most_1024_characters():

@@ -34,7 +34,7 @@ class Relay:
 
     async def join(self, conn: int, peer_id: str) -> FakePeer:
         peer = FakePeer()
-        await self.address.cast(Attach(conn, peer))
+        await self.address.cast(Attach(conn, peer, "192.0.2.1"))
         await self.send(conn, type="register", peerId=peer_id)
         await self.settle()
         assert peer.take()[0]["type"] == "registered"
@@ -91,7 +91,7 @@ async def test_the_sweep_runs_every_five_minutes_of_trio_time(autojump_clock, re
 async def test_a_slow_consumer_is_dropped_and_cleaned_up(autojump_clock, relay):
     await relay.join(1, "alice")
     slow = FakePeer(capacity=0)
-    await relay.address.cast(Attach(2, slow))
+    await relay.address.cast(Attach(2, slow, "192.0.2.1"))
     await relay.send(2, type="register", peerId="bob")
     stats = await relay.settle()
     assert slow.closed == [1013]
@@ -101,7 +101,7 @@ async def test_a_slow_consumer_is_dropped_and_cleaned_up(autojump_clock, relay):
 
 async def test_detach_of_unknown_or_unregistered_connections_is_harmless(autojump_clock, relay):
     await relay.address.cast(Detach(99))
-    await relay.address.cast(Attach(5, FakePeer()))
+    await relay.address.cast(Attach(5, FakePeer(), "192.0.2.1"))
     await relay.address.cast(Detach(5))
     stats = await relay.settle()
     assert stats.relays["totalPeers"] == 0
@@ -111,7 +111,7 @@ async def test_detach_of_unknown_or_unregistered_connections_is_harmless(autojum
 async def test_memory_is_bounded_every_map_empty_after_everyone_leaves(autojump_clock, relay):
     peers = 300
     for conn in range(peers):
-        await relay.address.cast(Attach(conn, FakePeer()))
+        await relay.address.cast(Attach(conn, FakePeer(), "192.0.2.1"))
         await relay.send(conn, type="register", peerId=f"peer-{conn}", maxConnections=5)
         await relay.send(
             conn,

@@ -31,7 +31,7 @@ class Room:
     service: SignalingRoom
 
     async def attach(self, conn: int, peer: FakePeer) -> None:
-        await self.address.cast(Attach(conn, peer))
+        await self.address.cast(Attach(conn, peer, "192.0.2.1"))
 
     async def send(self, conn: int, **frame: Any) -> None:
         await self.address.cast(Inbound(conn, decode(json.dumps(frame))))

@@ -16,11 +16,11 @@ import attrs
 
 from zajel.protocol.errors import ProtocolError, invalid_body, invalid_message, unknown_type
 
-# ensure_ascii=True: a lone surrogate from a client (legal in JSON text, illegal in UTF-8) is
-# re-sent as an escape instead of breaking the outgoing frame's UTF-8 encoding.
-_WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-# Sizes (chunk payloads) are measured on compact JSON with raw UTF-8, as the spec defines them.
-_SIZE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Frames go out as compact JSON with raw UTF-8, so a relayed character costs what it cost the
+# sender (an escaped 4-byte character would cost 12): queues and replies are bounded in bytes
+# (docs/operations.md, "Limits"). That is safe because decoding refuses lone surrogates, the one
+# thing JSON text can hold that UTF-8 cannot. Sizes (chunk payloads) are measured the same way.
+_WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -39,19 +39,29 @@ def _parse_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
+def _decode(text: str) -> Any:
+    """JSON text to a value; ``ValueError`` also for a lone surrogate escape (``"\\ud800"``),
+    which would make the value impossible to send on as UTF-8."""
+    obj = _DECODER.decode(text)
+    # Surrogates can only come from ``\\u`` escapes: text that arrived as UTF-8 holds none.
+    if "\\u" in text:
+        _WIRE_ENCODER.encode(obj).encode("utf-8")  # UnicodeEncodeError is a ValueError
+    return obj
+
+
 def decode_object(data: str | bytes) -> dict[str, Any]:
     """Decode one frame into a JSON object that has a string ``type``.
 
     Raises:
         ProtocolError: ``invalid_message`` for a binary frame, text that is not JSON (including
             nesting too deep to decode, numbers too long to convert or too large for a
-            float), a JSON value that is not
-            an object, or an object without a string ``type``.
+            float, and lone surrogate escapes), a JSON value that is not an object, or an
+            object without a string ``type``.
     """
     if not isinstance(data, str):
         raise invalid_message()
     try:
-        obj = _DECODER.decode(data)
+        obj = _decode(data)
     except (ValueError, RecursionError) as exc:
         raise invalid_message() from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
@@ -69,7 +79,7 @@ def decode_body(data: bytes) -> dict[str, Any]:
     if not data.strip():
         raise invalid_body("Request body is empty: expected a JSON object")
     try:
-        obj = _DECODER.decode(data.decode("utf-8"))
+        obj = _decode(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise invalid_body() from exc
     if not isinstance(obj, dict):
@@ -84,7 +94,7 @@ def encode(obj: Any) -> str:
 
 def utf8_json_size(value: Any) -> int:
     """Bytes of ``value`` as compact JSON with raw UTF-8 (how payload limits are measured)."""
-    return len(_SIZE_ENCODER.encode(value).encode("utf-8", "surrogatepass"))
+    return len(_WIRE_ENCODER.encode(value).encode("utf-8", "surrogatepass"))
 
 
 def error_frame(error: ProtocolError) -> str:

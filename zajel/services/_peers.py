@@ -33,10 +33,15 @@ class Peer(Protocol):
 
 @attrs.frozen
 class Attach:
-    """A connection opened: frames for ``conn_id`` go to ``peer``."""
+    """A connection opened: frames for ``conn_id`` go to ``peer``.
+
+    ``ip`` is the key the per-IP budgets count by (the client's address, IPv6 by its /64;
+    ``zajel.web.limits.ip_key``).
+    """
 
     conn_id: ConnId
     peer: Peer
+    ip: str
 
 
 @attrs.frozen

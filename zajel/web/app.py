@@ -30,7 +30,7 @@ from zajel.services.servers import GetServerStats
 from zajel.services.signaling import GetStats, SignalingStats
 from zajel.web.attestation import add_attestation_routes
 from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
-from zajel.web.limits import ConnectionCaps, client_ip
+from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.servers import add_server_routes
 from zajel.web.sockets import Endpoint, SocketRouter
 
@@ -122,7 +122,15 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
     )
 
     def remote_ip() -> str:
-        return client_ip(request.remote_addr, request.headers.items(), config.trust_proxy)
+        """The requesting client's per-IP key (IPv6 by its /64)."""
+        return ip_key(
+            client_ip(
+                request.remote_addr,
+                request.headers.items(),
+                config.trust_proxy,
+                config.trusted_proxies,
+            )
+        )
 
     # -- cross-cutting HTTP behaviour ----------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Sequence
 
 import attrs
+
+from zajel.config import Network
 
 
 @attrs.define
@@ -37,22 +40,65 @@ class ConnectionCaps:
 
 
 def client_ip(
-    peer_address: str | None, headers: Iterable[tuple[str, str]], trust_proxy: str | None
+    peer_address: str | None,
+    headers: Iterable[tuple[str, str]],
+    trust_proxy: str | None,
+    trusted_proxies: Sequence[Network] = (),
 ) -> str:
-    """The client's IP: the socket's peer unless ``trust_proxy`` names a header to trust.
+    """The client's IP: the socket's peer, unless that peer is a trusted proxy.
 
     ``headers`` are all the request's (name, value) pairs; names match case-insensitively and
-    repeated headers are joined with commas. For ``X-Forwarded-For`` the right-most entry is
-    the one the trusted proxy added (http.md, Common headers); everything left of it is the
-    client's own claim.
+    repeated headers are joined with commas. The ``trust_proxy`` header is believed only from a
+    peer in ``trusted_proxies`` (docs/operations.md, "Behind a TLS-terminating proxy"). For
+    ``X-Forwarded-For`` the entries are read right to left, each added by the hop before it:
+    the first that is not itself a trusted proxy is the client; everything left of it is the
+    client's own claim. A header value that is not an IP address is ignored.
     """
-    if trust_proxy is not None:
-        wanted = trust_proxy.lower()
-        value = ",".join(v for name, v in headers if name.lower() == wanted)
-        if trust_proxy == "X-Forwarded-For":
-            hops = [hop.strip() for hop in value.split(",") if hop.strip()]
-            value = hops[-1] if hops else ""
-        value = value.strip()
-        if value:
-            return value[:64]
-    return peer_address or "unknown"
+    peer = peer_address or "unknown"
+    if trust_proxy is None or not _is_trusted(peer, trusted_proxies):
+        return peer
+    wanted = trust_proxy.lower()
+    value = ",".join(v for name, v in headers if name.lower() == wanted)
+    hops = [hop.strip() for hop in value.split(",") if hop.strip()]
+    if trust_proxy != "X-Forwarded-For":
+        hops = hops[-1:]
+    client = peer
+    for hop in reversed(hops):
+        address = _parse_ip(hop)
+        if address is None:
+            break
+        client = str(address)
+        if not _is_trusted(client, trusted_proxies):
+            break
+    return client
+
+
+def ip_key(ip: str) -> str:
+    """The key every per-IP cap counts by: the address itself for IPv4 (and IPv4-mapped IPv6),
+    the /64 network for IPv6, since one IPv6 subscriber is usually given a whole /64."""
+    address = _parse_ip(ip)
+    if address is None:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an address (``[::1]`` and a ``%zone`` accepted), IPv4-mapped IPv6 as IPv4."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(ip: str, trusted_proxies: Sequence[Network]) -> bool:
+    address = _parse_ip(ip)
+    return address is not None and any(address in network for network in trusted_proxies)

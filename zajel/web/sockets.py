@@ -42,7 +42,7 @@ from zajel.services._peers import (
     Inbound,
 )
 from zajel.web.headers import SECURITY_HEADERS
-from zajel.web.limits import ConnectionCaps, client_ip
+from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 
 log = logging.getLogger("zajel.web")
 
@@ -145,7 +145,9 @@ class SocketRouter:
             for name, value in scope.get("headers", ())
         ]
         peer_address = (scope.get("client") or ("unknown",))[0]
-        ip = client_ip(peer_address, headers, self.config.trust_proxy)
+        ip = ip_key(
+            client_ip(peer_address, headers, self.config.trust_proxy, self.config.trusted_proxies)
+        )
         if self.shutdown.is_set():
             await _reject(scope, send, 503, {"error": "Server shutting down"})
             return
@@ -155,7 +157,7 @@ class SocketRouter:
             return
         try:
             await send({"type": "websocket.accept"})
-            await serve_connection(receive, send, endpoint, self.config, self.shutdown)
+            await serve_connection(receive, send, endpoint, self.config, self.shutdown, ip)
         finally:
             self.caps.release(ip)
 
@@ -181,11 +183,16 @@ async def _reject(scope: dict[str, Any], send: ASGISend, status: int, body: Any)
 
 
 async def serve_connection(
-    receive: ASGIReceive, send: ASGISend, endpoint: Endpoint, config: Config, shutdown: trio.Event
+    receive: ASGIReceive,
+    send: ASGISend,
+    endpoint: Endpoint,
+    config: Config,
+    shutdown: trio.Event,
+    ip: str,
 ) -> None:
     """Run one accepted connection until it closes, then run its cleanup exactly once."""
     peer = SocketPeer(next(_conn_ids), config.ws_outbound_queue)
-    await endpoint.service.cast(Attach(peer.conn_id, peer))
+    await endpoint.service.cast(Attach(peer.conn_id, peer, ip))
     log.debug("connected", extra=context(endpoint=endpoint.name, conn=peer.conn_id))
     try:
         with peer.scope:
