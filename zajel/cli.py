@@ -178,7 +178,7 @@ def _only(exc: BaseException, kind: type[E]) -> E | None:
 async def _serve_and_report(config: Config, *, task_status: trio.TaskStatus[str]) -> None:
     from zajel.server import serve
 
-    await serve(config, task_status=task_status)
+    await serve(config, exit_when_stuck=True, task_status=task_status)
 
 
 def _fail(message: str, status: int) -> int:

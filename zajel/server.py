@@ -1,32 +1,44 @@
-"""``serve``: the services plus the front end under hypercorn's trio worker, in one process."""
+"""``serve``: the store, the services and the front end (our TCP accept loop, hypercorn's HTTP
+and WebSocket protocol, the Quart-trio app) in one process."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from zajel.config import Config
 from zajel.logs import context
 from zajel.services import open_services
-from zajel.storage import open_store
+from zajel.storage import Store, open_store
 from zajel.web import create_app
+from zajel.web.transport import ConnectionTable, bound_url, open_listener, serve_tcp
 
 log = logging.getLogger("zajel.server")
 
-# How long open connections get to finish after a shutdown starts (operations.md, Deployment).
+# How long open connections get to finish after a shutdown starts (docs/operations.md,
+# "Stopping"); what is still open then is dropped.
 GRACEFUL_TIMEOUT_S = 5.0
+# The watchdog of ``zajel serve`` exits this long after the grace time if shutdown is stuck.
+WATCHDOG_MARGIN_S = 3.0
+BACKLOG = 1024
+# File descriptors beyond the WebSocket cap: HTTP connections, the store, the listener.
+FD_HEADROOM = 1024
+# The soft limit asked for when the hard limit is unlimited.
+FD_CEILING = 1 << 20
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
     """The transport settings: bind address, frame limit, keep-alive pings and idle timeout."""
     hc = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
+    hc.bind = [f"{host}:{config.port}"]  # informational: zajel.web.transport listens
     hc.websocket_max_message_size = config.ws_max_message_bytes
     hc.websocket_ping_interval = config.ws_ping_interval
     # Any byte from the client (a frame or a pong) resets the read timeout: it is the
@@ -36,6 +48,29 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
+
+
+def raise_fd_limit(config: Config) -> tuple[int, int]:
+    """Raise the soft file-descriptor limit towards the hard one, and warn in one line when it
+    stays below what the connection caps need (docs/operations.md, "File descriptors").
+
+    Returns the (soft limit now, descriptors the caps need).
+    """
+    need = config.ws_max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = FD_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "file descriptor limit below what the connection caps need",
+            extra=context(limit=soft, need=need, hint="raise LimitNOFILE or WS_MAX_CONNECTIONS"),
+        )
+    return soft, need
 
 
 async def wait_for_signal() -> None:
@@ -50,38 +85,73 @@ async def serve(
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    exit_when_stuck: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; report the bound URL through ``task_status``.
 
-    Shutdown stops accepting connections, closes every WebSocket with 1001, lets requests in
-    flight finish within ``GRACEFUL_TIMEOUT_S``, then stops the services and flushes and closes
-    the store.
+    Shutdown stops accepting connections, closes every WebSocket with 1001, lets connections
+    finish within ``GRACEFUL_TIMEOUT_S`` and drops what is still open, then stops the services
+    and flushes and closes the store. With ``exit_when_stuck`` (the ``zajel serve`` command) a
+    watchdog ends the process ``WATCHDOG_MARGIN_S`` after the grace time, once the store is
+    closed, should anything still hold the shutdown.
 
     Raises:
+        OSError: the address cannot be listened on.
         StoreError: the store in ``config.data_dir`` cannot be opened or read.
         ConfigError: a service refused its configuration.
     """
+    raise_fd_limit(config)
+    listener = open_listener(config.host, config.port, BACKLOG)
     shutdown = trio.Event()
+    try:
+        async with open_store(config.data_dir) as store, trio.open_nursery() as outer:
 
-    async def trigger() -> None:
-        await shutdown_trigger()
-        shutdown.set()
+            async def trigger() -> None:
+                await shutdown_trigger()
+                shutdown.set()
 
-    async with open_store(config.data_dir) as store, open_services(config, store) as services:
-        app = create_app(config, services, shutdown=shutdown)
-
-        async def serve_app(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            await hypercorn_serve(
-                app,
-                hypercorn_config(config),
-                shutdown_trigger=trigger,
-                task_status=task_status,
-            )
-
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve_app)
-            url = binds[0]
-            log.info("listening", extra=context(url=url, env=config.env))
-            task_status.started(url)
+            outer.start_soon(trigger)
+            if exit_when_stuck:
+                outer.start_soon(_watchdog, shutdown, store)
+            async with open_services(config, store) as services:
+                table = ConnectionTable(
+                    config.http_max_connections_per_ip,
+                    config.trusted_proxies,
+                    stall_timeout=config.ws_idle_timeout,
+                )
+                app = create_app(config, services, shutdown=shutdown, connections=table)
+                async with trio.open_nursery() as front:
+                    await front.start(
+                        functools.partial(
+                            serve_tcp,
+                            app,
+                            hypercorn_config(config),
+                            table,
+                            listener,
+                            shutdown=shutdown,
+                            grace=GRACEFUL_TIMEOUT_S,
+                        )
+                    )
+                    url = bound_url(listener)
+                    log.info("listening", extra=context(url=url, env=config.env))
+                    task_status.started(url)
+            outer.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
     log.info("stopped")
+
+
+async def _watchdog(shutdown: trio.Event, store: Store) -> None:
+    """End the process if the shutdown is still not done well after its grace time: nothing
+    acknowledged is lost (every write was committed before its reply), and the store is closed
+    first."""
+    await shutdown.wait()
+    await trio.sleep(GRACEFUL_TIMEOUT_S + WATCHDOG_MARGIN_S)
+    log.error("shutdown is stuck: closing the store and exiting")
+    with trio.move_on_after(WATCHDOG_MARGIN_S) as scope:
+        scope.shield = True
+        await store.aclose()
+    logging.shutdown()
+    os._exit(0)

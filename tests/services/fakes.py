@@ -11,12 +11,15 @@ from typing import Any
 
 
 class FakePeer:
-    """A connection as a service sees it: ``send_nowait`` fails once ``capacity`` frames wait."""
+    """A connection as a service sees it: ``send_nowait`` (a push) fails once ``capacity``
+    frames wait; ``answer_nowait`` never does."""
 
     def __init__(self, capacity: float = math.inf) -> None:
         self.capacity = capacity
         self.frames: list[dict[str, Any]] = []
         self.closed: list[int] = []
+        self.handled_count = 0
+        self.answers = 0
 
     def send_nowait(self, frame: str) -> bool:
         if len(self.frames) >= self.capacity:
@@ -24,6 +27,15 @@ class FakePeer:
         frame.encode("utf-8")  # a text frame must be valid UTF-8
         self.frames.append(json.loads(frame))
         return True
+
+    def answer_nowait(self, frame: str) -> None:
+        """Answers are never refused (docs/operations.md, back-pressure)."""
+        frame.encode("utf-8")
+        self.frames.append(json.loads(frame))
+        self.answers += 1
+
+    def handled(self) -> None:
+        self.handled_count += 1
 
     def close(self, code: int) -> None:
         self.closed.append(code)

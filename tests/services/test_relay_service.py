@@ -90,13 +90,32 @@ async def test_the_sweep_runs_every_five_minutes_of_trio_time(autojump_clock, re
 
 async def test_a_slow_consumer_is_dropped_and_cleaned_up(autojump_clock, relay):
     await relay.join(1, "alice")
-    slow = FakePeer(capacity=0)
+    slow = FakePeer(capacity=0)  # refuses every push; answers are never refused
     await relay.address.cast(Attach(2, slow, "192.0.2.1"))
     await relay.send(2, type="register", peerId="bob")
+    await relay.send(2, type="register_rendezvous", peerId="bob", hourly_tokens=["t"])
+    await relay.settle()
+    assert slow.closed == []
+    assert slow.types() == ["registered", "rendezvous_result"]
+    # alice's match is pushed to bob, whose queue refuses it: bob is a slow consumer.
+    await relay.send(1, type="register_rendezvous", peerId="alice", hourly_tokens=["t"])
     stats = await relay.settle()
     assert slow.closed == [1013]
     assert stats.relays["totalPeers"] == 1
+    assert stats.rendezvous["hourlyEntries"] == 1  # bob's entry went with him
     await relay.join(3, "bob")  # bob's peerId is free again
+
+
+async def test_every_frame_of_a_connection_is_reported_handled(autojump_clock, relay):
+    # The front end stops reading a connection with too many frames in flight; each frame
+    # the service takes must be reported handled, whatever it answers (or not).
+    peer = await relay.join(1, "alice")
+    before = peer.handled_count
+    await relay.send(1, type="ping")
+    await relay.send(1, type="bogus")
+    await relay.send(1, type="chunk_announce", chunks=[{"chunkId": "c", "routingHash": "r"}])
+    await relay.settle()
+    assert peer.handled_count - before == 3
 
 
 async def test_detach_of_unknown_or_unregistered_connections_is_harmless(autojump_clock, relay):

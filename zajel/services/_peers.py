@@ -16,16 +16,29 @@ Out = tuple[ConnId, dict[str, Any]]
 
 # WebSocket close codes a service may ask for (RFC 6455 §7.4.1).
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class Peer(Protocol):
-    """One client connection, as a service sees it: a bounded queue and a way to drop it."""
+    """One client connection, as a service sees it: a bounded queue and a way to drop it.
+
+    Frames pushed by others and answers to the client's own frames are queued apart
+    (docs/operations.md, "Limits and back-pressure"): a push can find the client too slow, an
+    answer never does (the front end stops reading that client instead).
+    """
 
     def send_nowait(self, frame: str) -> bool:
-        """Queue one encoded frame; False when the queue is full (a slow client)."""
+        """Queue one encoded frame pushed by others; False when the client is a slow
+        consumer."""
+
+    def answer_nowait(self, frame: str) -> None:
+        """Queue one encoded answer to the client's own frame; never refused."""
+
+    def handled(self) -> None:
+        """One frame of this client's has been handled (its answers, if any, are queued)."""
 
     def close(self, code: int) -> None:
         """Close the connection with ``code``; the front end then sends ``Detach``."""
@@ -62,8 +75,10 @@ class Detach:
 class PeerTable:
     """The connections a service pushes frames to, with the slow-consumer rule.
 
-    A full queue means a slow client: it is closed with 1013 and forgotten, and the frames its
-    cleanup produces (``drop(conn)``) are delivered too (conventions.md, Back-pressure).
+    A frame for ``sender`` (the connection whose frame is being handled) is an answer and always
+    queued. Any other frame is a push; a push the peer refuses means a slow client: it is closed
+    with 1013 and forgotten, and the frames its cleanup produces (``drop(conn)``) are delivered
+    too (docs/operations.md, "Limits and back-pressure").
     """
 
     def __init__(self, log: logging.Logger) -> None:
@@ -82,28 +97,47 @@ class PeerTable:
     def __len__(self) -> int:
         return len(self._peers)
 
-    def deliver(self, outs: list[Out], drop: Callable[[ConnId], list[Out]]) -> None:
-        """Queue every frame of ``outs``; never waits."""
+    def deliver(
+        self,
+        outs: list[Out],
+        drop: Callable[[ConnId], list[Out]],
+        sender: ConnId | None = None,
+    ) -> None:
+        """Queue every frame of ``outs``; never waits. ``sender``: the connection whose frame
+        produced them (``None`` for timers); it is told its frame has been handled."""
         index = 0
         while index < len(outs):
             conn, frame = outs[index]
             index += 1
-            if not self._send(conn, encode(frame)):
+            if not self._send(conn, encode(frame), sender):
                 outs.extend(drop(conn))
+        if sender is not None:
+            peer = self._peers.get(sender)
+            if peer is not None:
+                peer.handled()
 
     def multicast(
-        self, conns: Sequence[ConnId], text: str, drop: Callable[[ConnId], list[Out]]
+        self,
+        conns: Sequence[ConnId],
+        text: str,
+        drop: Callable[[ConnId], list[Out]],
+        sender: ConnId | None = None,
     ) -> None:
         """Queue one already encoded frame to every connection of ``conns``: the frame is
         encoded once however many wait for it, and a slow one never delays the others."""
-        dropped = [conn for conn in conns if not self._send(conn, text)]
+        dropped = [conn for conn in conns if not self._send(conn, text, sender)]
         for conn in dropped:
             self.deliver(drop(conn), drop)
 
-    def _send(self, conn: ConnId, text: str) -> bool:
+    def _send(self, conn: ConnId, text: str, sender: ConnId | None) -> bool:
         """Queue ``text`` to ``conn``; False when ``conn`` was just dropped as slow."""
         peer = self._peers.get(conn)
-        if peer is None or peer.send_nowait(text):
+        if peer is None:
+            return True
+        if conn == sender:
+            peer.answer_nowait(text)
+            return True
+        if peer.send_nowait(text):
             return True
         self._log.warning("slow consumer disconnected", extra=context(conn=conn))
         del self._peers[conn]

@@ -86,6 +86,8 @@ class RelayService:
         self._bound: dict[ConnId, str] = {}  # connection -> its peerId
         self._owners: dict[str, ConnId] = {}  # peerId -> the connection that holds it
         self._now = 0.0  # the time of the request being handled, for cleanup on a drop
+        # The connection whose frame is being handled: frames to it are answers, never pushes.
+        self._sender: ConnId | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> RelayService:
@@ -98,12 +100,14 @@ class RelayService:
     def handle(self, request: Any, now: float) -> Any:
         self._now = now
         if type(request) is Inbound:
+            self._sender = request.conn_id
             try:
                 outs = self._on_message(request.conn_id, request.message, now)
             except Exception:
                 log.exception("message failed", extra=context(conn=request.conn_id))
                 outs = [(request.conn_id, errors.internal_error().to_frame())]
             self._deliver(outs)
+            self._sender = None
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
         elif type(request) is Detach:
@@ -226,7 +230,7 @@ class RelayService:
         ]
         for delivery in result.deliveries:
             conns = [self._owners[p] for p in delivery.peer_ids if p in self._owners]
-            self._peers.multicast(conns, encode(delivery.frame), self._drop)
+            self._peers.multicast(conns, encode(delivery.frame), self._drop, self._sender)
         return outs
 
     # -- connections -----------------------------------------------------------------------
@@ -250,4 +254,4 @@ class RelayService:
         return self._disconnect(conn, self._now)
 
     def _deliver(self, outs: list[Out]) -> None:
-        self._peers.deliver(outs, self._drop)
+        self._peers.deliver(outs, self._drop, self._sender)

@@ -391,7 +391,7 @@ class SignalingRoom:
                 # A bug must not cost the service: log it, tell the sender, keep serving.
                 log.exception("message failed", extra=context(conn=request.conn_id))
                 outs = [(request.conn_id, errors.internal_error().to_frame())]
-            self._deliver(outs, now)
+            self._deliver(outs, now, sender=request.conn_id)
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
             self._state.connect(request.conn_id)
@@ -410,5 +410,6 @@ class SignalingRoom:
     def expire(self, now: float) -> None:
         self._deliver(self._state.expire(now), now)
 
-    def _deliver(self, outs: list[Out], now: float) -> None:
-        self._peers.deliver(outs, lambda conn: self._state.disconnect(conn, now))
+    def _deliver(self, outs: list[Out], now: float, sender: ConnId | None = None) -> None:
+        """Queue ``outs``; those for ``sender`` (whose frame produced them) are answers."""
+        self._peers.deliver(outs, lambda conn: self._state.disconnect(conn, now), sender)

@@ -33,6 +33,7 @@ from zajel.web.headers import CORS_HEADERS, SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.servers import add_server_routes
 from zajel.web.sockets import Endpoint, SocketRouter
+from zajel.web.transport import ConnectionTable
 
 log = logging.getLogger("zajel.web")
 
@@ -93,8 +94,19 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> QuartTrio:
-    """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001)."""
+def create_app(
+    config: Config,
+    services: Services,
+    *,
+    shutdown: trio.Event,
+    connections: ConnectionTable | None = None,
+) -> QuartTrio:
+    """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001).
+
+    ``connections``: the TCP connections of ``zajel serve``'s own accept loop, which the
+    WebSocket endpoints use to move a connection out of the HTTP count and to drop a socket
+    that will not close (``zajel.web.transport``).
+    """
     app = QuartTrio("zajel")
     # The largest body any route takes (http.md); each route has its own, smaller limit.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
@@ -118,7 +130,12 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
         ),
     ]
     app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
-        app.asgi_app, endpoints, config=config, caps=caps, shutdown=shutdown
+        app.asgi_app,
+        endpoints,
+        config=config,
+        caps=caps,
+        shutdown=shutdown,
+        connections=connections,
     )
 
     def remote_ip() -> str:

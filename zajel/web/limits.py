@@ -55,7 +55,7 @@ def client_ip(
     client's own claim. A header value that is not an IP address is ignored.
     """
     peer = peer_address or "unknown"
-    if trust_proxy is None or not _is_trusted(peer, trusted_proxies):
+    if trust_proxy is None or not is_trusted(peer, trusted_proxies):
         return peer
     wanted = trust_proxy.lower()
     value = ",".join(v for name, v in headers if name.lower() == wanted)
@@ -68,7 +68,7 @@ def client_ip(
         if address is None:
             break
         client = str(address)
-        if not _is_trusted(client, trusted_proxies):
+        if not is_trusted(client, trusted_proxies):
             break
     return client
 
@@ -99,6 +99,7 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     return address
 
 
-def _is_trusted(ip: str, trusted_proxies: Sequence[Network]) -> bool:
+def is_trusted(ip: str, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether ``ip`` is one of ``trusted_proxies``."""
     address = _parse_ip(ip)
     return address is not None and any(address in network for network in trusted_proxies)

@@ -36,6 +36,7 @@ from zajel.services import Address
 from zajel.services._peers import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
     Attach,
     ConnId,
     Detach,
@@ -43,6 +44,8 @@ from zajel.services._peers import (
 )
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
+from zajel.web.outbox import Outbox
+from zajel.web.transport import Connection, ConnectionTable
 
 log = logging.getLogger("zajel.web")
 
@@ -50,7 +53,8 @@ log = logging.getLogger("zajel.web")
 # than FLOOD_REFUSALS refused frames within FLOOD_WINDOW_S seconds.
 FLOOD_REFUSALS = 50
 FLOOD_WINDOW_S = 10.0
-# How long a close frame may take to go out before the handler gives up on the socket.
+# How long a closing connection gets to take what was queued before the close, the close frame,
+# and to answer it, before its socket is dropped.
 CLOSE_TIMEOUT_S = 5.0
 
 # ASGI callables, kept loose: hypercorn's precise event unions add nothing at this layer.
@@ -68,26 +72,36 @@ _conn_ids = itertools.count(1)
 
 
 class SocketPeer:
-    """The service-side handle of one connection: its bounded queue and a way to close it."""
+    """The service-side handle of one connection: its outgoing queue and a way to close it."""
 
-    def __init__(self, conn_id: ConnId, queue_size: int) -> None:
+    def __init__(self, conn_id: ConnId, config: Config) -> None:
         self.conn_id = conn_id
-        self.outbox, self.outbox_receive = trio.open_memory_channel[str](queue_size)
+        self.outbox = Outbox(
+            config.ws_outbound_queue,
+            config.ws_outbound_bytes,
+            config.ws_slow_consumer_ms / 1000,
+        )
         self.close_code: int | None = None
         self.scope = trio.CancelScope()
 
     def send_nowait(self, frame: str) -> bool:
-        try:
-            self.outbox.send_nowait(frame)
-        except trio.WouldBlock:
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the connection is already closing; its Detach is on the way
-        return True
+        """Queue a frame pushed by others; False when this client is a slow consumer."""
+        return self.outbox.push(frame)
+
+    def answer_nowait(self, frame: str) -> None:
+        """Queue an answer to this client's own frame; never refused."""
+        self.outbox.answer(frame)
+
+    def handled(self) -> None:
+        self.outbox.handled()
 
     def close(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
+        if code == CLOSE_TRY_AGAIN_LATER:
+            # A slow consumer: what is queued would never be read; release it now.
+            self.outbox.clear()
+        self.outbox.close()
         self.scope.cancel()
 
 
@@ -115,14 +129,20 @@ class SocketRouter:
         config: Config,
         caps: ConnectionCaps,
         shutdown: trio.Event,
+        connections: ConnectionTable | None = None,
     ) -> None:
         self.app = app
         self.endpoints = tuple(endpoints)
         self.config = config
         self.caps = caps
         self.shutdown = shutdown
+        # The TCP connections of ``zajel serve`` (None under another ASGI server).
+        self.connections = connections
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, _shield_last_body(send))
+            return
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
@@ -155,11 +175,36 @@ class SocketRouter:
             log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
             await _reject(scope, send, 503, {"error": "Too many connections"})
             return
+        conn = None
+        if self.connections is not None:
+            conn = self.connections.find(scope.get("client"))
+            if conn is not None:
+                self.connections.mark_websocket(conn)
         try:
             await send({"type": "websocket.accept"})
-            await serve_connection(receive, send, endpoint, self.config, self.shutdown, ip)
+            await serve_connection(receive, send, endpoint, self.config, self.shutdown, ip, conn)
         finally:
             self.caps.release(ip)
+
+
+def _shield_last_body(send: ASGISend) -> ASGISend:
+    """``send`` with the response's last body message shielded from cancellation.
+
+    Quart-trio cancels a request's tasks as soon as hypercorn reports the request done, and
+    hypercorn reports it from inside that very send, before it has closed the connection or
+    started the keep-alive timer; cancelled there, the connection would sit open until the
+    read timeout. The send cannot hang: a stalled write drops the socket
+    (``zajel.web.transport``).
+    """
+
+    async def send_last_shielded(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return send_last_shielded
 
 
 async def _reject(scope: dict[str, Any], send: ASGISend, status: int, body: Any) -> None:
@@ -189,9 +234,17 @@ async def serve_connection(
     config: Config,
     shutdown: trio.Event,
     ip: str,
+    conn: Connection | None = None,
 ) -> None:
-    """Run one accepted connection until it closes, then run its cleanup exactly once."""
-    peer = SocketPeer(next(_conn_ids), config.ws_outbound_queue)
+    """Run one accepted connection until it closes, then run its cleanup exactly once.
+
+    A close the server chooses (flood 1008, shutdown 1001) first sends what was queued, then
+    the close frame, then keeps receiving and discarding until the client's side is closed,
+    all within ``CLOSE_TIMEOUT_S``; past it, or at once for a slow consumer (1013), the socket
+    is dropped. ``conn`` is the TCP connection under ``zajel serve``; under another ASGI
+    server it is ``None`` and these bounds are that server's (docs/operations.md).
+    """
+    peer = SocketPeer(next(_conn_ids), config)
     await endpoint.service.cast(Attach(peer.conn_id, peer, ip))
     log.debug("connected", extra=context(endpoint=endpoint.name, conn=peer.conn_id))
     try:
@@ -208,19 +261,50 @@ async def serve_connection(
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await endpoint.service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await send({"type": "websocket.close", "code": peer.close_code})
+                await _close(receive, send, peer, conn)
         log.debug(
             "disconnected",
             extra=context(endpoint=endpoint.name, conn=peer.conn_id, code=peer.close_code),
         )
 
 
+async def _close(
+    receive: ASGIReceive, send: ASGISend, peer: SocketPeer, conn: Connection | None
+) -> None:
+    """Close with ``peer.close_code`` (see ``serve_connection``)."""
+    if peer.close_code == CLOSE_TRY_AGAIN_LATER:
+        # A slow consumer: its socket is full, so neither the queue nor a close frame could
+        # go out; the socket is released now (docs/operations.md, back-pressure).
+        if conn is not None:
+            conn.drop()
+            return
+    elif conn is not None:
+        conn.drop_after(CLOSE_TIMEOUT_S)
+    with trio.move_on_after(CLOSE_TIMEOUT_S) as goodbye:
+        while (frame := peer.outbox.take()) is not None:
+            await send({"type": "websocket.send", "text": frame})
+        await send({"type": "websocket.close", "code": peer.close_code})
+        # hypercorn hands over the next frame only once this one is taken: until the client's
+        # side is closed, keep taking (and discarding) what it still sends.
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+    if goodbye.cancelled_caught and conn is not None:
+        conn.drop()
+
+
 async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
     bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
     refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
-    decode, service, conn_id = endpoint.decode, endpoint.service, peer.conn_id
+    decode, service, conn_id, outbox = (
+        endpoint.decode,
+        endpoint.service,
+        peer.conn_id,
+        peer.outbox,
+    )
     while True:
+        if outbox.reader_must_wait():
+            # Answers are never refused; instead this client's frames wait (TCP slows it down).
+            await outbox.wait_until_readable()
         event = await receive()
         if event["type"] != "websocket.receive":
             return  # websocket.disconnect: the client or the transport closed
@@ -237,6 +321,7 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
             peer.close(CLOSE_POLICY_VIOLATION)
             return
         inbound = Inbound(conn_id, message)
+        outbox.handing_over()
         try:
             service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
         except trio.WouldBlock:
@@ -244,21 +329,16 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
 
 
 async def _write(send: ASGISend, peer: SocketPeer) -> None:
-    outbox = peer.outbox_receive
-    async with outbox:
-        while True:
-            try:
-                frame = await outbox.receive()
-            except trio.EndOfChannel:
+    outbox = peer.outbox
+    while True:
+        frame = outbox.take()
+        if frame is None:
+            if outbox.closed:
                 return
-            await send({"type": "websocket.send", "text": frame})
-            # Drain what is queued without a scheduler round trip per frame.
-            while True:
-                try:
-                    frame = outbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                await send({"type": "websocket.send", "text": frame})
+            await outbox.wait_for_frames()
+            continue
+        await send({"type": "websocket.send", "text": frame})
+        outbox.wrote()
 
 
 async def _close_on_shutdown(peer: SocketPeer, shutdown: trio.Event) -> None:

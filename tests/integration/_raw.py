@@ -1,0 +1,198 @@
+"""Raw clients and resource counts for the hardening tests: a wsproto client that can send a
+burst without reading and hang up without a close handshake, and what the server holds (its
+TCP sockets by state, its trio tasks)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+# /proc/net/tcp state codes (include/net/tcp_states.h).
+TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def server_sockets(port: int) -> Counter[str]:
+    """The TCP sockets whose local port is ``port`` (the server's side), by state, listening
+    socket and TIME_WAIT (which holds no file) left out."""
+    states: Counter[str] = Counter()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    state = TCP_STATES.get(fields[3], fields[3])
+                    if local_port == port and state not in {"LISTEN", "TIME_WAIT"}:
+                        states[state] += 1
+        except FileNotFoundError:
+            continue
+    return states
+
+
+def open_files(pid: int | None = None) -> int:
+    """Open file descriptors of process ``pid`` (this one by default)."""
+    return len(os.listdir(f"/proc/{pid or os.getpid()}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def task_count() -> int:
+    """Every task of the current trio run."""
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+async def wait_until(condition: Any, *, within: float, every: float = 0.05) -> None:
+    """Poll ``condition()`` until it is true; fail after ``within`` seconds of real time.
+
+    For what the server holds outside trio (sockets in /proc, its tasks): nothing signals it.
+    """
+    with trio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 - polling state that nothing signals
+            await trio.sleep(every)
+
+
+class RawClient:
+    """A WebSocket client on a plain TCP stream: frames go out in one write, nothing is read
+    unless asked, and ``hang_up`` closes the TCP stream without a close handshake."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Any] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        port: int,
+        path: str = "/signal",
+        *,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+    ) -> RawClient:
+        """Connect and complete the handshake (from ``source``, e.g. ``127.0.0.2``).
+
+        Raises:
+            AssertionError: the handshake was refused.
+        """
+        stream = await open_stream(port, source)
+        client = cls(stream)
+        extra = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+        await stream.send_all(
+            client.ws.send(Request(host="127.0.0.1", target=path, extra_headers=extra))
+        )
+        while True:
+            for event in await client._events():
+                if isinstance(event, AcceptConnection):
+                    return client
+                if isinstance(event, RejectConnection):
+                    await stream.aclose()
+                    raise AssertionError(f"handshake refused: {event.status_code}")
+
+    async def _events(self) -> list[Any]:
+        data = await self.stream.receive_some(1 << 16)
+        self.ws.receive_data(data or None)
+        return list(self.ws.events())
+
+    def frame(self, obj: Any) -> bytes:
+        text = obj if isinstance(obj, str) else json.dumps(obj)
+        return self.ws.send(TextMessage(data=text))
+
+    async def send(self, *objs: Any) -> None:
+        """Send every frame of ``objs`` in one write."""
+        await self.stream.send_all(b"".join(self.frame(obj) for obj in objs))
+
+    async def receive(self) -> dict[str, Any] | CloseConnection:
+        """The next JSON frame, or the server's close."""
+        while not self.pending:
+            try:
+                events = await self._events()
+            except trio.BrokenResourceError:
+                events = [CloseConnection(code=1006)]
+            for event in events:
+                if isinstance(event, TextMessage | BytesMessage | Message):
+                    self.pending.append(json.loads(event.data))
+                elif isinstance(event, CloseConnection):
+                    self.pending.append(event)
+            if not events and self.ws.state.name == "CLOSED":
+                self.pending.append(CloseConnection(code=1006))
+        return self.pending.pop(0)
+
+    async def read_until_closed(self) -> tuple[list[dict[str, Any]], int]:
+        """Every frame until the connection ends, and the close code (1006: no close frame)."""
+        frames: list[dict[str, Any]] = []
+        while True:
+            try:
+                data = await self.stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                return frames, 1006
+            if not data:
+                return frames, 1006
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    frames.append(json.loads(event.data))
+                elif isinstance(event, CloseConnection):
+                    return frames, event.code
+
+    async def hang_up(self) -> None:
+        """Close the TCP stream: no close handshake."""
+        await self.stream.aclose()
+
+
+async def open_stream(port: int, source: str | None = None) -> trio.SocketStream:
+    """A TCP stream to 127.0.0.1:``port``, from the local address ``source`` when given (any
+    127.x.y.z is this machine: a second "client address" for per-IP tests)."""
+    if source is None:
+        return await trio.open_tcp_stream("127.0.0.1", port)
+    sock = trio.socket.socket()
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)

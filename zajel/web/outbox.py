@@ -1,0 +1,149 @@
+"""One WebSocket connection's outgoing queue, bounded in frames and in bytes, with the
+back-pressure rules of ``docs/operations.md`` ("Limits and back-pressure").
+
+Two kinds of frames go out, and they are bounded differently:
+
+- **Answers** to the client's own frames (``pong``, errors, acknowledgements, results) are
+  never refused: the client is never dropped for a burst of answers. Instead the connection's
+  reader stops reading while the queue is over its *soft* bound or while ``MAX_IN_FLIGHT`` of
+  its frames are still being handled, so TCP slows the sender down. What one client can make
+  the server queue for it is therefore its soft bound plus the answers to ``MAX_IN_FLIGHT``
+  frames.
+- **Pushes** from others (relayed signals, matches, ``chunk_data``, ...) are never waited for.
+  Past the soft bound a push is still queued while the writer is making progress, up to the
+  *hard* bound; a push that finds the queue over its soft bound when nothing was written for
+  ``slow_after`` seconds, or that would cross the hard bound, is refused: the client is a slow
+  consumer (closed with 1013 by the caller).
+
+Bounds: soft = ``max_frames`` frames or ``max_bytes / 4`` bytes, hard = ``4 * max_frames``
+frames or ``max_bytes`` bytes, whichever is reached first. Bytes are the memory of the queued
+text (``sys.getsizeof``), the quantity a client could otherwise pin.
+
+Time is trio's clock; the writer and the reader wait on parking lots, never on real time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+
+import trio
+
+# Frames of one connection handed to its service and not yet handled: the reader waits past
+# this, so a burst of requests cannot make answers pile up beyond the queue's bounds.
+MAX_IN_FLIGHT = 32
+
+
+class Outbox:
+    """The queue between the services (``answer``/``push``, never blocking) and the writer."""
+
+    def __init__(self, max_frames: int, max_bytes: int, slow_after: float) -> None:
+        self.soft_frames = max_frames
+        self.hard_frames = 4 * max_frames
+        self.soft_bytes = max(max_bytes // 4, 1)
+        self.hard_bytes = max_bytes
+        self.slow_after = slow_after
+        self._frames: deque[str] = deque()
+        self.bytes = 0
+        self.in_flight = 0
+        self.closed = False
+        # When the writer last finished a write, or last found work after having none.
+        self._progress = trio.current_time()
+        self._writer_waiting = False
+        self._writer = trio.lowlevel.ParkingLot()
+        self._reader = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    # -- the service side (never blocks) -------------------------------------------------
+
+    def answer(self, text: str) -> None:
+        """Queue an answer to the client's own frame; never refused."""
+        if not self.closed:
+            self._append(text)
+
+    def push(self, text: str) -> bool:
+        """Queue a frame pushed by others; False when the client is a slow consumer."""
+        if self.closed:
+            return True  # closing already: the frame would never be sent
+        frames = len(self._frames)
+        over_soft = frames >= self.soft_frames or self.bytes >= self.soft_bytes
+        if over_soft and (
+            frames >= self.hard_frames
+            or self.bytes + sys.getsizeof(text) > self.hard_bytes
+            or trio.current_time() - self._progress >= self.slow_after
+        ):
+            return False
+        self._append(text)
+        return True
+
+    def handled(self) -> None:
+        """One frame the reader handed over has been handled."""
+        if self.in_flight:
+            self.in_flight -= 1
+        if self._reader and not self.reader_must_wait():
+            self._reader.unpark_all()
+
+    def _append(self, text: str) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._progress = trio.current_time()
+            self._writer.unpark_all()
+        self._frames.append(text)
+        self.bytes += sys.getsizeof(text)
+
+    # -- the writer side -----------------------------------------------------------------
+
+    def take(self) -> str | None:
+        """The next frame to write, or ``None`` when the queue is empty."""
+        if not self._frames:
+            return None
+        text = self._frames.popleft()
+        self.bytes -= sys.getsizeof(text)
+        if self._reader and not self.reader_must_wait():
+            self._reader.unpark_all()
+        return text
+
+    def wrote(self) -> None:
+        """A frame went out to the socket."""
+        self._progress = trio.current_time()
+
+    async def wait_for_frames(self) -> None:
+        """Return once a frame is queued or the outbox is closed."""
+        if self._frames or self.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._writer_waiting = True
+        await self._writer.park()
+
+    # -- the reader side -----------------------------------------------------------------
+
+    def reader_must_wait(self) -> bool:
+        return (
+            len(self._frames) >= self.soft_frames
+            or self.bytes >= self.soft_bytes
+            or self.in_flight >= MAX_IN_FLIGHT
+        )
+
+    async def wait_until_readable(self) -> None:
+        """Return once the queue is under its soft bound and few frames are in flight."""
+        while self.reader_must_wait() and not self.closed:
+            await self._reader.park()
+
+    def handing_over(self) -> None:
+        """The reader hands one frame to the service."""
+        self.in_flight += 1
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more frames; wake the writer and the reader."""
+        self.closed = True
+        self._writer.unpark_all()
+        self._reader.unpark_all()
+
+    def clear(self) -> None:
+        """Forget every queued frame at once (a slow consumer: they would never be read)."""
+        self._frames.clear()
+        self.bytes = 0

@@ -1,0 +1,456 @@
+"""TCP for ``zajel serve``: our own accept loop in front of hypercorn's HTTP and WebSocket code.
+
+hypercorn's trio worker accepts connections itself and gives the app no hold on them. Four
+things a production server needs cannot be done from inside the ASGI app alone
+(``docs/operations.md``, "Limits and back-pressure"; ``docs/architecture.md``, "Transport"):
+
+- **Per-IP HTTP connection cap.** A connection is counted from accept to close, by the address
+  of its peer (IPv6 by its /64), and one past ``http_max_connections_per_ip`` is answered 503
+  and closed at once. A connection that becomes a WebSocket leaves the HTTP count (WebSockets
+  have their own caps, by the client IP of the handshake). Trusted proxies are not capped.
+- **Writes that cannot hang forever.** hypercorn writes inside a shielded cancel scope, so a
+  client that stops reading can hold a task, and shutdown, forever. Every connection's stream
+  is a ``GuardedStream``: a write that makes no progress for ``stall_timeout`` seconds, or a
+  connection told to ``drop()``, closes the socket under the write, which ends it.
+- **A finished connection ends its tasks.** When hypercorn closes a connection's stream, the
+  connection's cancel scope is cancelled: hypercorn's WebSocket ping loop would otherwise live
+  on for up to one ping interval per closed connection.
+- **EMFILE on accept** is one rate-limited warning in the log format, and the loop backs off
+  instead of spinning.
+- **Close codes for bad frames.** When wsproto refuses a client's frame (invalid UTF-8 in a text
+  frame: 1007; a protocol error: 1002), hypercorn drops the TCP connection without a close
+  frame. ``ReportingWSStream`` answers with a close frame carrying wsproto's code first.
+
+Invariants:
+- Every accepted socket belongs to exactly one ``Connection`` until it is closed, and is closed
+  exactly once, whatever ends it (the client, hypercorn, a stall, a drop, shutdown).
+- ``ConnectionTable`` counts exactly the open connections: per key for HTTP, and in total by
+  kind; an idle server holds no entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import hypercorn.protocol.h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.ws_stream import WSStream
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Event
+
+from zajel.config import Network
+from zajel.logs import context
+from zajel.web.limits import ip_key, is_trusted
+
+log = logging.getLogger("zajel.transport")
+
+# Accept errors that mean "out of a resource": back off and try again (trio's own list).
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_S = 0.1
+# At most one "cannot accept" warning per this many seconds; the next one says how many more.
+ACCEPT_WARNING_EVERY_S = 10.0
+# How often writes in progress are checked against their stall deadline.
+STALL_CHECK_S = 0.5
+# A refused connection gets this long to take its 503 before its socket is closed.
+REFUSAL_TIMEOUT_S = 1.0
+
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: application/json\r\n"
+    b"content-length: 32\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b'{"error":"Too many connections"}'
+)
+
+Kind = Literal["http", "websocket"]
+# The reason sent with the close frame that answers a frame wsproto refused.
+CLOSE_REASONS = {1002: "Protocol error", 1007: "Invalid UTF-8 in a text frame", 1009: "Too big"}
+
+
+class Connection:
+    """One accepted TCP connection: its peer, how it is counted, and ways to end it."""
+
+    def __init__(self, peer: tuple[str, int], key: str, capped: bool) -> None:
+        self.peer = peer
+        self.key = key
+        self.capped = capped  # counted against the per-IP HTTP cap (not a trusted proxy)
+        self.kind: Kind = "http"
+        self.scope = trio.CancelScope()
+        self.stream: GuardedStream | None = None
+        self.drop_at = math.inf  # ``drop()`` when trio's clock passes this
+
+    def drop(self) -> None:
+        """End the connection now: close its socket under any write in progress, and cancel
+        hypercorn's tasks for it. The client sees the connection end."""
+        self.drop_at = -math.inf
+        if self.stream is not None:
+            self.stream.close_socket()
+        self.scope.cancel()
+
+    def drop_after(self, seconds: float) -> None:
+        """``drop()`` unless the connection has ended within ``seconds`` (a bounded goodbye:
+        the close handshake and what is still queued)."""
+        self.drop_at = min(self.drop_at, trio.current_time() + seconds)
+
+
+class ConnectionTable:
+    """The open TCP connections, the per-IP HTTP cap, and the stall and drop deadlines.
+
+    Shared by the accept loop (which opens and closes entries) and the WebSocket front end
+    (which finds a connection by its ASGI ``client`` address to move it out of the HTTP count
+    or to drop it).
+    """
+
+    def __init__(
+        self,
+        max_http_per_ip: int,
+        trusted_proxies: Sequence[Network] = (),
+        *,
+        stall_timeout: float = 120.0,
+    ) -> None:
+        self.max_http_per_ip = max_http_per_ip
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.stall_timeout = stall_timeout
+        self._by_peer: dict[tuple[str, int], Connection] = {}
+        self._http_per_key: dict[str, int] = {}
+        self.counts: dict[Kind, int] = {"http": 0, "websocket": 0}
+        self.refused = 0
+        self.stalled = 0
+        self._emptied = trio.lowlevel.ParkingLot()
+
+    def open(self, peer: tuple[str, int]) -> Connection | None:
+        """Count a new connection from ``peer``; ``None`` (nothing counted) when its key is at
+        the HTTP cap."""
+        key = ip_key(peer[0])
+        capped = not is_trusted(peer[0], self.trusted_proxies)
+        if capped and self._http_per_key.get(key, 0) >= self.max_http_per_ip:
+            self.refused += 1
+            return None
+        conn = Connection(peer, key, capped)
+        self._by_peer[peer] = conn
+        self._count_http(conn, +1)
+        self.counts["http"] += 1
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        if self._by_peer.get(conn.peer) is conn:
+            del self._by_peer[conn.peer]
+        if conn.kind == "http":
+            self._count_http(conn, -1)
+        self.counts[conn.kind] -= 1
+        if not self._by_peer:
+            self._emptied.unpark_all()
+
+    async def wait_empty(self) -> None:
+        """Return once no connection is open."""
+        while self._by_peer:
+            await self._emptied.park()
+
+    def find(self, client: Sequence[Any] | None) -> Connection | None:
+        """The connection of an ASGI ``scope["client"]`` (host, port), if it is ours."""
+        if not client or len(client) < 2:
+            return None
+        return self._by_peer.get((str(client[0]), int(client[1])))
+
+    def mark_websocket(self, conn: Connection) -> None:
+        """``conn`` was upgraded to a WebSocket: it leaves the HTTP count."""
+        if conn.kind == "http":
+            self._count_http(conn, -1)
+            self.counts["http"] -= 1
+            conn.kind = "websocket"
+            self.counts["websocket"] += 1
+
+    def __len__(self) -> int:
+        return len(self._by_peer)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries in every internal map (all zero when no connection is open)."""
+        return {"connections": len(self._by_peer), "http_keys": len(self._http_per_key)}
+
+    def drop_all(self) -> None:
+        for conn in list(self._by_peer.values()):
+            conn.drop()
+
+    def check_deadlines(self, now: float) -> None:
+        """Drop every connection whose write has stalled or whose drop time has come."""
+        for conn in list(self._by_peer.values()):
+            stream = conn.stream
+            if conn.drop_at <= now:
+                conn.drop()
+            elif stream is not None and stream.write_started <= now - self.stall_timeout:
+                self.stalled += 1
+                log.info(
+                    "write stalled: connection dropped",
+                    extra=context(peer=conn.key, seconds=self.stall_timeout),
+                )
+                conn.drop()
+
+    def _count_http(self, conn: Connection, delta: int) -> None:
+        if not conn.capped:
+            return
+        left = self._http_per_key.get(conn.key, 0) + delta
+        if left > 0:
+            self._http_per_key[conn.key] = left
+        else:
+            self._http_per_key.pop(conn.key, None)
+
+
+class GuardedStream(trio.abc.HalfCloseableStream):
+    """A socket stream whose writes are watched: ``write_started`` is the trio time of the
+    write in progress (``inf`` when none), which ``ConnectionTable.check_deadlines`` compares
+    with the stall timeout. Closing the stream ends the connection's tasks.
+
+    hypercorn reads ``socket`` for the peer and local addresses; it has no ``do_handshake``, so
+    hypercorn treats it as plain TCP.
+    """
+
+    def __init__(self, stream: trio.SocketStream, conn: Connection) -> None:
+        self._stream = stream
+        self._conn = conn
+        self.socket = stream.socket
+        self.write_started = math.inf
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.write_started = trio.current_time()
+        try:
+            await self._stream.send_all(data)
+        finally:
+            self.write_started = math.inf
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        # hypercorn is done with the connection: end whatever it still runs for it (its
+        # WebSocket ping loop sleeps up to a ping interval otherwise).
+        self._conn.scope.cancel()
+        await self._stream.aclose()
+
+    def close_socket(self) -> None:
+        """Close the socket now; a write blocked on it fails with ``ClosedResourceError``."""
+        self._stream.socket.close()
+
+
+class AcceptWarnings:
+    """One warning line per ``ACCEPT_WARNING_EVERY_S`` for accept failures, not one per try."""
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+        self._suppressed = 0
+
+    def failed(self, exc: OSError, now: float) -> None:
+        if now < self._next:
+            self._suppressed += 1
+            return
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        log.warning(
+            "cannot accept connections: out of resources",
+            extra=context(error=name, suppressed=self._suppressed, hint=_hint(exc)),
+        )
+        self._next = now + ACCEPT_WARNING_EVERY_S
+        self._suppressed = 0
+
+
+def _hint(exc: OSError) -> str:
+    if exc.errno == errno.EMFILE:
+        return "raise the file descriptor limit (LimitNOFILE)"
+    return "the system is out of sockets or memory"
+
+
+class _FailuresAnswered:
+    """A wsproto connection that reports a failure it found in the client's data (a
+    ``CloseConnection`` it yields while still open) as the client closing, so that hypercorn
+    answers it with a close frame carrying the failure's code instead of just hanging up."""
+
+    def __init__(self, connection: WSConnection) -> None:
+        self._connection = connection
+        self._failed = False
+
+    @property
+    def state(self) -> ConnectionState:
+        state = self._connection.state
+        if self._failed and state is ConnectionState.OPEN:
+            return ConnectionState.REMOTE_CLOSING
+        return state
+
+    def send(self, event: Event) -> bytes:
+        return self._connection.send(event)
+
+    def receive_data(self, data: bytes | None) -> None:
+        self._connection.receive_data(data)
+
+    def events(self) -> Any:
+        for event in self._connection.events():
+            if (
+                isinstance(event, CloseConnection)
+                and self._connection.state is ConnectionState.OPEN
+            ):
+                self._failed = True
+                event = CloseConnection(code=event.code, reason=CLOSE_REASONS.get(event.code, ""))
+            yield event
+
+
+class ReportingWSStream(WSStream):
+    """hypercorn's WebSocket stream, with the client's bad frames answered with a close code."""
+
+    async def _accept(self, message: Any) -> None:
+        await super()._accept(message)
+        self.connection = _FailuresAnswered(self.connection)  # type: ignore[assignment]
+
+
+def install_close_codes() -> None:
+    """Make hypercorn's HTTP/1.1 protocol use ``ReportingWSStream`` (``zajel serve`` only; under
+    another server the connection just ends, docs/operations.md)."""
+    hypercorn.protocol.h11.WSStream = ReportingWSStream  # type: ignore[attr-defined]
+
+
+def open_listener(host: str, port: int, backlog: int) -> trio.SocketListener:
+    """A listening TCP socket on ``host:port`` (port 0: a free one).
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local).
+    """
+    family, type_, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def bound_url(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_tcp(
+    app: Callable[..., Awaitable[None]],
+    hypercorn_config: HypercornConfig,
+    table: ConnectionTable,
+    listener: trio.SocketListener,
+    *,
+    shutdown: trio.Event,
+    grace: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``listener`` until ``shutdown`` is set, then wind down within ``grace``.
+
+    Shutdown stops accepting, tells hypercorn to close idle keep-alive connections, lets open
+    connections finish (the app closes its WebSockets itself), and drops whatever is still open
+    when ``grace`` seconds have passed, so no client can hold the server.
+    """
+    install_close_codes()
+    wrapped = wrap_app(app, hypercorn_config.wsgi_max_body_size, "asgi")
+    context_ = WorkerContext(None)
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, hypercorn_config, state)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            connections.start_soon(_watch_deadlines, table)
+
+            async def handle(stream: trio.SocketStream) -> None:
+                await _serve_connection(stream, wrapped, hypercorn_config, context_, state, table)
+
+            async with trio.open_nursery() as acceptor:
+                acceptor.start_soon(_accept_loop, listener, handle, connections)
+                task_status.started()
+                await shutdown.wait()
+                acceptor.cancel_scope.cancel()
+            await listener.aclose()
+            await context_.terminated.set()
+            # Whatever is still open when the grace time ends is dropped: a client that does not
+            # read cannot hold the shutdown.
+            with trio.move_on_after(grace):
+                await table.wait_empty()
+            table.drop_all()
+            connections.cancel_scope.cancel()
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    warnings = AcceptWarnings()
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in CAPACITY_ERRNOS:
+                raise
+            warnings.failed(exc, trio.current_time())
+            await trio.sleep(ACCEPT_BACKOFF_S)
+            continue
+        nursery.start_soon(handle, stream)
+
+
+async def _serve_connection(
+    stream: trio.SocketStream,
+    app: Any,
+    hypercorn_config: HypercornConfig,
+    context_: WorkerContext,
+    state: dict[str, Any],
+    table: ConnectionTable,
+) -> None:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:  # gone before we looked
+        await stream.aclose()
+        return
+    conn = table.open((str(peer[0]), int(peer[1])))
+    if conn is None:
+        log.info("connection refused: HTTP cap reached", extra=context(peer=ip_key(peer[0])))
+        await _refuse(stream)
+        return
+    guarded = GuardedStream(stream, conn)
+    conn.stream = guarded
+    try:
+        with conn.scope:
+            await TCPServer(app, hypercorn_config, context_, state, guarded)  # type: ignore[arg-type]
+    finally:
+        table.close(conn)
+        stream.socket.close()
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503 without reading the request, and close."""
+    with trio.move_on_after(REFUSAL_TIMEOUT_S):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(REFUSAL)
+    stream.socket.close()
+
+
+async def _watch_deadlines(table: ConnectionTable) -> None:
+    while True:
+        await trio.sleep(STALL_CHECK_S)
+        table.check_deadlines(trio.current_time())
