@@ -197,7 +197,10 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
             nursery.start_soon(ask, "servers", services.servers, GetServerStats())
             nursery.start_soon(ask, "attestation", services.attestation, GetAttestationStats())
+            # Both durable services share the store, and each knows whether its own last
+            # commit failed (a full disk still serves reads): the store is ok if both say so.
             nursery.start_soon(ask, "store", services.servers, CheckStore())
+            nursery.start_soon(ask, "store (attestation)", services.attestation, CheckStore())
         sections: dict[str, dict[str, int]] = {}
         failing: list[str] = []
         relay = replies.get("relay")
@@ -216,7 +219,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
                 sections[name] = section
             else:
                 failing.append(name)
-        if not isinstance(replies.get("store"), StoreOk):
+        if not all(isinstance(replies.get(n), StoreOk) for n in ("store", "store (attestation)")):
             failing.append("store")
         return sections, failing
 
