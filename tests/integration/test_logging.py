@@ -94,9 +94,8 @@ def restore_logging() -> Iterator[None]:
 FORGED_LINE = "2026-01-01T00:00:00.000Z INFO zajel.server: stopped status=200"
 
 
-# What a path may carry to the route (a line feed never matches it: 404, not logged): a carriage
-# return, one that first erases the terminal's line, a line separator, NEL.
-@pytest.mark.parametrize("breaker", ["%0d", "%1b%5b2K%0d", "%e2%80%a8", "%c2%85"])
+# Line breaks: CR LF, CR, LF, a CR that first erases the terminal's line, U+2028, NEL.
+@pytest.mark.parametrize("breaker", ["%0d%0a", "%0d", "%0a", "%1b%5b2K%0d", "%e2%80%a8", "%c2%85"])
 async def test_a_crafted_path_cannot_plant_a_log_line_or_a_pair(
     nursery, capsys, restore_logging, breaker
 ):

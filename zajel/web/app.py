@@ -96,6 +96,9 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
 def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> QuartTrio:
     """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001)."""
     app = QuartTrio("zajel")
+    # A doubled slash is a path of its own (404 JSON, or the route's own error), never
+    # werkzeug's 308 redirect with an HTML body.
+    app.url_map.merge_slashes = False
     # The largest body any route takes (http.md); each route has its own, smaller limit.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]  # entries keep the contract's field order
