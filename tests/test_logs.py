@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -113,5 +114,155 @@ def test_text_format_keeps_one_line_per_event(capsys, restore_logging):
         logging.getLogger("zajel.x").exception("request\nfailed", extra=context(conn=3))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
-    assert "ERROR zajel.x: request\\nfailed conn=3 exception=Traceback" in lines[0]
+    assert 'ERROR zajel.x: request\\nfailed conn=3 exception="Traceback' in lines[0]
     assert "RuntimeError: kaput" in lines[0]
+
+
+def parse_text_line(line: str) -> tuple[str, str, str, dict[str, str]]:
+    """A ``text`` line read back by the format's rules alone: ``(level, logger, message,
+    context)``, every value unquoted and unescaped.
+
+    The message is quoted, or bare text holding no ``=``; every later token is ``key=value``, a
+    bare value running to the next space and a quoted one to its closing quote.
+    """
+    stamp, level, rest = line.split(" ", 2)
+    assert stamp.endswith("Z"), line
+    logger, _, rest = rest.partition(": ")
+    if rest.startswith('"'):
+        message, rest = _quoted(rest)
+    elif "=" in rest:
+        cut = rest.rindex(" ", 0, rest.index("="))  # the space before the first key
+        message, rest = rest[:cut], rest[cut + 1 :]
+    else:
+        message, rest = rest, ""
+    pairs: dict[str, str] = {}
+    while rest:
+        key, _, rest = rest.partition("=")
+        assert key, line
+        assert " " not in key, line
+        assert key not in pairs, line
+        if rest.startswith('"'):
+            pairs[key], rest = _quoted(rest)
+        else:
+            value, _, rest = rest.partition(" ")
+            pairs[key] = unescape(value)
+    return level, logger, unescape(message), pairs
+
+
+def _quoted(text: str) -> tuple[str, str]:
+    """The quoted token that opens ``text``, unescaped, and what follows its space."""
+    index = 1
+    while text[index] != '"':
+        index += 2 if text[index] == "\\" else 1
+    rest = text[index + 1 :]
+    assert rest == "" or rest.startswith(" "), text
+    return unescape(text[1:index]), rest[1:]
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+_SIMPLE = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"'}
+
+
+def unescape(text: str) -> str:
+    """The text a value of the ``text`` format was escaped from."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if len(code) == 1:
+            return _SIMPLE[code]
+        return chr(int(code[1:], 16))
+
+    return _ESCAPE.sub(one, text)
+
+
+FORGED = "\r\n2026-01-01T00:00:00.000Z INFO zajel.server: stopped status=200 error=none"
+HOSTILE = [
+    "a\rb",
+    "a\nb",
+    "a\r\nb",
+    "a\x00b\x1bc\x7fd",
+    "a\x85b",  # NEL, a C1 control some readers break lines on
+    "a\u2028b\u2029c",
+    "a\x0bb\x0cc\x1cd\x1de\x1ef",
+    "\ud800 lone surrogate",
+    "a\u00a0status=1",  # a space that is not ASCII's
+    "a\u202eb\U000e0001c",  # a right-to-left override, a tag: format characters
+    'say "hi" x=1',
+    "back\\slash \\n not a break",
+    "",
+    FORGED,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_text_format_keeps_every_hostile_value_on_one_line_and_in_its_own_pair(
+    value, capsys, restore_logging
+):
+    logs.configure("DEBUG", "text")
+    logging.getLogger("zajel.web").info(
+        "request refused", extra=context(path=value, status=400, error="Invalid server ID")
+    )
+    err = capsys.readouterr().err
+    # One event, one line, whatever the reader takes for a line break.
+    assert err.endswith("\n")
+    assert len(err.splitlines()) == 1
+    line = err[:-1]
+    assert line.isprintable()
+    level, logger, message, pairs = parse_text_line(line)
+    assert (level, logger, message) == ("INFO", "zajel.web", "request refused")
+    assert list(pairs) == ["path", "status", "error"]
+    assert pairs["status"] == "400"
+    assert pairs["error"] == "Invalid server ID"
+    assert pairs["path"] == value
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_text_format_escapes_the_message_too(value, capsys, restore_logging):
+    logs.configure("DEBUG", "text")
+    logging.getLogger("zajel.x").warning("got %s", value, extra=context(conn=3))
+    line = capsys.readouterr().err
+    assert len(line.splitlines()) == 1
+    _, _, message, pairs = parse_text_line(line[:-1])
+    assert message == f"got {value}"
+    assert pairs == {"conn": "3"}
+
+
+def test_text_format_quotes_values_with_spaces_equals_or_quotes_only(capsys, restore_logging):
+    logs.configure("DEBUG", "text")
+    logging.getLogger("zajel.x").info(
+        "event",
+        extra=context(plain="A****3", spaced="a b", eq="k=v", quoted='x"y', empty="", n=None),
+    )
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(
+        'Z INFO zajel.x: event plain=A****3 spaced="a b" eq="k=v" quoted="x\\"y" empty="" n=None'
+    )
+
+
+def test_text_format_quotes_an_exception_and_keeps_it_on_one_line(capsys, restore_logging):
+    logs.configure("DEBUG", "text")
+    try:
+        raise ValueError(f"bad input {FORGED}")
+    except ValueError:
+        logging.getLogger("zajel.x").exception("request failed", extra=context(conn=3))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    _, _, message, pairs = parse_text_line(lines[0])
+    assert message == "request failed"
+    assert list(pairs) == ["conn", "exception"]
+    traceback = pairs["exception"]
+    assert traceback.startswith("Traceback (most recent call last):\n")
+    assert traceback.endswith(f"ValueError: bad input {FORGED}")
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_json_format_is_one_ascii_line_whatever_the_values(value, capsys, restore_logging):
+    logs.configure("DEBUG", "json")
+    logging.getLogger("zajel.web").info("got %s", value, extra=context(path=value))
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err[:-1].isascii()
+    assert err[:-1].isprintable()
+    entry = json.loads(err)
+    assert entry["path"] == value
+    assert entry["message"] == f"got {value}"

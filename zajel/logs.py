@@ -1,8 +1,18 @@
-"""Logging: one line per event with level, service and message, plus key-value context.
+r"""Logging: one line per event with level, service and message, plus key-value context.
 
-Pairing codes go through ``redact`` outside development (``../shared/spec/operations.md``,
-Logging). Public keys, dead drops, chunk data, nonces, HMACs, tokens and secrets are never
-logged in any environment: code that logs must not pass them.
+Whatever a client sends, an event stays one line and its pairs stay its own
+(``docs/operations.md``, Logging). In ``text``, the message and every context value are escaped: a
+backslash is written ``\\``; line feed, carriage return and tab ``\n``, ``\r``, ``\t``; every
+other character Python does not count printable (C0 and C1 controls, line and paragraph
+separators, spaces other than ASCII's, format characters, surrogates, unassigned code points)
+``\xNN``, ``\uNNNN`` or ``\UNNNNNNNN``. A value that is empty or holds a space, ``=`` or ``"`` is
+quoted, with ``\"`` for a quote inside, and so is a message that is empty or holds ``=`` or
+``"``: a bare message runs up to the first `` key=``. The traceback of an exception is the quoted
+value of ``exception``. In ``json`` the encoder escapes every control and non-ASCII character.
+
+Pairing codes go through ``redact`` outside development (``docs/operations.md``, Redaction).
+Public keys, dead drops, chunk data, nonces, HMACs, tokens and secrets are never logged in any
+environment: code that logs must not pass them.
 """
 
 from __future__ import annotations
@@ -11,7 +21,9 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+_SIMPLE_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def redact(code: str) -> str:
@@ -33,17 +45,57 @@ class CodeRedactor:
         return redact(code) if self.enabled else code
 
 
+def escape(text: str) -> str:
+    """``text`` with a backslash and every character that is not printable escaped: it cannot
+    break a line, hide a character or fake a space."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, checked at C speed
+    return "".join(_escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    simple = _SIMPLE_ESCAPES.get(char)
+    if simple is not None:
+        return simple
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _quoted(text: str) -> str:
+    return '"' + escape(text).replace('"', '\\"') + '"'
+
+
+def _value(value: Any) -> str:
+    """One context value: bare when it is one token, else quoted."""
+    text = str(value)
+    if not text or any(char in text for char in ' ="'):
+        return _quoted(text)
+    return escape(text)
+
+
+def _message(text: str) -> str:
+    """The message: bare text up to the first ``key=`` unless it holds ``=`` or ``"``."""
+    if not text or "=" in text or '"' in text:
+        return _quoted(text)
+    return escape(text)
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        context = getattr(record, "context", None) or {}
-        extra = "".join(f" {key}={value}" for key, value in context.items())
         line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name}: "
-        line += record.getMessage() + extra
-        # One line per event: line breaks (a traceback, a message) are escaped.
+        line += _message(record.getMessage())
+        context = getattr(record, "context", None) or {}
+        line += "".join(f" {escape(str(key))}={_value(value)}" for key, value in context.items())
         if record.exc_info:
-            line += " exception=" + self.formatException(record.exc_info)
-        return line.replace("\n", "\\n")
+            line += " exception=" + _quoted(self.formatException(record.exc_info))
+        return line
 
 
 class _JsonFormatter(logging.Formatter):

@@ -1,16 +1,22 @@
 """Logs of a real ``zajel serve`` (operations.md, Logging): outside development every pairing
 code is redacted (``ABC234`` -> ``A****4``); in development codes are logged in full; public keys
-are never logged."""
+are never logged. A request crafted to plant a line in the text log stays one line."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
+from collections.abc import Iterator
 
 import pytest
 import trio
 
+from tests.conftest import make_config, start_server
+from tests.integration import _http
 from tests.integration._process import zajel_serve
+from tests.test_logs import parse_text_line
+from zajel import logs
 from zajel.client import connect_signal, generate_public_key, pair
 from zajel.logs import redact
 
@@ -66,3 +72,51 @@ async def test_codes_are_logged_in_full_in_development(tmp_path):
     text = "\n".join(json.dumps(entry) for entry in entries)
     for key in keys:
         assert key not in text
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``logs.configure`` changes process-wide loggers; put them back as they were."""
+    saved = {}
+    for name in ("zajel", "hypercorn.error"):
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+FORGED_LINE = "2026-01-01T00:00:00.000Z INFO zajel.server: stopped status=200"
+
+
+# Line breaks: CR LF, CR, LF, a CR that first erases the terminal's line, U+2028, NEL.
+@pytest.mark.parametrize("breaker", ["%0d%0a", "%0d", "%0a", "%1b%5b2K%0d", "%e2%80%a8", "%c2%85"])
+async def test_a_crafted_path_cannot_plant_a_log_line_or_a_pair(
+    nursery, capsys, restore_logging, breaker
+):
+    """``DELETE /servers/<id>`` is refused and its path logged: the line break and the fake line
+    that follows it stay inside the one ``path`` value of the one event."""
+    logs.configure("INFO", "text")  # the server's own set-up, writing to the captured stderr
+    running = await start_server(nursery, make_config())
+    forged = FORGED_LINE.replace(" ", "%20")
+    with trio.fail_after(10):
+        response = await _http.request(running.url, "DELETE", f"/servers/x{breaker}{forged}")
+    assert response.status == 400
+    running.stop.set()
+    lines = capsys.readouterr().err.splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    refused = [parse_text_line(line) for line in lines if "request refused" in line]
+    assert len(refused) == 1
+    level, logger, message, pairs = refused[0]
+    assert (level, logger, message) == ("INFO", "zajel.web", "request refused")
+    assert list(pairs) == ["method", "path", "status", "error"]
+    assert pairs["status"] == "400"
+    assert pairs["path"].startswith("/servers/x")
+    assert pairs["path"].endswith(FORGED_LINE)
+    for line in lines:  # every event of the run reads back as one well-formed line
+        parse_text_line(line)

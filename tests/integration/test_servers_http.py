@@ -407,6 +407,12 @@ BAD_INPUT: list[tuple[str, str, bytes | None, int, str]] = [
     ("DELETE", "/servers/%C3%A9", None, 400, "Invalid server ID"),
     ("DELETE", "/servers/a%20b", None, 400, "Invalid server ID"),
     ("DELETE", "/servers/a/b", None, 400, "Invalid server ID"),
+    # An id that starts with a raw "/", or is empty: the route's own error, never a redirect.
+    ("DELETE", "/servers//x", None, 400, "Invalid server ID"),
+    ("DELETE", "/servers//vps-1", None, 400, "Invalid server ID"),
+    ("DELETE", "/servers//", None, 400, "Invalid server ID"),
+    ("DELETE", "/servers/", None, 400, "Invalid server ID"),
+    ("DELETE", "/servers/%0d%0aforged", None, 400, "Invalid server ID"),
     ("DELETE", "/servers/" + "x" * 129, None, 400, "Invalid server ID"),
 ]
 
@@ -452,6 +458,16 @@ async def test_an_id_with_slashes_and_plus_is_deleted_through_its_percent_encodi
         ).status == 200
         assert [s["serverId"] for s in await signed_list(registry)] == [server_id]
         response = await delete(registry, "ed25519%3AAbC%2B%2Fx%3D")
+        assert response.json() == {"success": True}
+        assert await signed_list(registry) == []
+
+
+async def test_leading_slashes_are_one_as_on_every_route(registry):
+    """``//servers/x`` is ``/servers/x``, as ``//health`` is ``/health``: the id is still read
+    from the raw path, after the same folding."""
+    with trio.fail_after(10):
+        assert (await _http.post(registry, "/servers", server_body("vps-1"))).status == 200
+        response = await _http.request(registry, "DELETE", "//servers/vps-1")
         assert response.json() == {"success": True}
         assert await signed_list(registry) == []
 

@@ -15,6 +15,7 @@ import trio
 import zajel.server
 from tests.conftest import make_config, start_server
 from tests.integration import _http
+from tests.integration.test_attestation_http import attestation_config, register
 from tests.integration.test_http import assert_json_error
 from zajel.storage import MemoryStore
 
@@ -59,3 +60,47 @@ async def test_writes_are_refused_while_the_store_fails_and_nothing_half_done_re
         assert set(store.servers) == {"kept"}
         assert (await _http.post(url, "/servers", server_body("later"))).status == 200
         assert set(store.servers) == {"kept", "later"}
+
+
+async def test_a_full_disk_makes_health_degraded_until_writes_work_again(nursery, store):
+    """Reads work, commits fail: writes get 503, reads are answered, and ``/health`` names the
+    store (a read alone would say ok) until a write probe succeeds."""
+    running = await start_server(nursery, make_config())
+    url = running.url
+    with trio.fail_after(10):
+        assert (await _http.post(url, "/servers", server_body("kept"))).status == 200
+        assert (await _http.get(url, "/health")).status == 200
+
+        store.fail_writes = True
+        refused = await _http.post(url, "/servers", server_body("lost"))
+        assert_json_error(refused, 503, "Storage unavailable, try again")
+        listed = await _http.get(url, "/servers")
+        assert listed.status == 200
+        assert [server["serverId"] for server in listed.json()["servers"]] == ["kept"]
+        for _ in range(2):  # it stays degraded: the probe fails as well
+            health = await _http.get(url, "/health")
+            assert health.status == 503
+            assert health.json()["status"] == "degraded"
+            assert health.json()["failing"] == ["store"]
+
+        store.fail_writes = False
+        health = await _http.get(url, "/health")
+        assert health.status == 200
+        assert health.json()["status"] == "ok"
+        assert (await _http.post(url, "/servers", server_body("later"))).status == 200
+        assert set(store.servers) == {"kept", "later"}
+
+
+async def test_a_failed_attestation_commit_makes_health_degraded_too(nursery, store):
+    running = await start_server(nursery, attestation_config())
+    url = running.url
+    with trio.fail_after(10):
+        store.fail_writes = True
+        refused = await register(url, "device-1")
+        assert_json_error(refused, 503, "Storage unavailable, try again")
+        health = await _http.get(url, "/health")
+        assert health.status == 503
+        assert health.json()["failing"] == ["store"]
+        store.fail_writes = False
+        assert (await _http.get(url, "/health")).status == 200
+        assert (await register(url, "device-1")).status == 200

@@ -245,3 +245,45 @@ async def test_the_service_ends_when_its_inbox_closes_after_answering_what_was_q
         await address.cast(("add", "a"))
         await address._inbox.aclose()
     assert set(store.servers) == {"a"}
+
+
+async def test_a_failed_commit_leaves_the_store_degraded_until_a_write_succeeds(store):
+    """A full disk: reads work, commits fail. ``CheckStore`` must not answer from a read."""
+    async with trio.open_nursery() as nursery:
+        address = await start_durable_service(nursery, Names(), store)
+        await address.call(("add", "kept"))
+        assert await address.call(CheckStore()) == StoreOk()
+        store.fail_writes = True
+        assert await address.call(("add", "lost")) == StoreFailure("names")
+        assert await address.call("names") == ["kept"]  # reads still work...
+        assert await address.call(CheckStore()) == StoreFailure("names")  # ...the store is not ok
+        assert await address.call(CheckStore()) == StoreFailure("names")  # its probe fails too
+        store.fail_writes = False
+        # The next check's write probe succeeds: the store is ok again, with no request needed.
+        assert await address.call(CheckStore()) == StoreOk()
+        assert await address.call(CheckStore()) == StoreOk()
+        assert store.probes == 1  # the check after it reads again: no probe while commits work
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_later_commit_that_succeeds_clears_the_degraded_store(store):
+    async with trio.open_nursery() as nursery:
+        address = await start_durable_service(nursery, Names(), store)
+        store.fail_writes = True
+        assert await address.call(("add", "lost")) == StoreFailure("names")
+        store.fail_writes = False
+        assert await address.call(("add", "later")) == ("ok", ("add", "later"))
+        assert await address.call(CheckStore()) == StoreOk()
+        assert store.probes == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_timer_commit_degrades_the_store_too(store, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        address = await start_durable_service(nursery, Names(), store)
+        await address.call(("add", "a"))
+        await address.call(("timer", 10.0))
+        store.fail_writes = True
+        await trio.sleep(11.0)  # the timer's deletion cannot be committed
+        assert await address.call(CheckStore()) == StoreFailure("names")
+        nursery.cancel_scope.cancel()

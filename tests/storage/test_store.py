@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from tests.services.fakes import captured_log
 from zajel.protocol.servers import COUNTER_MAX, Counters, ServerEntry
 from zajel.storage import (
     DeleteServer,
@@ -125,6 +127,13 @@ async def test_ping_answers(store):
     await store.ping()
 
 
+async def test_a_write_probe_commits_and_changes_no_record(store):
+    await store.apply([PutServer(entry("vps-1"))])
+    await store.probe_write()
+    await store.probe_write()
+    assert await store.load_servers() == [entry("vps-1")]
+
+
 async def test_every_call_after_close_raises_and_a_second_close_is_harmless(store):
     await store.apply([PutServer(entry("vps-1"))])
     await store.aclose()
@@ -134,6 +143,8 @@ async def test_every_call_after_close_raises_and_a_second_close_is_harmless(stor
         await store.apply([PutServer(entry("vps-2"))])
     with pytest.raises(StoreError):
         await store.ping()
+    with pytest.raises(StoreError):
+        await store.probe_write()
     await store.aclose()
     await store.aclose()
 
@@ -268,6 +279,50 @@ async def test_open_store_closes_the_store_when_the_block_exits(tmp_path):
         await store.ping()
 
 
+async def test_sqlite_write_probe_is_a_durable_write_that_keeps_the_schema_version(tmp_path):
+    """The probe rewrites the schema version with its own value: one page into the WAL, so it
+    fails where a commit would (a full disk), unlike a read or a rolled-back write."""
+    store = await SqliteStore.open(tmp_path / "data")
+    try:
+        wal = store.path.with_name(store.path.name + "-wal")
+        before = wal.stat().st_size
+        await store.probe_write()
+        assert wal.stat().st_size > before
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "zajel.db")) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS[-1].version
+
+
+async def test_sqlite_warns_once_about_an_empty_database_file_and_starts(tmp_path):
+    """A 0-byte zajel.db is most likely a lost or truncated database: say so, then go on."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "zajel.db").touch()
+    with captured_log("zajel.store") as records:
+        store = await SqliteStore.open(data)
+    try:
+        warnings = [record for record in records if record.levelno >= logging.WARNING]
+        assert len(warnings) == 1
+        assert "empty" in warnings[0].getMessage()
+        assert warnings[0].context == {"path": str(data / "zajel.db")}  # type: ignore[attr-defined]
+        await store.apply([PutServer(entry("vps-1"))])
+        assert await store.load_servers() == [entry("vps-1")]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+async def test_sqlite_opens_a_new_or_a_used_database_without_a_warning(tmp_path, existing):
+    data = tmp_path / "data"
+    if existing:
+        await (await SqliteStore.open(data)).aclose()
+    with captured_log("zajel.store") as records:
+        store = await SqliteStore.open(data)
+    await store.aclose()
+    assert [record for record in records if record.levelno >= logging.WARNING] == []
+
+
 # -- MemoryStore -------------------------------------------------------------------------------
 
 
@@ -287,3 +342,21 @@ async def test_memory_store_fail_flag_makes_every_call_raise():
     assert await store.load_servers() == [entry("vps-1")]  # the failed apply wrote nothing
     await store.ping()
     await store.aclose()
+
+
+async def test_memory_store_fail_writes_flag_fails_commits_and_probes_only():
+    """A full disk: reads and pings work, commits and write probes raise."""
+    store = MemoryStore()
+    await store.apply([PutServer(entry("vps-1"))])
+    store.fail_writes = True
+    with pytest.raises(StoreError):
+        await store.apply([PutServer(entry("vps-2"))])
+    with pytest.raises(StoreError):
+        await store.probe_write()
+    assert await store.load_servers() == [entry("vps-1")]
+    await store.load_attestation()
+    await store.ping()
+    store.fail_writes = False
+    await store.probe_write()
+    assert store.probes == 1
+    assert store.commits == 1

@@ -1,6 +1,11 @@
-"""A small trio client for the server, shared by tests, benchmarks and users."""
+"""A small trio client for the server, shared by tests, benchmarks and users.
 
-from zajel.client._socket import JsonSocket, ServerError
+Every wait for a frame is bounded (``DEFAULT_TIMEOUT_S`` unless the client or the call says
+otherwise) and raises ``ReplyTimeout`` naming what it awaited; frames the server pushes while a
+request waits for its reply are set aside, never dropped.
+"""
+
+from zajel.client._socket import DEFAULT_TIMEOUT_S, JsonSocket, ReplyTimeout, ServerError
 from zajel.client.relay import RelayClient, connect_relay
 from zajel.client.signal import (
     SignalClient,
@@ -11,8 +16,10 @@ from zajel.client.signal import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "JsonSocket",
     "RelayClient",
+    "ReplyTimeout",
     "ServerError",
     "SignalClient",
     "connect_relay",

@@ -16,6 +16,10 @@ differences:
   store cannot be read, every request is answered with ``StoreFailure`` and the reload is tried
   again with the next batch. A handler that raises is answered with ``ServiceFailure``; its
   writes are dropped and the state is reloaded the same way.
+- ``CheckStore`` (``/health``) answers from the store's own answer, never from memory: a read
+  (``ping``) while the last commit succeeded; once a commit failed, a write probe
+  (``probe_write``), because a full disk still serves reads. The store stays failing until a
+  later commit or a probe succeeds.
 
 ``DurableServiceBase`` holds what the durable services share around their state (the writes
 owed to the store, epoch milliseconds, the sweep), and ``signing_key_from`` their configured,
@@ -59,7 +63,8 @@ class StoreFailure:
 
 @attrs.frozen
 class CheckStore:
-    """Request, handled by the runtime: reply ``StoreOk`` once the store answers."""
+    """Request, handled by the runtime: reply ``StoreOk`` once the store answers, and can take
+    writes again if the last commit failed; else ``StoreFailure``."""
 
 
 @attrs.frozen
@@ -104,6 +109,7 @@ async def run_durable_service(
     await service.load(store)
     task_status.started()
     stale = False  # the in-memory state may hold writes the store does not have
+    writes_fail = False  # the last commit failed, and no commit or probe has succeeded since
     async with inbox:
         while True:
             # While stale, timers wait: the next reload attempt comes with the next request, or
@@ -119,14 +125,19 @@ async def run_durable_service(
             else:
                 replies, writes, broken = _handle_batch(service, batch, log)
                 stale = broken
-                if writes and not await _commit(store, writes, log):
-                    replies = [(envelope, StoreFailure(service.name)) for envelope in batch]
-                    stale = True
+                if writes:
+                    committed = await _commit(store, writes, log)
+                    if committed and writes_fail:
+                        log.info("store takes writes again")
+                    writes_fail = not committed
+                    if not committed:
+                        replies = [(envelope, StoreFailure(service.name)) for envelope in batch]
+                        stale = True
                 if stale:
                     stale = not await _reload(service, store, log)
             for envelope, reply in replies:
                 if type(envelope.request) is CheckStore:
-                    reply = await _check_store(service, store)
+                    reply, writes_fail = await _check_store(service, store, writes_fail, log)
                 _reply(envelope, reply)
             if closed:
                 return
@@ -207,12 +218,24 @@ async def _reload(service: DurableService, store: Store, log: logging.Logger) ->
     return True
 
 
-async def _check_store(service: DurableService, store: Store) -> StoreOk | StoreFailure:
+async def _check_store(
+    service: DurableService, store: Store, writes_fail: bool, log: logging.Logger
+) -> tuple[StoreOk | StoreFailure, bool]:
+    """The answer to ``CheckStore``, and whether writes still fail: a read while commits work,
+    a write probe once one failed."""
     try:
-        await store.ping()
+        if writes_fail:
+            await store.probe_write()
+        else:
+            await store.ping()
     except StoreError:
-        return StoreFailure(service.name)
-    return StoreOk()
+        return StoreFailure(service.name), writes_fail
+    except Exception:  # a store bug must not stop the service either
+        log.exception("store check failed")
+        return StoreFailure(service.name), writes_fail
+    if writes_fail:
+        log.info("store takes writes again")
+    return StoreOk(), False
 
 
 def _reply(envelope: Envelope, reply: Any) -> None:

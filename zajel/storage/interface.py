@@ -112,7 +112,11 @@ class Store(Protocol):
         """
 
     async def ping(self) -> None:
-        """Return when the store answers (for ``/health``)."""
+        """Return when the store answers a read (for ``/health``)."""
+
+    async def probe_write(self) -> None:
+        """Commit a durable write that changes no record: whether a commit would succeed now
+        (for ``/health`` once a commit failed, as on a full disk, where reads still work)."""
 
     async def aclose(self) -> None:
         """Flush and close; later calls raise ``StoreError``."""

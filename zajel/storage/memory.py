@@ -25,8 +25,13 @@ from zajel.storage.interface import (
 
 
 class MemoryStore:
-    """A ``Store`` that keeps everything in memory. ``fail`` makes every call raise
-    ``StoreError`` until it is cleared, as a broken disk would."""
+    """A ``Store`` that keeps everything in memory.
+
+    Two switches fail it: ``fail`` makes every call raise ``StoreError`` until it is cleared, as
+    a broken disk would; ``fail_writes`` makes only commits and write probes raise, as a full
+    disk would (reads and pings still work). ``commits`` and ``probes`` count the successful
+    ones.
+    """
 
     def __init__(self) -> None:
         self.servers: dict[str, ServerEntry] = {}
@@ -35,7 +40,9 @@ class MemoryStore:
         self.challenges: dict[str, Challenge] = {}
         self.policy: Policy | None = None
         self.commits = 0
+        self.probes = 0
         self.fail = False
+        self.fail_writes = False
         self._closed = False
 
     async def load_servers(self) -> list[ServerEntry]:
@@ -52,7 +59,7 @@ class MemoryStore:
         )
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        await self._check()
+        await self._check(write=True)
         self.apply_nowait(writes)
         self.commits += 1
 
@@ -82,12 +89,18 @@ class MemoryStore:
     async def ping(self) -> None:
         await self._check()
 
+    async def probe_write(self) -> None:
+        await self._check(write=True)
+        self.probes += 1
+
     async def aclose(self) -> None:
         self._closed = True
 
-    async def _check(self) -> None:
+    async def _check(self, *, write: bool = False) -> None:
         await trio.lowlevel.checkpoint()  # a real store always yields to the scheduler
         if self._closed:
             raise StoreError("store is closed")
         if self.fail:
             raise StoreError("store failure (simulated)")
+        if write and self.fail_writes:
+            raise StoreError("database or disk is full (simulated)")

@@ -5,9 +5,11 @@
   trio waits for the thread.
 - WAL journal with ``synchronous=FULL``: a transaction is on disk when ``COMMIT`` returns, so
   killing the process, or the machine, loses nothing that ``apply`` acknowledged.
-- One process per data directory (operations.md, Deployment): an exclusive lock on
+- One process per data directory (``docs/operations.md``, Deployment): an exclusive lock on
   ``zajel.lock`` beside the database refuses a second server at start instead of letting two
   of them split the state.
+- An empty (0-byte) ``zajel.db`` at start is used as a new database, with one warning: it most
+  likely means a lost or truncated database.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
+    async def probe_write(self) -> None:
+        await self._run(_probe_write)
+
     async def aclose(self) -> None:
         async with self._limiter:
             db, self._db = self._db, None
@@ -139,6 +144,21 @@ def _transaction(db: sqlite3.Connection, writes: list[Write]) -> None:
         for write in writes:
             sql, parameters = _statement(write)
             db.execute(sql, parameters)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _probe_write(db: sqlite3.Connection) -> None:
+    """Rewrite the schema version with its own value: one page appended to the WAL and synced,
+    so the probe fails where a commit would. (A write rolled back, or a read, would not reach
+    the disk and so would not notice that it is full.)"""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        db.execute(f"PRAGMA user_version = {version}")  # PRAGMA takes no parameters
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -219,6 +239,7 @@ def _open_sync(data_dir: Path, migrations: tuple[Migration, ...]) -> SqliteStore
         raise StoreError(f"cannot create {data_dir}: {exc.strerror}") from exc
     lock = _lock_directory(data_dir)
     path = data_dir / DATABASE_NAME
+    _warn_if_empty(path)
     try:
         db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
@@ -243,6 +264,21 @@ def _open_sync(data_dir: Path, migrations: tuple[Migration, ...]) -> SqliteStore
         _close_sync(db, lock)
         raise
     return SqliteStore(db, lock, path)
+
+
+def _warn_if_empty(path: Path) -> None:
+    """An empty database file is not one SQLite ever leaves behind: most likely the database was
+    lost or truncated (a failed copy or restore, a full disk). The server starts all the same,
+    with an empty store, but says so once."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:  # not there yet (a first start), or unreadable: connect() reports it
+        return
+    if empty:
+        log.warning(
+            "the database file is empty: starting with an empty store (lost or truncated?)",
+            extra=context(path=str(path)),
+        )
 
 
 def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

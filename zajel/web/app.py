@@ -108,6 +108,9 @@ def create_app(
     that will not close (``zajel.web.transport``).
     """
     app = QuartTrio("zajel")
+    # A doubled slash is a path of its own (404 JSON, or the route's own error), never
+    # werkzeug's 308 redirect with an HTML body.
+    app.url_map.merge_slashes = False
     # The largest body any route takes (http.md); each route has its own, smaller limit.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]  # entries keep the contract's field order
@@ -214,7 +217,10 @@ def create_app(
             nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
             nursery.start_soon(ask, "servers", services.servers, GetServerStats())
             nursery.start_soon(ask, "attestation", services.attestation, GetAttestationStats())
+            # Both durable services share the store, and each knows whether its own last
+            # commit failed (a full disk still serves reads): the store is ok if both say so.
             nursery.start_soon(ask, "store", services.servers, CheckStore())
+            nursery.start_soon(ask, "store (attestation)", services.attestation, CheckStore())
         sections: dict[str, dict[str, int]] = {}
         failing: list[str] = []
         relay = replies.get("relay")
@@ -233,7 +239,7 @@ def create_app(
                 sections[name] = section
             else:
                 failing.append(name)
-        if not isinstance(replies.get("store"), StoreOk):
+        if not all(isinstance(replies.get(n), StoreOk) for n in ("store", "store (attestation)")):
             failing.append("store")
         return sections, failing
 

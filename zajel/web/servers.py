@@ -10,6 +10,7 @@ from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.routing import PathConverter
 
 from zajel.bootstrap import SIGNATURE_HEADER
 from zajel.config import Config
@@ -65,15 +66,28 @@ def add_server_routes(app: QuartTrio, config: Config, registry: Address) -> None
 
         return await serve_call(registry, decode, render)
 
-    # The id may hold an encoded "/", so the route takes the rest of the path and the id is
-    # decoded from the raw path, strictly.
-    @app.delete("/servers/<path:_server_id>")
+    # The id may hold an encoded "/", so the route takes all the rest of the path, and the id is
+    # decoded from the raw path, strictly: an empty id, or one with a raw "/" (even a leading
+    # one, "/servers//x"), gets the route's own 400, never a redirect or a 404.
+    app.url_map.converters["rest_of_path"] = RestOfPath
+
+    @app.delete("/servers/<rest_of_path:_server_id>")
     async def unregister_server(_server_id: str) -> Response:
         async def decode() -> protocol.UnregisterServer:
             check_secret()
             raw: bytes = request.scope.get("raw_path") or request.path.encode()
+            # Leading slashes are folded into one, as werkzeug does for routing.
+            raw = b"/" + raw.partition(b"?")[0].lstrip(b"/")
             prefix = b"/servers/"
-            segment = raw.partition(b"?")[0][len(prefix) :] if raw.startswith(prefix) else b""
+            segment = raw[len(prefix) :] if raw.startswith(prefix) else b""
             return protocol.UnregisterServer(protocol.decode_server_id_path(segment))
 
         return await serve_call(registry, decode, render)
+
+
+class RestOfPath(PathConverter):
+    """All the rest of a path, whatever it holds: nothing, slashes (leading ones too), line
+    breaks. The route checks it itself."""
+
+    regex = r"[\s\S]*"
+    part_isolating = False  # it spans "/": werkzeug would guess otherwise from the regex
