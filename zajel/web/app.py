@@ -264,7 +264,7 @@ def create_app(config: Config, services: Services, *, shutdown: trio.Event) -> Q
             return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
 
     add_server_routes(app, config, services.servers)
-    add_attestation_routes(app, config, services.attestation)
+    add_attestation_routes(app, config, services.attestation, remote_ip)
     return app
 
 
