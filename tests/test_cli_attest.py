@@ -1,10 +1,12 @@
-"""``zajel attest make-reference`` and ``zajel attest sign-build-token``, and the helpers behind
-them (http.md, AttestationRegistry; docs/protocol/attestation.md)."""
+"""``zajel attest make-reference``, ``zajel attest sign-build-token`` and ``zajel attest
+answer``, and the helpers behind them (http.md, AttestationRegistry;
+docs/protocol/attestation.md)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import random
 from pathlib import Path
@@ -12,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from zajel import clock
-from zajel.attestation import make_reference, region_hmacs
+from zajel.attestation import answer_challenge, make_reference, region_hmacs
 from zajel.cli import main
 from zajel.crypto import decode_signature, public_key_b64, signing_key, verify_detached
 from zajel.crypto.keys import parse_public_key
 from zajel.protocol.attestation import (
     UPLOAD_MAX_BYTES,
     decode_upload_reference,
+    decode_verify,
     parse_build_token_payload,
 )
 
@@ -203,11 +206,26 @@ def test_make_reference_of_a_tiny_file(capsys, tmp_path):
     )
     assert status == 2
     assert out == ""
-    assert err == "zajel: the binary is 10 bytes: too small for 3 regions of 256 bytes\n"
+    assert err == "zajel: the binary is 10 bytes: smaller than one region of 256 bytes\n"
     # Three regions of 3 bytes fit in 10 bytes.
     argv = ["attest", "make-reference", str(tiny), "--version", "1.0.0", "--platform", "x"]
     assert main([*argv, "--region-bytes", "3"]) == 0
     assert len(json.loads(capsys.readouterr().out)["critical_regions"]) == 3
+
+
+@pytest.mark.parametrize(("region_bytes", "count"), [(4, 2), (5, 2), (6, 1), (10, 1)])
+def test_a_binary_too_small_for_3_regions_gets_one_or_two(capsys, tmp_path, region_bytes, count):
+    # The server accepts a reference of 1 or 2 regions and challenges it whole (http.md).
+    tiny = tmp_path / "tiny.bin"
+    tiny.write_bytes(b"0123456789")
+    argv = ["attest", "make-reference", str(tiny), "--version", "1.0.0", "--platform", "x"]
+    status, out, err = run(capsys, *argv, "--region-bytes", str(region_bytes))
+    assert (status, err) == (0, "")
+    reference = decode_upload_reference(out.strip().encode())
+    assert len(reference.regions) == count
+    for region in reference.regions:
+        assert region.length == region_bytes
+        assert region.data == b"0123456789"[region.offset : region.offset + region_bytes]
 
 
 def test_attest_needs_a_subcommand(capsys):
@@ -388,3 +406,172 @@ def test_region_hmacs_answers_a_reference(binary):
 def test_region_hmacs_refuses_a_bad_nonce_or_region(binary, nonce, regions):
     with pytest.raises(ValueError, match=r"^(nonce|region) "):
         region_hmacs(binary.read_bytes(), nonce, regions)
+
+
+# -- answer ---------------------------------------------------------------------------------
+
+NONCE = "5e" * 32
+CHALLENGE = {
+    "nonce": NONCE,
+    "regions": [
+        {"index": 0, "offset": 4096, "length": 256},
+        {"index": 1, "offset": 0, "length": 17},
+        {"index": 2, "offset": 65535, "length": 1},
+    ],
+}
+
+
+def expected_verify_body(data: bytes, device_id: str = "pixel-7a-4f2c") -> dict:
+    key = bytes.fromhex(NONCE)
+    return {
+        "device_id": device_id,
+        "nonce": NONCE,
+        "responses": [
+            {
+                "region_index": region["index"],
+                "hmac": hmac.new(
+                    key,
+                    data[region["offset"] : region["offset"] + region["length"]],
+                    hashlib.sha256,
+                ).hexdigest(),
+            }
+            for region in CHALLENGE["regions"]
+        ],
+    }
+
+
+def stdin_holding(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_answer_prints_the_verify_body_for_a_challenge_file(capsys, binary, tmp_path):
+    challenge = tmp_path / "challenge.json"
+    challenge.write_text(json.dumps(CHALLENGE))
+    status, out, err = run(
+        capsys,
+        "attest",
+        "answer",
+        str(binary),
+        "--device-id",
+        "pixel-7a-4f2c",
+        "--challenge",
+        str(challenge),
+    )
+    assert (status, err) == (0, "")
+    assert out.count("\n") == 1
+    assert out.endswith("\n")
+    assert json.loads(out) == expected_verify_body(binary.read_bytes())
+    assert list(json.loads(out)) == ["device_id", "nonce", "responses"]
+    # The body the server decodes.
+    decoded = decode_verify(out.encode())
+    assert decoded.device_id == "pixel-7a-4f2c"
+    assert [index for index, _ in decoded.responses] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv", [[], ["--challenge", "-"]])
+def test_answer_reads_the_challenge_from_stdin(capsys, monkeypatch, binary, argv):
+    # Exactly as curl prints the reply: compact, with a final newline.
+    stdin_holding(monkeypatch, json.dumps(CHALLENGE, separators=(",", ":")).encode() + b"\n")
+    status, out, err = run(capsys, "attest", "answer", str(binary), "--device-id", "d-1", *argv)
+    assert (status, err) == (0, "")
+    assert json.loads(out) == expected_verify_body(binary.read_bytes(), "d-1")
+
+
+def test_answer_keeps_the_challenge_order_and_indexes():
+    data = bytes(range(256)) * 4
+    challenge = {
+        "nonce": NONCE,
+        "regions": [
+            {"index": 1, "offset": 10, "length": 4},
+            {"index": 0, "offset": 900, "length": 8},
+        ],
+    }
+    body = answer_challenge(data, challenge, device_id="d")
+    assert body["responses"] == [
+        {"region_index": 1, "hmac": region_hmacs(data, NONCE, [(10, 4)])[0]},
+        {"region_index": 0, "hmac": region_hmacs(data, NONCE, [(900, 8)])[0]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("challenge", "device_id", "message"),
+    [
+        (b"not json", "d", "zajel: the challenge in stdin is not JSON\n"),
+        (b"\xff\xfe", "d", "zajel: the challenge in stdin is not JSON\n"),
+        (b"[1, 2]", "d", "zajel: the challenge is not a JSON object\n"),
+        (
+            b'{"error":"Device not registered"}',
+            "d",
+            "zajel: the challenge is an error reply: 'Device not registered'\n",
+        ),
+        (
+            b'{"nonce":"ab"}',
+            "d",
+            "zajel: the challenge has no nonce or no regions: expected the reply of POST "
+            "/attest/challenge\n",
+        ),
+        (
+            b'{"nonce":"ab","regions":[]}',
+            "d",
+            "zajel: the challenge has no nonce or no regions: expected the reply of POST "
+            "/attest/challenge\n",
+        ),
+        (
+            b'{"nonce":"ab","regions":[{"index":0,"offset":"0","length":1}]}',
+            "d",
+            "zajel: each challenge region must have an integer index, offset and length\n",
+        ),
+        (
+            b'{"nonce":"ab","regions":[{"index":true,"offset":0,"length":1}]}',
+            "d",
+            "zajel: each challenge region must have an integer index, offset and length\n",
+        ),
+        (
+            b'{"nonce":"ab","regions":[7]}',
+            "d",
+            "zajel: each challenge region must have an integer index, offset and length\n",
+        ),
+        (
+            b'{"nonce":"xyz","regions":[{"index":0,"offset":0,"length":1}]}',
+            "d",
+            "zajel: nonce must be an even number of hex digits\n",
+        ),
+        (
+            b'{"nonce":"ab","regions":[{"index":0,"offset":65535,"length":2}]}',
+            "d",
+            "zajel: region at offset 65535 of length 2 is not inside the 65536-byte binary\n",
+        ),
+        (json.dumps(CHALLENGE).encode(), "no spaces", "zajel: device id must be"),
+        (json.dumps(CHALLENGE).encode(), "", "zajel: device id must be"),
+        (b" " * (64 * 1024) + b"{}", "d", "zajel: the challenge in stdin is over 65536 bytes\n"),
+    ],
+)
+def test_answer_refuses_what_is_not_a_challenge_it_can_answer(
+    capsys, monkeypatch, binary, challenge, device_id, message
+):
+    stdin_holding(monkeypatch, challenge)
+    status, out, err = run(capsys, "attest", "answer", str(binary), "--device-id", device_id)
+    assert status == 2
+    assert out == ""
+    assert_one_line_error(err)
+    assert err.startswith(message)
+
+
+def test_answer_of_a_missing_binary_or_challenge_file(capsys, binary, tmp_path):
+    challenge = tmp_path / "challenge.json"
+    challenge.write_text(json.dumps(CHALLENGE))
+    missing = tmp_path / "missing"
+    argv = ["attest", "answer", "--device-id", "d"]
+    status, out, err = run(capsys, *argv, str(missing), "--challenge", str(challenge))
+    assert (status, out) == (2, "")
+    assert err == f"zajel: cannot read {missing}: No such file or directory\n"
+    status, out, err = run(capsys, *argv, str(binary), "--challenge", str(missing))
+    assert (status, out) == (2, "")
+    assert err == f"zajel: cannot read {missing}: No such file or directory\n"
+
+
+def test_answer_needs_a_device_id(capsys, binary):
+    with pytest.raises(SystemExit) as info:
+        main(["attest", "answer", str(binary)])
+    assert info.value.code == 2
+    assert "--device-id" in capsys.readouterr().err

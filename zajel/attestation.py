@@ -24,7 +24,8 @@ printed for that seed, and checks each token offline, without asking the coordin
 device sends to ``POST /attest/register``, signed with the seed whose public key the server has
 as ``ZAJEL_BUILD_TOKEN_VERIFY_KEY`` (a different key from the attestation key).
 ``make_reference`` builds the pipeline's ``POST /attest/upload-reference`` body from the
-release binary, and ``region_hmacs`` is what a device computes to answer a challenge.
+release binary, ``region_hmacs`` is what a device computes to answer a challenge, and
+``answer_challenge`` turns a challenge reply into the ``POST /attest/verify`` body with them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import json
 import random
 import secrets
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 import attrs
 from nacl.signing import VerifyKey
@@ -57,7 +58,9 @@ ATTESTED = "attested"
 WEB_FALLBACK = "web_fallback"
 _STRING_FIELDS = ("device_id", "build_version", "platform")
 _INTEGER_FIELDS = ("issued_at", "expires_at")
-# A challenge draws 3-5 regions (http.md, Challenge): fewer than 3 could never fill one.
+# A challenge draws 3-5 regions (docs/protocol/attestation.md): a reference should hold at
+# least 3, and make_reference takes fewer only from a binary too small for 3. The server accepts
+# any reference of at least one region; a challenge of one with fewer than 3 asks for them all.
 MIN_REFERENCE_REGIONS = 3
 
 
@@ -245,7 +248,8 @@ def make_reference(
     The file is cut into ``regions`` equal slices and one region of ``region_bytes`` bytes is
     taken at a random offset inside each slice, so the regions are spread over the whole file,
     never overlap, and every one is exactly ``region_bytes`` long. A file too small for
-    ``regions`` of them gets as many as fit (at least 3). Each region has weight 1.
+    ``regions`` of them gets as many as fit, down to one: every challenge of a reference of
+    fewer than 3 regions asks for all of them. Each region has weight 1.
 
     Args:
         data: the exact bytes of the binary devices will run.
@@ -263,7 +267,7 @@ def make_reference(
 
     Raises:
         ValueError: a field breaks the server's rules (see ``check_release``), ``regions`` or
-            ``region_bytes`` is out of range, ``data`` is shorter than 3 regions, or the body
+            ``region_bytes`` is out of range, ``data`` is shorter than one region, or the body
             would exceed the server's 65,536-byte upload limit.
     """
     check_release(version, platform, build_hash)
@@ -272,10 +276,9 @@ def make_reference(
     if not 1 <= region_bytes <= MAX_REGION_BYTES:
         raise ValueError(f"region bytes must be 1-{MAX_REGION_BYTES}, not {region_bytes}")
     size = len(data)
-    if size < MIN_REFERENCE_REGIONS * region_bytes:
+    if size < region_bytes:
         raise ValueError(
-            f"the binary is {size} bytes: too small for {MIN_REFERENCE_REGIONS} regions of "
-            f"{region_bytes} bytes"
+            f"the binary is {size} bytes: smaller than one region of {region_bytes} bytes"
         )
     if size > MAX_OFFSET:
         raise ValueError(f"the binary is {size} bytes: larger than the server accepts")
@@ -348,10 +351,67 @@ def region_hmacs(data: bytes, nonce_hex: str, regions: Sequence[tuple[int, int]]
     return answers
 
 
-def _shown(value: object) -> str:
-    """``value`` for an error message: quoted, and cut short."""
+def answer_challenge(data: bytes, challenge: object, *, device_id: str) -> dict[str, Any]:
+    """The ``POST /attest/verify`` body answering ``challenge`` with the binary ``data``.
+
+    Args:
+        data: the bytes of the binary the device runs.
+        challenge: the decoded JSON reply of ``POST /attest/challenge``:
+            ``{"nonce": <hex>, "regions": [{"index", "offset", "length"}, ...]}``.
+        device_id: the device the challenge was issued to (the reply does not name it).
+
+    Returns:
+        ``{"device_id", "nonce", "responses": [{"region_index", "hmac"}, ...]}``, one response
+        per region in the challenge's order, each HMAC from ``region_hmacs``.
+
+    Raises:
+        ValueError: ``device_id`` breaks the server's rule, ``challenge`` is not a challenge
+            reply (an error reply says so, with its error), its nonce is not hex, or a region
+            does not lie inside ``data``.
+    """
+    if not is_identifier(device_id):
+        raise ValueError(
+            f"device id must be 1-128 characters of A-Za-z0-9._-, not {_shown(device_id)}"
+        )
+    if not isinstance(challenge, dict):
+        raise ValueError("the challenge is not a JSON object")
+    if "nonce" not in challenge and isinstance(challenge.get("error"), str):
+        raise ValueError(f"the challenge is an error reply: {_shown(challenge['error'], 200)}")
+    nonce, items = challenge.get("nonce"), challenge.get("regions")
+    if not isinstance(nonce, str) or not isinstance(items, list) or not items:
+        raise ValueError(
+            "the challenge has no nonce or no regions: expected the reply of POST /attest/challenge"
+        )
+    regions = [_challenge_region(item) for item in items]
+    places = [(offset, length) for _, offset, length in regions]
+    hmacs = region_hmacs(data, nonce, places)
+    return {
+        "device_id": device_id,
+        "nonce": nonce,
+        "responses": [
+            {"region_index": index, "hmac": hmac}
+            for (index, _, _), hmac in zip(regions, hmacs, strict=True)
+        ],
+    }
+
+
+def _challenge_region(item: object) -> tuple[int, int, int]:
+    """``(index, offset, length)`` of one region of a challenge reply."""
+    if isinstance(item, dict):
+        index, offset, length = item.get("index"), item.get("offset"), item.get("length")
+        if _is_integer(index) and _is_integer(offset) and _is_integer(length):
+            return index, offset, length
+    raise ValueError("each challenge region must have an integer index, offset and length")
+
+
+def _is_integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``value`` for an error message: quoted (control characters escaped), and cut short."""
     text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _is_text(text: str) -> bool:

@@ -1,5 +1,6 @@
-"""``zajel``: the command line (``zajel serve``, ``zajel keygen``, ``zajel servers``, and the
-release pipeline's ``zajel attest make-reference`` and ``zajel attest sign-build-token``)."""
+"""``zajel``: the command line (``zajel serve``, ``zajel keygen``, ``zajel servers``, the
+release pipeline's ``zajel attest make-reference`` and ``zajel attest sign-build-token``, and the
+device's step ``zajel attest answer``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from zajel import clock, logs
-from zajel.attestation import check_release, make_reference, sign_build_token
+from zajel.attestation import answer_challenge, check_release, make_reference, sign_build_token
 from zajel.bootstrap import SIGNATURE_HEADER, BootstrapError, verify_server_list
 from zajel.config import ENVIRONMENTS, Config, ConfigError
 from zajel.crypto import (
@@ -58,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_attest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # docs/protocol/attestation.md: the release pipeline's half of device attestation.
-    attest = commands.add_parser("attest", help="release-pipeline helpers for device attestation")
+    # docs/protocol/attestation.md: the release pipeline's half of device attestation, and the
+    # device's answer to a challenge.
+    attest = commands.add_parser("attest", help="helpers for device attestation")
     steps = attest.add_subparsers(dest="attest_command", required=True)
     reference = steps.add_parser(
         "make-reference",
@@ -72,7 +74,7 @@ def _add_attest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--regions",
         type=int,
         default=16,
-        help="regions to take, 3-256 (default 16; fewer if the binary is small)",
+        help="regions to take, 3-256 (default 16; fewer, down to 1, if the binary is small)",
     )
     reference.add_argument(
         "--region-bytes", type=int, default=256, help="bytes per region, 1-4096 (default 256)"
@@ -94,6 +96,16 @@ def _add_attest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     token.add_argument(
         "--timestamp", type=int, help="signing time, epoch milliseconds (default now)"
     )
+    answer = steps.add_parser(
+        "answer", help="print the POST /attest/verify body answering a challenge with a binary"
+    )
+    answer.add_argument("binary", metavar="BINARY", help="the binary the device runs")
+    answer.add_argument("--device-id", required=True, help="the device the challenge was issued to")
+    answer.add_argument(
+        "--challenge",
+        default="-",
+        help="the POST /attest/challenge reply (JSON): a file, or - for stdin (the default)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "attest":
         if args.attest_command == "make-reference":
             return _make_reference(args)
+        if args.attest_command == "answer":
+            return _answer(args)
         return _sign_build_token(args)
     return 2  # pragma: no cover - argparse requires a command
 
@@ -253,6 +267,41 @@ def _sign_build_token(args: argparse.Namespace) -> int:
         timestamp_ms=timestamp,
     )
     print(json.dumps(token, separators=(",", ":")))
+    return 0
+
+
+# A challenge reply is a few hundred bytes; more is not one.
+_MAX_CHALLENGE_BYTES = 64 << 10
+
+
+def _answer(args: argparse.Namespace) -> int:
+    source = args.challenge
+    try:
+        if source == "-":
+            text = sys.stdin.buffer.read(_MAX_CHALLENGE_BYTES + 1)
+            source = "stdin"
+        else:
+            with open(source, "rb") as file:
+                text = file.read(_MAX_CHALLENGE_BYTES + 1)
+    except OSError as exc:
+        return _fail(f"cannot read {source}: {exc.strerror or exc}", 2)
+    if len(text) > _MAX_CHALLENGE_BYTES:
+        return _fail(f"the challenge in {source} is over {_MAX_CHALLENGE_BYTES} bytes", 2)
+    try:
+        challenge = json.loads(text)
+    except ValueError:  # UnicodeDecodeError included
+        return _fail(f"the challenge in {source} is not JSON", 2)
+    path = args.binary
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        return _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+    try:
+        body = answer_challenge(data, challenge, device_id=args.device_id)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    print(json.dumps(body, separators=(",", ":")))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Attestation survives a crash (http.md, AttestationRegistry, Persistence): a real ``zajel serve``
 is killed with SIGKILL right after it acknowledged an upload, a registration and a challenge;
-after a restart on the same data directory the reference, the device and the nonce are all there
-and the verify succeeds."""
+after a restart on the same data directory the reference, the devices (a web one too, in its own
+space) and the nonce are all there, the verify succeeds, and the known devices re-register without
+counting as new."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ ENV = {
     "ZAJEL_BUILD_TOKEN_VERIFY_KEY": crypto.public_key_b64(crypto.signing_key(PIPELINE_SEED)),
     "ZAJEL_CI_UPLOAD_SECRET": CI_SECRET,
     "ZAJEL_HTTP_RATE_PER_MINUTE": "100000",
+    "ZAJEL_ATTEST_REGISTRATIONS_PER_IP_PER_HOUR": "2",
 }
 
 
@@ -41,6 +43,10 @@ async def test_reference_device_and_nonce_survive_sigkill(tmp_path):
             assert uploaded.status == 200
             body = {"device_id": "device-1", "build_token": build_token()}
             assert (await _http.post(url, "/attest/register", body)).status == 200
+            web = {"device_id": "browser-1", "build_token": build_token(platform="web")}
+            assert (await _http.post(url, "/attest/register", web)).status == 200
+            third = {"device_id": "device-3", "build_token": build_token()}
+            assert (await _http.post(url, "/attest/register", third)).status == 429
             request = {"device_id": "device-1", "build_version": VERSION}
             issued = await _http.post(url, "/attest/challenge", request)
             assert issued.status == 200
@@ -60,7 +66,11 @@ async def test_reference_device_and_nonce_survive_sigkill(tmp_path):
                 response.json()["session_token"], ATTESTATION_PUBLIC_KEY, now_ms=epoch_ms()
             )
             assert claims.device_id == "device-1"
+            for known in (body, web):
+                again = await _http.post(url, "/attest/register", known)
+                assert again.status == 200, again.body
+            assert again.json()["attestation_mode"] == "web_fallback"
             stats = (await _http.get(url, "/stats")).json()["attestation"]
-    assert stats["devices"] == 1
+    assert stats["devices"] == 2
     assert stats["references"] == 1
     assert stats["openChallenges"] == 0  # used up by the verify

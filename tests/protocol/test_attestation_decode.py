@@ -84,7 +84,6 @@ BAD_MINIMUM = "Invalid minimum_version: expected X.Y.Z"
 BAD_RECOMMENDED = "Invalid recommended_version: expected X.Y.Z"
 BAD_BLOCKED = "Invalid blocked_versions: expected a list of X.Y.Z versions"
 BAD_SUNSET = 'Invalid sunset_dates: expected {"X.Y.Z": "YYYY-MM-DD"}'
-RECOMMENDED_BELOW = "recommended_version must not be below minimum_version"
 
 
 def body(**fields: Any) -> bytes:
@@ -471,7 +470,7 @@ UPLOAD = {
         {"offset": 4, "length": 2, "data_hex": "2345"},
     ],
 }
-# Two more regions for bodies built around one region under test: a reference holds at least 3.
+# Two more regions for bodies built around one region under test.
 OTHERS = [
     {"offset": 100, "length": 1, "data_hex": "aa"},
     {"offset": 101, "length": 1, "data_hex": "bb"},
@@ -507,11 +506,12 @@ def test_a_minimal_upload_decodes_with_size_and_weight_defaults():
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_fewer_than_3_regions_cannot_be_challenged_and_are_refused(count):
-    items = [region(offset=i, length=1, data_hex="00") for i in range(count)]
-    assert upload_error(regions_body(*items)) == invalid(
-        "critical_regions must hold at least 3 regions (a challenge draws 3 to 5)"
-    )
+def test_a_reference_of_one_or_two_regions_is_accepted(count):
+    # http.md: any reference of at least one region is accepted, as the original accepted it; a
+    # challenge then asks for all of them.
+    items = [region(offset=i, length=1, data_hex=f"{i:02x}") for i in range(count)]
+    decoded = decode_upload_reference(regions_body(*items))
+    assert decoded.regions == tuple(Region(i, 1, f"{i:02x}", 1.0) for i in range(count))
 
 
 def test_a_full_upload_decodes_every_field():
@@ -882,13 +882,32 @@ def test_policy_bounds_are_inclusive():
         ({"sunset_dates": {"1.0.0": None}}, BAD_SUNSET),
         ({"sunset_dates": {"1.0.0": 20250101}}, BAD_SUNSET),
         ({"sunset_dates": {f"0.0.{i}": "2025-01-01" for i in range(101)}}, BAD_SUNSET),
-        ({"minimum_version": "2.0.0"}, RECOMMENDED_BELOW),
-        ({"minimum_version": "1.10.0", "recommended_version": "1.9.0"}, RECOMMENDED_BELOW),
-        ({"recommended_version": "0.9.9"}, RECOMMENDED_BELOW),
     ],
 )
 def test_a_bad_policy_is_refused(fields, message):
     assert error_of(decode_policy, body(**fields)) == invalid(message)
+
+
+@pytest.mark.parametrize(
+    ("fields", "minimum", "recommended"),
+    [
+        ({"minimum_version": "1.1.0"}, "1.1.0", "1.0.0"),
+        ({"minimum_version": "2.0.0"}, "2.0.0", "1.0.0"),
+        ({"minimum_version": "1.10.0", "recommended_version": "1.9.0"}, "1.10.0", "1.9.0"),
+        ({"recommended_version": "0.9.9"}, "1.0.0", "0.9.9"),
+    ],
+)
+def test_a_recommended_version_below_the_minimum_is_accepted(fields, minimum, recommended):
+    # http.md: every field is checked on its own; the minimum is judged first, so a lower
+    # recommended version is harmless, and {"minimum_version": "1.1.0"} alone must work.
+    policy = decode_policy(body(**fields))
+    assert (policy.minimum_version, policy.recommended_version) == (minimum, recommended)
+    assert policy.blocked_versions == ()
+    assert policy.sunset_dates == ()
+    below = f"Version 1.0.0 is below minimum required version {minimum}"
+    if minimum != "1.0.0":
+        assert check_policy(policy, "1.0.0", today=TODAY).reason == below
+    assert check_policy(policy, minimum, today=TODAY).status == "current"
 
 
 def test_policy_fields_are_checked_in_order():
@@ -1459,7 +1478,8 @@ def test_decode_policy_raises_only_protocol_errors(data):
     if isinstance(policy, ProtocolError):
         assert policy.code in {errors.INVALID_BODY, errors.INVALID_FIELD}
         return
-    assert parse_version(policy.minimum_version) <= parse_version(policy.recommended_version)
+    assert is_version(policy.minimum_version)
+    assert is_version(policy.recommended_version)
     assert all(is_version(version) for version in policy.blocked_versions)
     assert len(set(policy.blocked_versions)) == len(policy.blocked_versions)
     assert all(is_version(v) and is_sunset_date(d) for v, d in policy.sunset_dates)

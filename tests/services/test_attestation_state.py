@@ -326,12 +326,13 @@ def test_the_device_cap_refuses_a_new_device_and_lets_a_known_one_re_register():
         registered(state, name)
     full = ProtocolError(errors.REGISTRY_FULL, "Device registry full")
     assert state.register("d", claims(), T0 + 1) == (full, [])
-    assert state.register("web-d", claims(platform="web"), T0 + 1) == (full, [])
+    # Web devices have a space of their own.
+    assert isinstance(state.register("web-d", claims(platform="web"), T0 + 1)[0], Registered)
     reply, writes = state.register("b", claims("1.3.0"), T0 + 2)
     assert isinstance(reply, Registered)
     assert reply.device.build_version == "1.3.0"
     assert writes == [PutDevice(reply.device)]
-    assert sorted(state.devices) == ["a", "b", "c"]
+    assert sorted(state.devices) == ["a", "b", "c", "web-d"]
 
 
 def test_a_swept_device_makes_room_under_the_cap():
@@ -467,7 +468,7 @@ def test_a_challenge_without_a_reference():
 
 
 def test_a_challenge_is_3_to_5_distinct_regions_of_the_reference_and_a_fresh_nonce():
-    state = new_state()
+    state = new_state(registrations_per_ip_per_hour=1000)
     upload(state)
     places = {(r.offset, r.length) for r in REGIONS}
     sizes = set()
@@ -589,7 +590,7 @@ def heavy_pick_chance(light: int, heavy_weight: int, draws: int) -> Fraction:
 def test_regions_are_drawn_in_proportion_to_their_weight():
     heavy = region(0, b"\x01" * 8, weight=10.0)
     lights = tuple(region(100 * (i + 1), bytes([i + 2]) * 8) for i in range(9))
-    state = new_state(seed=1234)
+    state = new_state(seed=1234, registrations_per_ip_per_hour=10_000)
     upload(state, (*lights[:4], heavy, *lights[4:]))  # the heavy one is not first
     picks = {r.offset: 0 for r in (heavy, *lights)}
     challenges = 3000
@@ -1150,7 +1151,8 @@ def mirrors(store: MemoryStore, state: AttestationState) -> bool:
     )
 
 
-DEVICES = ("d0", "d1", "d2")
+DEVICES = ("d0", "d1", "d2", "d3")
+ADDRESSES = ("203.0.113.7", "198.51.100.9")
 VERSIONS = ("1.0.0", "1.2.3", "2.0.0")
 
 operations = st.lists(
@@ -1164,6 +1166,7 @@ operations = st.lists(
             st.sampled_from(DEVICES),
             st.sampled_from(VERSIONS),
             st.sampled_from([PLATFORM, "web"]),
+            st.sampled_from(ADDRESSES),
         ),
         st.tuples(st.just("upload"), st.sampled_from(VERSIONS), st.integers(1, 8)),
         st.tuples(st.just("challenge"), st.sampled_from(DEVICES), st.sampled_from(VERSIONS)),
@@ -1183,7 +1186,8 @@ operations = st.lists(
 @settings(deadline=None, max_examples=200)
 @given(operations)
 def test_the_writes_mirror_every_change_and_the_invariants_hold(ops):
-    state = new_state()
+    # Small caps, so that the native cap, the web space's evictions and the per-IP limit happen.
+    state = new_state(max_devices=2, web_devices_max=2, registrations_per_ip_per_hour=2)
     mirror = MemoryStore()
     now = T0
     issued: list[tuple[Issued, tuple[Region, ...]]] = []
@@ -1194,8 +1198,9 @@ def test_the_writes_mirror_every_change_and_the_invariants_hold(ops):
         if kind == "advance":
             now += op[1]
         elif kind == "register":
-            _, device_id, version, platform = op
-            _, writes = state.register(device_id, claims(version, platform, timestamp=now), now)
+            _, device_id, version, platform, ip = op
+            token = claims(version, platform, timestamp=now)
+            _, writes = state.register(device_id, token, now, ip=ip)
         elif kind == "upload":
             _, version, count = op
             uploaded[version] = REGIONS[:count]
@@ -1240,3 +1245,8 @@ def test_the_writes_mirror_every_change_and_the_invariants_hold(ops):
         assert state._open == {
             d: {n for n, c in state.challenges.items() if c.device_id == d} for d in per_device
         }
+        web = [d.device_id for d in state.devices.values() if d.platform == "web"]
+        assert sorted(state._web) == sorted(web)
+        assert len(web) <= 2
+        assert len(state.devices) - len(web) <= 2
+        assert state.registrations.entries() <= 2 * len(ADDRESSES)

@@ -39,9 +39,10 @@ VERIFY_MAX_BYTES: Final = 16384
 VERSIONS_MAX_BYTES: Final = 4096
 
 # Ours (not in the original contract): 256 regions per reference is far more than a challenge
-# draws from (3-5), and a 64 KiB body holds at most ~32 KiB of region data anyway.
+# draws from (3-5), and a 64 KiB body holds at most ~32 KiB of region data anyway. Any reference
+# of at least one region is accepted, as the original accepted it: a challenge of a reference
+# with fewer than 3 asks for all of them.
 MAX_REGIONS: Final = 256
-MIN_REGIONS: Final = 3
 MAX_REGION_BYTES: Final = 4096
 # Ours: a challenge has at most 5 regions; 16 leaves room for a client sending extra answers (the
 # service answers "Wrong number of responses") without letting a body carry thousands.
@@ -367,11 +368,16 @@ def check_policy(policy: Policy, version: str, *, today: datetime.date) -> Polic
 
 @attrs.frozen
 class RegisterDevice:
-    """``POST /attest/register``: the build token, its signature still unchecked."""
+    """``POST /attest/register``: the build token, its signature still unchecked.
+
+    ``ip`` is not in the body: the web layer sets the client's per-IP key (IPv6 by its /64),
+    which the registry counts new device ids by.
+    """
 
     device_id: str
     payload: str
     signature: str
+    ip: str = ""
 
 
 @attrs.frozen
@@ -528,11 +534,6 @@ def decode_upload_reference(body: bytes) -> UploadReference:
     # and answered with one known region.
     if len({(region.offset, region.length) for region in regions}) != len(regions):
         raise errors.invalid_field("Each critical_region must be a distinct offset and length")
-    # Ours: a challenge draws 3 to 5 distinct regions (http.md), so fewer cannot be challenged.
-    if len(regions) < MIN_REGIONS:
-        raise errors.invalid_field(
-            f"critical_regions must hold at least {MIN_REGIONS} regions (a challenge draws 3 to 5)"
-        )
     return UploadReference(version, platform, build_hash, size, regions)
 
 
@@ -638,16 +639,19 @@ def _decode_response(item: object) -> tuple[int, str]:
 def decode_policy(body: bytes) -> Policy:
     """Decode a ``POST /attest/versions`` body: the whole new policy.
 
-    Every field is optional (absent or null takes the default). Duplicates in
-    ``blocked_versions`` are dropped, first occurrence kept.
+    Every field is optional (absent or null takes the default) and checked on its own.
+    Duplicates in ``blocked_versions`` are dropped, first occurrence kept. A recommended version
+    below the minimum is accepted: ``check_policy`` tests the minimum first, so it is harmless,
+    and ``{"minimum_version": "1.1.0"}`` alone (whose recommended version is the default 1.0.0)
+    must work.
 
     Raises:
         ProtocolError: ``invalid_body`` for a body that is not a JSON object; ``invalid_field``
-            for a field that breaks its rule, or a recommended version below the minimum.
+            for a field that breaks its rule.
     """
     obj = decode_body(body)
-    # http.md: POST replaces the whole policy and validates every field; the caps, the date
-    # form and recommended >= minimum are ours, so that check_policy never meets a bad policy.
+    # http.md: POST replaces the whole policy and validates every field; the caps and the date
+    # form are ours, so that check_policy never meets a bad policy.
     minimum = _optional_version(obj, "minimum_version")
     recommended = _optional_version(obj, "recommended_version")
     blocked = obj.get("blocked_versions")
@@ -668,8 +672,6 @@ def decode_policy(body: bytes) -> Policy:
         or not all(is_version(version) and is_sunset_date(date) for version, date in sunset.items())
     ):
         raise errors.invalid_field('Invalid sunset_dates: expected {"X.Y.Z": "YYYY-MM-DD"}')
-    if _version_key(recommended) < _version_key(minimum):
-        raise errors.invalid_field("recommended_version must not be below minimum_version")
     return Policy(minimum, recommended, tuple(dict.fromkeys(blocked)), tuple(sunset.items()))
 
 
@@ -681,12 +683,6 @@ def _optional_version(obj: dict[str, Any], field: str) -> str:
         raise errors.invalid_field(f"Invalid {field}: expected X.Y.Z")
     assert isinstance(value, str)
     return value
-
-
-def _version_key(version: str) -> tuple[int, int, int]:
-    parsed = parse_version(version)
-    assert parsed is not None, "only called on checked versions"
-    return parsed
 
 
 def _is_missing(value: object) -> bool:

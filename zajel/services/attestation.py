@@ -5,6 +5,20 @@ and sets the version policy. A device registers with a build token the pipeline 
 session token it answers a challenge with HMACs over regions of its own binary, keyed by a fresh
 nonce. Web clients, which have no binary, get a weaker, shorter token at registration.
 
+Registration is open to anyone holding a build token, and a build token ships inside every copy
+of the app, so the registry is bounded against clients that register device ids in bulk
+(docs/protocol/attestation.md, Limits and timers):
+
+- each client IP (IPv6 by its /64) registers at most ``registrations_per_ip_per_hour`` *new*
+  device ids in any rolling hour, web and native alike; a device already registered re-registers
+  freely, so a device, or a thousand installs sharing one build token behind one address, keeps
+  working once registered;
+- web devices have a space of their own, ``web_devices_max``, apart from the ``max_devices``
+  native ones: when it is full the least recently seen web device is forgotten (a web device
+  holds no proof, only the bookkeeping of its hourly limit: forgetting it costs its owner
+  nothing but being counted as new at its next registration), so web registrations never refuse
+  one another for long and never take a native device's place.
+
 ``AttestationState`` is pure state: no I/O, times in epoch milliseconds (devices, nonces and the
 policy are stored and must mean the same after a restart), randomness injected. Every change
 comes back as store writes beside the reply. ``AttestationRegistry`` is the durable service around
@@ -17,13 +31,19 @@ Invariants:
   the outcome; a verify by another device leaves it to its owner.
 - A challenge is bound to the version its device registered with, and the policy is checked again
   at challenge and at verify time (hardened).
-- At most ``MAX_DEVICES`` devices; at most ``MAX_OPEN_CHALLENGES`` open challenges per device; a
-  device keeps its last ``CHALLENGE_HISTORY`` challenge times and its web registrations of the
-  last hour, so every device record is bounded.
+- ``_web`` holds exactly the ids of the devices whose platform is web, least recently seen
+  first; the native devices are the others.
+- At most ``max_devices`` native and ``web_devices_max`` web devices; at most
+  ``MAX_OPEN_CHALLENGES`` open challenges per device; a device keeps its last
+  ``CHALLENGE_HISTORY`` challenge times and its web registrations of the last hour, so every
+  device record is bounded. The per-IP counts keep at most ``registrations_per_ip_per_hour``
+  times for each of at most ``MAX_LIMITED_ADDRESSES`` addresses (``RegistrationLimit``).
 
-Timers: a challenge lives ``NONCE_TTL_MS`` (5 min); a device unseen for ``DEVICE_TTL_MS`` (90 days)
-is forgotten; the sweep runs every ``SWEEP_INTERVAL_S`` (5 min) of trio's clock. An expired nonce
-is refused even before the sweep removes it.
+Timers: a challenge lives ``NONCE_TTL_MS`` (5 min); a native device unseen for ``DEVICE_TTL_MS``
+(90 days) is forgotten, a web device unseen for ``WEB_DEVICE_TTL_MS`` (24 hours); the sweep runs
+every ``SWEEP_INTERVAL_S`` (5 min) of trio's clock. An expired nonce is refused even before the
+sweep removes it. The per-IP counts live in memory only: a restart gives every address its
+allowance back.
 """
 
 from __future__ import annotations
@@ -32,6 +52,8 @@ import datetime
 import logging
 import random
 import secrets
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -82,11 +104,24 @@ log = logging.getLogger("zajel.attestation")
 
 NONCE_TTL_MS: Final = 5 * 60 * 1000
 DEVICE_TTL_MS: Final = 90 * 24 * 3600 * 1000
+# A web device's record only serves its hourly registration limit (it holds no proof, and its
+# 15-minute session token is checked offline), but a web client that comes back within the day
+# should find itself known: re-registering a known device never counts against its address,
+# so browsers behind one office or campus address are not counted again at every visit.
+WEB_DEVICE_TTL_MS: Final = 24 * 3600 * 1000
 TOKEN_MAX_AGE_MS: Final = 30 * 24 * 3600 * 1000
 TOKEN_MAX_SKEW_MS: Final = 60 * 1000
 SESSION_TTL_MS: Final = 3600 * 1000
 WEB_SESSION_TTL_MS: Final = 15 * 60 * 1000
-MAX_DEVICES: Final = 100_000
+MAX_DEVICES: Final = 100_000  # native devices
+# The defaults of ZAJEL_ATTEST_WEB_DEVICES_MAX and ZAJEL_ATTEST_REGISTRATIONS_PER_IP_PER_HOUR.
+WEB_DEVICES_MAX: Final = 10_000
+REGISTRATIONS_PER_IP_PER_HOUR: Final = 30
+# Addresses whose new registrations of the last hour are remembered: about 25 MB at worst with
+# the default limit of 30 (per address, an array of up to 30 8-byte times and a key). Past it the
+# address that registered least recently is forgotten and gets its allowance back early; only a
+# client holding more addresses than this gains from that, and their own allowance is larger.
+MAX_LIMITED_ADDRESSES: Final = 50_000
 MAX_OPEN_CHALLENGES: Final = 5
 CHALLENGE_REGIONS: Final = (3, 5)
 NONCE_BYTES: Final = 32
@@ -154,6 +189,68 @@ def forbidden(message: str) -> ProtocolError:
     return ProtocolError(errors.FORBIDDEN, message)
 
 
+TOO_MANY_NEW_DEVICES: Final = "Too many new devices registered from this address. Try again later."
+
+
+class RegistrationLimit:
+    """At most ``limit`` new device ids per client address in any rolling ``window_ms``.
+
+    Pure state; times are epoch ms. Per address it keeps the times of its new registrations
+    still inside the window, at most ``limit`` of them, as 8-byte integers; at most
+    ``max_addresses`` addresses, the one whose last registration is oldest forgotten first.
+    ``prune`` forgets the addresses with nothing left in the window.
+    """
+
+    def __init__(
+        self, limit: int, *, window_ms: int = HOUR_MS, max_addresses: int = MAX_LIMITED_ADDRESSES
+    ) -> None:
+        self.limit = limit
+        self.window_ms = window_ms
+        self.max_addresses = max_addresses
+        # Ordered by last registration, oldest first: pruning and eviction start at the front.
+        self._times: OrderedDict[str, array[int]] = OrderedDict()
+
+    def allows(self, address: str, now_ms: int) -> bool:
+        """Whether ``address`` may register one more new device at ``now_ms``."""
+        times = self._times.get(address)
+        return times is None or self._live(times, now_ms) < self.limit
+
+    def record(self, address: str, now_ms: int) -> None:
+        """Count a new device registered by ``address`` at ``now_ms``."""
+        times = self._times.get(address)
+        if times is None:
+            if len(self._times) >= self.max_addresses:
+                self._times.popitem(last=False)
+            times = self._times[address] = array("q")
+        else:
+            self._times.move_to_end(address)
+        del times[: len(times) - self._live(times, now_ms)]
+        times.append(now_ms)
+        del times[: max(0, len(times) - self.limit)]
+
+    def prune(self, now_ms: int) -> None:
+        """Forget the addresses whose last new registration has left the window."""
+        while self._times:
+            address, times = next(iter(self._times.items()))
+            if self._live(times, now_ms):
+                break
+            del self._times[address]
+
+    def addresses(self) -> int:
+        return len(self._times)
+
+    def entries(self) -> int:
+        """The times held, over every address (what the memory follows)."""
+        return sum(len(times) for times in self._times.values())
+
+    def _live(self, times: array[int], now_ms: int) -> int:
+        """How many of ``times`` (oldest first) are still inside the window at ``now_ms``."""
+        count = len(times)
+        while count and now_ms - times[len(times) - count] >= self.window_ms:
+            count -= 1
+        return count
+
+
 def _too_many(message: str) -> ProtocolError:
     return ProtocolError(errors.TOO_MANY, message)
 
@@ -167,15 +264,24 @@ class AttestationState:
         rng: random.Random | None = None,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
         max_devices: int = MAX_DEVICES,
+        web_devices_max: int = WEB_DEVICES_MAX,
+        registrations_per_ip_per_hour: int = REGISTRATIONS_PER_IP_PER_HOUR,
     ) -> None:
         self.rng = rng if rng is not None else secrets.SystemRandom()
         self.token_bytes = token_bytes
         self.max_devices = max_devices
+        self.web_devices_max = web_devices_max
         self.devices: dict[str, Device] = {}
         self.references: dict[tuple[str, str], Reference] = {}
         self.challenges: dict[str, Challenge] = {}
         self.policy = Policy()
         self._open: dict[str, set[str]] = {}
+        self._web: OrderedDict[str, None] = OrderedDict()
+        # In memory only, and kept across load(): a reload after a store failure must not give
+        # every address its allowance back.
+        self.registrations = RegistrationLimit(registrations_per_ip_per_hour)
+        # Web devices forgotten to make room since the service last logged it.
+        self.web_evicted = 0
 
     def load(
         self,
@@ -185,6 +291,11 @@ class AttestationState:
         policy: Policy | None,
     ) -> None:
         self.devices = {device.device_id: device for device in devices}
+        self._web = OrderedDict(
+            (device.device_id, None)
+            for device in sorted(devices, key=lambda device: device.last_seen)
+            if device.platform == WEB_PLATFORM
+        )
         self.references = {(ref.version, ref.platform): ref for ref in references}
         self.challenges = {}
         self._open = {}
@@ -194,10 +305,21 @@ class AttestationState:
 
     # -- the requests --------------------------------------------------------------------------
 
+    @property
+    def native_devices(self) -> int:
+        return len(self.devices) - len(self._web)
+
+    @property
+    def web_devices(self) -> int:
+        return len(self._web)
+
     def register(
-        self, device_id: str, claims: BuildClaims, now_ms: int
+        self, device_id: str, claims: BuildClaims, now_ms: int, *, ip: str = ""
     ) -> tuple[Registered | ProtocolError, list[Write]]:
-        """Register (or re-register) a device whose build token's signature was verified."""
+        """Register (or re-register) a device whose build token's signature was verified.
+
+        ``ip`` is the client's per-IP key; in-process callers that give none share one.
+        """
         age = now_ms - claims.timestamp
         if age < -TOKEN_MAX_SKEW_MS:
             return forbidden("Build token has a future timestamp"), []
@@ -208,14 +330,25 @@ class AttestationState:
             assert verdict.reason is not None
             return forbidden(verdict.reason), []
         previous = self.devices.get(device_id)
-        if previous is None and len(self.devices) >= self.max_devices:
-            return ProtocolError(errors.REGISTRY_FULL, "Device registry full"), []
+        if previous is None and not self.registrations.allows(ip, now_ms):
+            return _too_many(TOO_MANY_NEW_DEVICES), []
         web = claims.platform == WEB_PLATFORM
+        was_web = previous is not None and previous.platform == WEB_PLATFORM
+        joins_native = not web and (previous is None or was_web)
+        if joins_native and self.native_devices >= self.max_devices:
+            return ProtocolError(errors.REGISTRY_FULL, "Device registry full"), []
         recent_web = tuple(
             t for t in (previous.web_registrations if previous else ()) if now_ms - t < HOUR_MS
         )
         if web and len(recent_web) >= WEB_REGISTRATIONS_PER_HOUR:
             return _too_many("Too many web registrations for this device. Try again later."), []
+        writes: list[Write] = []
+        if web and not was_web:
+            while len(self._web) >= self.web_devices_max:
+                writes += self._forget(next(iter(self._web)))
+                self.web_evicted += 1
+        if previous is None:
+            self.registrations.record(ip, now_ms)
         device = Device(
             device_id=device_id,
             build_version=claims.version,
@@ -228,14 +361,15 @@ class AttestationState:
             challenge_times=previous.challenge_times if previous else (),
             web_registrations=(*recent_web, now_ms) if web else recent_web,
         )
-        self.devices[device_id] = device
+        self._put(device)
+        writes.append(PutDevice(device))
         session = None
         if web:
             session = _claims(device, now_ms, WEB_SESSION_TTL_MS, trust_level="web_fallback")
         recommended = (
             self.policy.recommended_version if verdict.status == "update_recommended" else None
         )
-        return Registered(device, verdict.status, recommended, session), [PutDevice(device)]
+        return Registered(device, verdict.status, recommended, session), writes
 
     def challenge(
         self, request: RequestChallenge, now_ms: int
@@ -331,19 +465,21 @@ class AttestationState:
         return [PutPolicy(policy)]
 
     def sweep(self, now_ms: int) -> list[Write]:
-        """Forget challenges past their life and devices unseen for 90 days."""
+        """Forget challenges past their life, native devices unseen for 90 days and web devices
+        unseen for 24 hours, and the per-IP counts of addresses idle for an hour."""
         writes: list[Write] = []
         for challenge in [
             c for c in self.challenges.values() if now_ms - c.created_at > NONCE_TTL_MS
         ]:
             writes += self._drop_challenge(challenge)
         for device_id in [
-            d.device_id for d in self.devices.values() if now_ms - d.last_seen > DEVICE_TTL_MS
+            d.device_id
+            for d in self.devices.values()
+            if now_ms - d.last_seen
+            > (WEB_DEVICE_TTL_MS if d.platform == WEB_PLATFORM else DEVICE_TTL_MS)
         ]:
-            del self.devices[device_id]
-            writes.append(DeleteDevice(device_id))
-            for nonce in list(self._open.get(device_id, ())):
-                writes += self._drop_challenge(self.challenges[nonce])
+            writes += self._forget(device_id)
+        self.registrations.prune(now_ms)
         return writes
 
     def statistics(self, now_ms: int) -> dict[str, int]:
@@ -418,8 +554,26 @@ class AttestationState:
             device = attrs.evolve(
                 device, last_seen=now_ms, challenge_times=times, anomaly_flags=flags
             )
-        self.devices[device.device_id] = device
+        self._put(device)
         return device
+
+    def _put(self, device: Device) -> None:
+        """Add or replace ``device``, keeping ``_web`` in step (a web device just seen last)."""
+        self.devices[device.device_id] = device
+        if device.platform == WEB_PLATFORM:
+            self._web[device.device_id] = None
+            self._web.move_to_end(device.device_id)
+        else:
+            self._web.pop(device.device_id, None)
+
+    def _forget(self, device_id: str) -> list[Write]:
+        """Remove a device and its open challenges."""
+        del self.devices[device_id]
+        self._web.pop(device_id, None)
+        writes: list[Write] = [DeleteDevice(device_id)]
+        for nonce in list(self._open.get(device_id, ())):
+            writes += self._drop_challenge(self.challenges[nonce])
+        return writes
 
     def _add_challenge(self, challenge: Challenge) -> None:
         self.challenges[challenge.nonce] = challenge
@@ -493,7 +647,12 @@ class AttestationRegistry(DurableServiceBase):
         )
         verify = config.build_token_verify_key
         build_key = crypto.parse_public_key(verify) if verify is not None else None
-        return cls(AttestationState(), key, build_key)
+        state = AttestationState(
+            max_devices=MAX_DEVICES,
+            web_devices_max=config.attest_web_devices_max,
+            registrations_per_ip_per_hour=config.attest_registrations_per_ip_per_hour,
+        )
+        return cls(state, key, build_key)
 
     # -- the durable service protocol ------------------------------------------------------
 
@@ -541,6 +700,14 @@ class AttestationRegistry(DurableServiceBase):
         raise TypeError(f"unknown request {kind.__name__}")
 
     def sweep(self, now_ms: int) -> list[Write]:
+        if self.state.web_evicted:
+            # One line per sweep, however many: under a flood of web registrations this is the
+            # sign that web devices are being forgotten early.
+            log.warning(
+                "web device space full: least recently seen web devices forgotten",
+                extra=context(forgotten=self.state.web_evicted, limit=self.state.web_devices_max),
+            )
+            self.state.web_evicted = 0
         return self.state.sweep(now_ms)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -557,7 +724,7 @@ class AttestationRegistry(DurableServiceBase):
             claims = parse_build_token_payload(request.payload)
         except ProtocolError as error:
             return error
-        reply = self._record(self.state.register(request.device_id, claims, now_ms))
+        reply = self._record(self.state.register(request.device_id, claims, now_ms, ip=request.ip))
         if isinstance(reply, Registered):
             log.info(
                 "device registered",

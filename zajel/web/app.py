@@ -287,7 +287,7 @@ def create_app(
             return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
 
     add_server_routes(app, config, services.servers)
-    add_attestation_routes(app, config, services.attestation)
+    add_attestation_routes(app, config, services.attestation, remote_ip)
     return app
 
 

@@ -4,12 +4,16 @@ Each route reads its body within the route's limit, decodes it with
 ``zajel.protocol.attestation`` and asks the ``attestation`` service; the reply becomes the
 response. The release pipeline's routes (``upload-reference``, ``POST /attest/versions``) need
 the bearer secret ``ZAJEL_CI_UPLOAD_SECRET`` and answer 503 while none is configured.
+``POST /attest/register`` hands the registry the client's per-IP key, which new device ids are
+counted by (docs/protocol/attestation.md, Limits and timers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from quart import Response
 from quart_trio import QuartTrio
 
@@ -28,9 +32,14 @@ from zajel.services.attestation import (
 from zajel.web.http import authorize, json_response, read_body, serve_call
 
 
-def add_attestation_routes(app: QuartTrio, config: Config, registry: Address) -> None:
+def add_attestation_routes(
+    app: QuartTrio, config: Config, registry: Address, client_key: Callable[[], str]
+) -> None:
     """``POST /attest/register``, ``/attest/upload-reference``, ``/attest/challenge``,
-    ``/attest/verify``, and ``GET``/``POST /attest/versions``."""
+    ``/attest/verify``, and ``GET``/``POST /attest/versions``.
+
+    ``client_key`` gives the requesting client's per-IP key (IPv6 by its /64).
+    """
 
     def render(reply: Any) -> Response:
         if isinstance(reply, Registered):
@@ -65,7 +74,8 @@ def add_attestation_routes(app: QuartTrio, config: Config, registry: Address) ->
     @app.post("/attest/register")
     async def register() -> Response:
         async def decode() -> protocol.RegisterDevice:
-            return protocol.decode_register(await read_body(protocol.REGISTER_MAX_BYTES))
+            request = protocol.decode_register(await read_body(protocol.REGISTER_MAX_BYTES))
+            return attrs.evolve(request, ip=client_key())
 
         return await serve_call(registry, decode, render)
 
