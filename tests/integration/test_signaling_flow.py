@@ -25,8 +25,11 @@ async def test_consent_pairing_then_webrtc_signals_flow_both_ways(server):
     key_a, key_b = generate_public_key(), generate_public_key()
     with trio.fail_after(10):
         async with connect_signal(server.url) as a, connect_signal(server.url) as b:
-            assert await a.register(A, key_a) == {"type": "registered", "pairingCode": A}
-            assert await b.register(B, key_b) == {"type": "registered", "pairingCode": B}
+            reply_a, reply_b = await a.register(A, key_a), await b.register(B, key_b)
+            # registered carries the code and the device's reconnect token (a secret of its own).
+            assert reply_a.keys() == reply_b.keys() == {"type", "pairingCode", "reconnectToken"}
+            assert (reply_a["pairingCode"], reply_b["pairingCode"]) == (A, B)
+            assert reply_a["reconnectToken"] != reply_b["reconnectToken"]
 
             await a.pair_request(B, "Amira's phone")
             await expect(
@@ -221,8 +224,8 @@ async def test_a_live_code_cannot_be_registered_by_another_connection(server):
             )
             await expect(thief, error("pairing_code_in_use", "Pairing code already in use"))
             # The owner keeps it (re-registering is fine) and the refused one can take another.
-            assert await a.register(A) == {"type": "registered", "pairingCode": A}
-            assert await thief.register(B) == {"type": "registered", "pairingCode": B}
+            assert (await a.register(A))["pairingCode"] == A
+            assert (await thief.register(B))["pairingCode"] == B
 
 
 async def test_disconnect_sends_peer_left_to_matched_partners_only(server):
@@ -250,7 +253,8 @@ async def test_reconnect_within_the_grace_time_restores_the_match(server):
             await expect(b, error("peer_not_found", f"Peer not found: {A}"))
 
             async with connect_signal(server.url) as again:
-                assert await again.register(A, key_a) == {"type": "registered", "pairingCode": A}
+                reply = await again.register(A, key_a, reconnect_token=a.reconnect_token)
+                assert (reply["pairingCode"], reply["reconnectToken"]) == (A, a.reconnect_token)
                 await expect(b, {"type": "peer_joined", "pairingCode": A})
                 await again.signal("offer", B, {"sdp": "again"})
                 await expect(b, {"type": "offer", "from": A, "payload": {"sdp": "again"}})
@@ -280,10 +284,7 @@ async def test_the_grace_time_reserves_the_code_for_its_key_then_frees_it(server
 
             clock.jump(31)
             await assert_quiet(b)  # the grace timer has run
-            assert await other.register(A, generate_public_key()) == {
-                "type": "registered",
-                "pairingCode": A,
-            }
+            assert (await other.register(A, generate_public_key()))["pairingCode"] == A
             # A newcomer on the code inherits nothing: no peer_joined, no match.
             await assert_quiet(b)
             await b.signal("offer", A, {})
@@ -297,11 +298,11 @@ async def test_registering_a_new_code_releases_the_old_one(server):
             await a.pair_request(D)
             await d.expect("pair_incoming")
 
-            assert await a.register(C) == {"type": "registered", "pairingCode": C}
+            assert (await a.register(C))["pairingCode"] == C
             await expect(b, {"type": "peer_left", "pairingCode": A})
             # The old code is free at once (no grace for a code given up) and its pending
             # request is gone.
-            assert await c.register(A) == {"type": "registered", "pairingCode": A}
+            assert (await c.register(A))["pairingCode"] == A
             await d.pair_response(A, True)
             await expect(d, NO_REQUEST)
             await b.signal("offer", A, {})

@@ -28,6 +28,7 @@ from zajel.protocol.signaling import (
 CODE = "ABC234"
 OTHER = "XYZ789"
 KEY = base64.b64encode(bytes(range(32))).decode()
+TOKEN = "Q2hhbmdlLW1lOiBhIHNhbXBsZSByZWNvbm5lY3QgdG9rZW4"
 MESSAGE_CLASSES = (Register, PairRequest, PairAnswer, Relay, Ping, Invalid)
 
 
@@ -59,6 +60,16 @@ VALID = [
     (frame(type="register", pairingCode=CODE), Register(CODE, None)),
     (frame(type="register", pairingCode=CODE, publicKey=None), Register(CODE, None)),
     (frame(type="register", pairingCode=CODE, unknown=[1, 2]), Register(CODE, None)),
+    (
+        frame(type="register", pairingCode=CODE, publicKey=KEY, reconnectToken=TOKEN),
+        Register(CODE, KEY, TOKEN),
+    ),
+    (frame(type="register", pairingCode=CODE, reconnectToken=None), Register(CODE, None, None)),
+    (frame(type="register", pairingCode=CODE, reconnectToken="t"), Register(CODE, None, "t")),
+    (
+        frame(type="register", pairingCode=CODE, reconnectToken="t" * 128),
+        Register(CODE, None, "t" * 128),
+    ),
     (frame(type="pair_request", targetCode=OTHER), PairRequest(OTHER, None)),
     (frame(type="pair_request", targetCode=OTHER, proposedName=None), PairRequest(OTHER, None)),
     (
@@ -143,6 +154,13 @@ INVALID_FIELDS = [
         ]
     ],
     *[
+        (
+            frame(type="register", pairingCode=CODE, publicKey=KEY, reconnectToken=bad),
+            "Invalid reconnectToken: expected a string of 1 to 128 characters",
+        )
+        for bad in ["", "t" * 129, 12, True, [TOKEN], {"token": TOKEN}]
+    ],
+    *[
         (frame(type="pair_request", targetCode=bad), "Invalid target code format")
         for bad in [*BAD_CODES, None]
     ],
@@ -187,6 +205,11 @@ def test_bad_fields_are_invalid_field_values(data, names):
     assert names in message.error.message
     type_ = json.loads(data)["type"]
     assert message.needs_registration is (type_ != "register")
+
+
+def test_the_reconnect_token_never_shows_in_a_repr():
+    # Registration is logged and its failures may be too: the token must not ride along.
+    assert TOKEN not in repr(decode(frame(type="register", pairingCode=CODE, reconnectToken=TOKEN)))
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,10 @@ KEY_B = base64.b64encode(b"\x0b" * 32).decode()
 class Room:
     address: LocalAddress
     service: SignalingRoom
+    tokens: dict[str, str] = attrs.field(factory=dict)  # each code's reconnect token
 
-    async def attach(self, conn: int, peer: FakePeer) -> None:
-        await self.address.cast(Attach(conn, peer, "192.0.2.1"))
+    async def attach(self, conn: int, peer: FakePeer, ip: str = "192.0.2.1") -> None:
+        await self.address.cast(Attach(conn, peer, ip))
 
     async def send(self, conn: int, **frame: Any) -> None:
         await self.address.cast(Inbound(conn, decode(json.dumps(frame))))
@@ -40,13 +41,18 @@ class Room:
         """Wait until everything sent so far is handled (the inbox is first in, first out)."""
         return await self.address.call(GetStats())
 
-    async def join(self, conn: int, code: str, key: str | None = None) -> FakePeer:
+    async def join(
+        self, conn: int, code: str, key: str | None = None, ip: str = "192.0.2.1"
+    ) -> FakePeer:
         peer = FakePeer()
-        await self.attach(conn, peer)
+        await self.attach(conn, peer, ip)
         frame = {"pairingCode": code} if key is None else {"pairingCode": code, "publicKey": key}
         await self.send(conn, type="register", **frame)
         await self.settle()
-        assert peer.take() == [{"type": "registered", "pairingCode": code}]
+        [registered] = peer.take()
+        assert registered.keys() == {"type", "pairingCode", "reconnectToken"}
+        assert (registered["type"], registered["pairingCode"]) == ("registered", code)
+        self.tokens[code] = registered["reconnectToken"]
         return peer
 
     async def match(self, conn_a: int, code_a: str, conn_b: int, code_b: str) -> None:
@@ -238,7 +244,7 @@ def test_from_config_applies_the_pairing_limits():
     room = SignalingRoom.from_config(Config(pair_requests_per_minute=1, pair_pending_per_target=1))
     state = room.state
     for conn, code in ((1, A), (2, B), (3, C)):
-        state.connect(conn)
+        state.connect(conn, "192.0.2.1")
         state.handle(conn, decode(json.dumps({"type": "register", "pairingCode": code})), 0.0)
     request = decode(json.dumps({"type": "pair_request", "targetCode": C}))
     assert state.handle(1, request, 0.0)[0][0] == 3
@@ -247,6 +253,72 @@ def test_from_config_applies_the_pairing_limits():
         "type": "pair_error",
         "error": "Pair request could not be processed",
     }
+
+
+def test_from_config_applies_the_per_ip_pair_request_limit():
+    room = SignalingRoom.from_config(
+        Config(pair_requests_per_minute=5, pair_requests_per_minute_per_ip=2)
+    )
+    state = room.state
+    for conn, code in ((1, A), (2, B)):
+        state.connect(conn, "192.0.2.1")
+        state.handle(conn, decode(json.dumps({"type": "register", "pairingCode": code})), 0.0)
+    request = decode(json.dumps({"type": "pair_request", "targetCode": C}))
+    assert state.handle(1, request, 0.0)[0][1]["type"] == "pair_error"
+    assert state.handle(2, request, 0.0)[0][1]["type"] == "pair_error"
+    assert state.handle(2, request, 0.0)[0][1]["code"] == "rate_limited"
+    assert state.handle(1, request, 0.0)[0][1]["code"] == "rate_limited"
+
+
+async def test_the_per_ip_limit_on_the_service_clock(
+    autojump_clock, nursery, signaling_log, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="zajel.signaling")
+    service = SignalingRoom.from_config(Config())
+    room = Room(start_service(nursery, service), service)
+    target = await room.join(100, "TTTTTT", KEY_B, ip="198.51.100.7")
+    too_many = {"type": "error", "code": "rate_limited", "message": "Too many pair requests"}
+    for index, code in enumerate(("PAAAAA", "PBBBBB", "PCCCCC")):
+        prober = await room.join(index, code)
+        for _ in range(10):
+            await room.send(index, type="pair_request", targetCode="TTTTTT")
+        await room.address.cast(Detach(index))
+        await room.settle()
+        assert prober.types() == []  # a live target: no reply to the sender
+        assert target.types() == ["pair_incoming"] * 10
+        target.take()
+    prober = await room.join(3, "PDDDDD")
+    await room.send(3, type="pair_request", targetCode="TTTTTT")
+    await room.send(3, type="pair_request", targetCode="TTTTTT")
+    await room.settle()
+    assert prober.take() == [too_many, too_many]
+    assert target.frames == []
+    # One line for the run of refusals, naming no code and no address.
+    [line] = [r for r in signaling_log if r.getMessage() == "pair requests limited for an IP"]
+    assert "192.0.2.1" not in str(vars(line))
+    await trio.sleep(60)
+    await room.send(3, type="pair_request", targetCode="TTTTTT")
+    await room.settle()
+    assert prober.frames == []
+    assert target.types() == ["pair_incoming"]
+
+
+async def test_the_reconnect_token_is_never_logged(autojump_clock, room, signaling_log, caplog):
+    caplog.set_level(logging.DEBUG, logger="zajel.signaling")
+    await room.join(1, A, KEY_A)
+    await room.join(2, B, KEY_B)
+    await room.match(1, A, 2, B)
+    await room.address.cast(Detach(1))
+    await room.attach(3, FakePeer(), ip="198.51.100.7")
+    for token in ("wrong-token", room.tokens[A]):
+        await room.send(3, type="register", pairingCode=A, publicKey=KEY_A, reconnectToken=token)
+    await room.settle()
+    messages = [r.getMessage() for r in signaling_log]
+    assert "pairing code in use" in messages
+    assert "peer reconnected" in messages
+    for record in signaling_log:
+        assert room.tokens[A] not in str(vars(record))
+        assert "wrong-token" not in str(vars(record))
 
 
 async def test_a_message_whose_handling_fails_gets_internal_error_and_the_room_goes_on(
@@ -272,4 +344,6 @@ async def test_a_message_whose_handling_fails_gets_internal_error_and_the_room_g
     ]
     await room.send(1, type="register", pairingCode=A)
     await room.settle()
-    assert peer.take() == [{"type": "registered", "pairingCode": A}]
+    assert peer.take() == [
+        {"type": "registered", "pairingCode": A, "reconnectToken": room.tokens[A]}
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
@@ -15,7 +16,10 @@ from zajel.protocol.frames import Invalid, encode
 from zajel.protocol.signaling import decode
 from zajel.services.signaling import SignalingState, SignalingStats
 
-A, B, C, D, E = "AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD", "EEEEEE"
+A, B, C, D, E, T = "AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD", "EEEEEE", "TTTTTT"
+CODES_OF_IP = {1: "PAAAAA", 2: "PBBBBB", 3: "PCCCCC", 4: "PDDDDD", 5: "PEEEEE"}
+# Codes nobody holds, for probing (distinct, so that no request is a repeat).
+UNKNOWN = [f"Z{index:05d}".translate(str.maketrans("01", "YX")) for index in range(40)]
 KEY_A = base64.b64encode(b"\x01" * 32).decode()
 KEY_B = base64.b64encode(b"\x02" * 32).decode()
 KEY_C = base64.b64encode(b"\x03" * 32).decode()
@@ -28,6 +32,25 @@ NOT_REGISTERED = {
     "message": "Not registered: send register first",
 }
 IN_USE = {"type": "error", "code": "pairing_code_in_use", "message": "Pairing code already in use"}
+TOO_MANY = {"type": "error", "code": "rate_limited", "message": "Too many pair requests"}
+IP, OTHER_IP = "192.0.2.1", "198.51.100.7"
+
+
+class _AnyToken:
+    """Equal to any reconnect token the server makes: 43 characters of URL-safe base64."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9_-]{43}", other) is not None
+
+    def __repr__(self) -> str:
+        return "<any reconnect token>"
+
+
+ANY_TOKEN = _AnyToken()
+
+
+def registered(code: str) -> dict[str, Any]:
+    return {"type": "registered", "pairingCode": code, "reconnectToken": ANY_TOKEN}
 
 
 def peer_not_found(code: str) -> dict[str, Any]:
@@ -38,19 +61,24 @@ def send(state: SignalingState, conn: int, now: float = 0.0, **frame: Any) -> li
     return state.handle(conn, decode(json.dumps(frame)), now)
 
 
-def register(state, conn, code, key=None, now=0.0):
+def register(state, conn, code, key=None, now=0.0, token=None):
     fields = {"pairingCode": code}
     if key is not None:
         fields["publicKey"] = key
+    if token is not None:
+        fields["reconnectToken"] = token
     return send(state, conn, now, type="register", **fields)
 
 
-def join(state, conn, code, key=None, now=0.0):
-    """Connect ``conn`` and register ``code``; the registration must succeed."""
-    state.connect(conn)
-    assert register(state, conn, code, key, now) == [
-        (conn, {"type": "registered", "pairingCode": code})
-    ]
+def join(state, conn, code, key=None, now=0.0, ip=IP):
+    """Connect ``conn`` from ``ip`` and register ``code``; the registration must succeed.
+
+    Returns the reconnect token of ``registered``.
+    """
+    state.connect(conn, ip)
+    outs = register(state, conn, code, key, now)
+    assert outs == [(conn, registered(code))]
+    return outs[0][1]["reconnectToken"]
 
 
 def request(state, conn, target, now=0.0, **extra):
@@ -90,15 +118,15 @@ def pair(state) -> SignalingState:
 
 
 def test_register(state):
-    state.connect(1)
-    assert register(state, 1, A, KEY_A) == [(1, {"type": "registered", "pairingCode": A})]
+    state.connect(1, IP)
+    assert register(state, 1, A, KEY_A) == [(1, registered(A))]
     assert state.statistics() == SignalingStats(
         connections=1, pairing_codes=1, pending_pair_requests=0
     )
 
 
 def test_messages_before_registration(state):
-    state.connect(1)
+    state.connect(1, IP)
     assert request(state, 1, B) == [(1, NOT_REGISTERED)]
     assert respond(state, 1, B, True) == [(1, NOT_REGISTERED)]
     assert send(state, 1, type="pair_accept", targetCode=B) == [(1, NOT_REGISTERED)]
@@ -109,7 +137,7 @@ def test_messages_before_registration(state):
 
 def test_a_code_held_by_a_live_connection_is_refused(state):
     join(state, 1, A, KEY_A)
-    state.connect(2)
+    state.connect(2, IP)
     assert register(state, 2, A, KEY_A) == [(2, IN_USE)]
     assert register(state, 2, A) == [(2, IN_USE)]
     assert state.statistics().pairing_codes == 1
@@ -121,7 +149,7 @@ def test_a_code_held_by_a_live_connection_is_refused(state):
 
 def test_registering_the_same_code_again_on_the_same_connection(state):
     join(state, 1, A)
-    assert register(state, 1, A, KEY_A) == [(1, {"type": "registered", "pairingCode": A})]
+    assert register(state, 1, A, KEY_A) == [(1, registered(A))]
     join(state, 2, B)
     assert request(state, 2, A) == [
         (1, {"type": "pair_incoming", "fromCode": B, "fromPublicKey": None, "expiresIn": 120_000})
@@ -140,7 +168,7 @@ def test_registering_a_new_code_releases_the_old_one(pair):
     assert request(state, 1, C)[0][0] == 3  # a pending request from A
     assert register(state, 1, D, KEY_A) == [
         (2, {"type": "peer_left", "pairingCode": A}),
-        (1, {"type": "registered", "pairingCode": D}),
+        (1, registered(D)),
     ]
     assert state.statistics() == SignalingStats(
         connections=3, pairing_codes=3, pending_pair_requests=0
@@ -277,6 +305,144 @@ def test_refused_pair_requests_count_against_the_limit():
     assert request(state, 1, B)[0][1]["code"] == "rate_limited"
 
 
+def test_pair_requests_are_limited_per_ip_over_all_its_connections(state):
+    join(state, 9, T, KEY_C, ip=OTHER_IP)
+    for conn in range(1, 6):
+        join(state, conn, CODES_OF_IP[conn])
+    # Three connections of one address, each within its own 10 a minute: 30 at 0 s..29 s.
+    for second in range(30):
+        conn = 1 + second // 10
+        assert request(state, conn, UNKNOWN[second], now=float(second)) == [(conn, UNPROCESSABLE)]
+    # Closing them buys nothing: a fourth connection, a live target, still refused.
+    for conn in (1, 2, 3):
+        state.disconnect(conn, 30.0)
+    assert request(state, 4, T, now=30.0) == [(4, TOO_MANY)]
+    assert request(state, 4, UNKNOWN[30], now=59.999) == [(4, TOO_MANY)]
+    # Another address has its own budget.
+    join(state, 8, E, ip=OTHER_IP)
+    assert request(state, 8, T, now=59.999)[0][0] == 9
+    # 60 s after the first request one slot is free again, then 61 s after the second.
+    assert request(state, 4, T, now=60.0)[0][0] == 9
+    assert request(state, 5, T, now=60.0) == [(5, TOO_MANY)]
+    assert request(state, 5, T, now=60.999) == [(5, TOO_MANY)]
+    assert request(state, 5, T, now=61.0)[0][0] == 9
+
+
+def test_a_request_refused_by_either_limit_counts_against_neither():
+    state = SignalingState(pair_requests_per_minute=2, pair_requests_per_minute_per_ip=3)
+    join(state, 1, A)
+    join(state, 2, B)
+    join(state, 9, T, ip=OTHER_IP)
+    assert request(state, 1, T, now=0.0)[0][0] == 9
+    assert request(state, 1, T, now=0.0)[0][0] == 9
+    # The connection's own limit refuses this one: the address has counted 2, not 3...
+    assert request(state, 1, T, now=0.0) == [(1, TOO_MANY)]
+    # ...so another connection of it may still send one.
+    assert request(state, 2, T, now=30.0)[0][0] == 9
+    # The address's limit refuses this one: the connection has counted 1, not 2...
+    assert request(state, 2, T, now=30.0) == [(2, TOO_MANY)]
+    # ...so once the first two have left the address's window, it may send 1 more, not 0.
+    assert request(state, 2, T, now=60.0)[0][0] == 9
+    assert request(state, 2, T, now=60.0) == [(2, TOO_MANY)]
+
+
+def test_ip_windows_outlive_their_connections_but_not_their_minute(state):
+    join(state, 9, T, ip=OTHER_IP)
+    for index in range(500):
+        conn = 100 + index
+        join(state, conn, UNKNOWN[index % 40], ip=f"10.0.{index // 250}.{index % 250}")
+        request(state, conn, T, now=0.0)
+        state.disconnect(conn, 0.0)
+    assert state.sizes()["ip_windows"] == 500
+    assert state.sizes()["connections"] == 1
+    join(state, 1, A)
+    request(state, 1, T, now=59.0)
+    assert state.sizes()["ip_windows"] == 501
+    # The sweep runs at most once a minute: a minute after the first requests, they are gone.
+    request(state, 1, T, now=60.0)
+    assert state.sizes()["ip_windows"] == 1
+    assert state.expire(119.0) == []  # the pair timers
+    state.expire(200.0)
+    assert state.sizes()["ip_windows"] == 0
+
+
+# -- reconnect token --------------------------------------------------------------------------
+
+
+def test_registered_carries_a_reconnect_token_bound_to_its_code(state):
+    token_a = join(state, 1, A, KEY_A)
+    token_b = join(state, 2, B, KEY_B)
+    assert token_a == ANY_TOKEN
+    assert token_a != token_b
+    # The code keeps its token while it is held, whatever key it is registered with again.
+    assert register(state, 1, A, KEY_C) == [
+        (1, {"type": "registered", "pairingCode": A, "reconnectToken": token_a})
+    ]
+    # A code given up and registered afresh has a new one.
+    assert register(state, 1, C, KEY_A)[0][1]["reconnectToken"] != token_a
+    assert join(state, 3, A, KEY_A) not in {token_a, token_b}
+
+
+def test_the_public_key_alone_does_not_reclaim_a_reserved_code(state):
+    token_a = join(state, 1, A, KEY_A)
+    token_b = join(state, 2, B, KEY_B)
+    match(state, 1, A, 2, B)
+    state.disconnect(1, 100.0)
+    state.connect(3, OTHER_IP)
+    # Every attempt is refused and nobody else hears of it.
+    for token in (None, "x" * 43, token_b, token_a[:-1], token_a + "x", "é" * 43):
+        assert register(state, 3, A, KEY_A, now=101.0, token=token) == [(3, IN_USE)]
+    # The right token needs the right key too.
+    assert register(state, 3, A, KEY_C, now=101.0, token=token_a) == [(3, IN_USE)]
+    assert register(state, 3, A, now=101.0, token=token_a) == [(3, IN_USE)]
+    assert relay(state, 3, B) == [(3, NOT_REGISTERED)]
+    assert relay(state, 2, A) == [(2, peer_not_found(A))]
+    # The device itself, from another network, with its token.
+    assert register(state, 3, A, KEY_A, now=129.9, token=token_a) == [
+        (3, {"type": "registered", "pairingCode": A, "reconnectToken": token_a}),
+        (2, {"type": "peer_joined", "pairingCode": A}),
+    ]
+    assert relay(state, 2, A) == [(3, {"type": "offer", "from": B, "payload": {"sdp": "v=0"}})]
+
+
+def test_without_a_token_only_the_same_ip_reclaims_a_reserved_code(state):
+    join(state, 1, A, KEY_A, ip=IP)
+    join(state, 2, B, KEY_B, ip=OTHER_IP)
+    match(state, 1, A, 2, B)
+    state.disconnect(1, 0.0)
+    state.connect(3, OTHER_IP)
+    assert register(state, 3, A, KEY_A, now=1.0) == [(3, IN_USE)]
+    state.connect(4, IP)
+    # From the same address a token, if sent, must still be right.
+    assert register(state, 4, A, KEY_A, now=1.0, token="x" * 43) == [(4, IN_USE)]
+    assert register(state, 4, A, KEY_B, now=1.0) == [(4, IN_USE)]
+    assert register(state, 4, A, KEY_A, now=2.0) == [
+        (4, registered(A)),
+        (2, {"type": "peer_joined", "pairingCode": A}),
+    ]
+
+
+def test_a_reclaimed_code_is_held_from_its_new_ip(state):
+    token_a = join(state, 1, A, KEY_A, ip=IP)
+    join(state, 2, B, KEY_B)
+    match(state, 1, A, 2, B)
+    state.disconnect(1, 0.0)
+    state.connect(3, OTHER_IP)
+    assert register(state, 3, A, KEY_A, now=1.0, token=token_a)[0] == (3, registered(A))
+    state.disconnect(3, 2.0)
+    # Without the token, only the address it was last held from may take it back now.
+    state.connect(4, IP)
+    assert register(state, 4, A, KEY_A, now=3.0) == [(4, IN_USE)]
+    state.connect(5, OTHER_IP)
+    assert register(state, 5, A, KEY_A, now=3.0)[0] == (5, registered(A))
+    # The token is the code's for as long as it is held or reserved.
+    state.disconnect(5, 4.0)
+    assert register(state, 4, A, KEY_A, now=5.0, token=token_a)[1] == (
+        2,
+        {"type": "peer_joined", "pairingCode": A},
+    )
+
+
 # -- relay ----------------------------------------------------------------------------------
 
 
@@ -325,7 +491,7 @@ def test_a_bad_relay_from_a_registered_connection_is_invalid_field(pair):
 
 
 def test_registration_is_checked_before_fields(state):
-    state.connect(1)
+    state.connect(1, IP)
     bad_offer = decode(json.dumps({"type": "offer", "target": 5}))
     assert isinstance(bad_offer, Invalid)
     assert bad_offer.needs_registration
@@ -439,12 +605,12 @@ def test_disconnect_of_an_unmatched_code_frees_it_at_once(state):
 def test_reconnect_within_grace_restores_the_matches(pair):
     state = pair
     assert state.disconnect(1, 100.0) == [(2, {"type": "peer_left", "pairingCode": A})]
-    state.connect(3)
+    state.connect(3, IP)
     assert register(state, 3, A, KEY_B, now=101.0) == [(3, IN_USE)]  # another key
     assert register(state, 3, A, now=102.0) == [(3, IN_USE)]  # no key
-    state.connect(4)
+    state.connect(4, IP)
     assert register(state, 4, A, KEY_A, now=129.9) == [
-        (4, {"type": "registered", "pairingCode": A}),
+        (4, registered(A)),
         (2, {"type": "peer_joined", "pairingCode": A}),
     ]
     assert state.next_deadline() == float("inf")  # the grace timer is gone
@@ -470,11 +636,11 @@ def test_after_the_grace_time_the_code_is_free_and_forgotten(pair):
     state.disconnect(1, 0.0)
     assert state.next_deadline() == 30.0
     assert state.expire(29.9) == []
-    state.connect(3)
+    state.connect(3, IP)
     assert register(state, 3, A, KEY_C, now=29.9) == [(3, IN_USE)]
     assert state.expire(30.0) == []
     assert state.sizes()["codes"] == 1
-    assert register(state, 3, A, KEY_C, now=30.0) == [(3, {"type": "registered", "pairingCode": A})]
+    assert register(state, 3, A, KEY_C, now=30.0) == [(3, registered(A))]
     # B's match with the old A is gone: the new holder of A is a stranger to B.
     assert relay(state, 2, A) == [(2, peer_not_found(A))]
     assert relay(state, 3, B) == [(3, peer_not_found(B))]
@@ -484,8 +650,8 @@ def test_both_partners_gone_then_one_returns(pair):
     state = pair
     state.disconnect(1, 0.0)
     assert state.disconnect(2, 10.0) == []  # A is not live: nobody to tell
-    state.connect(3)
-    assert register(state, 3, A, KEY_A, now=20.0) == [(3, {"type": "registered", "pairingCode": A})]
+    state.connect(3, IP)
+    assert register(state, 3, A, KEY_A, now=20.0) == [(3, registered(A))]
     assert state.expire(40.0) == []  # B's grace ends
     assert relay(state, 3, B) == [(3, peer_not_found(B))]
     assert state.sizes()["codes"] == 1
@@ -497,7 +663,7 @@ def test_both_partners_gone_then_one_returns(pair):
 def test_statistics(pair):
     state = pair
     join(state, 3, C)
-    state.connect(4)
+    state.connect(4, IP)
     request(state, 3, A)
     stats = state.statistics()
     assert stats == SignalingStats(connections=4, pairing_codes=3, pending_pair_requests=1)
@@ -510,7 +676,7 @@ def test_every_map_is_empty_once_everyone_has_gone_and_timers_ran_out():
     codes = [f"A{index:05d}".translate(str.maketrans("01", "XY")) for index in range(count)]
     keys = [base64.b64encode(index.to_bytes(32, "big")).decode() for index in range(count)]
     for conn, (code, key) in enumerate(zip(codes, keys, strict=True)):
-        join(state, conn, code, key if conn % 3 else None)
+        join(state, conn, code, key if conn % 3 else None, ip=f"10.0.0.{conn % 50}")
     for conn in range(0, count, 2):  # matched couples
         match(state, conn, codes[conn], conn + 1, codes[conn + 1], now=1.0)
     for conn in range(count):  # pending requests, in both directions and to full targets
@@ -528,6 +694,7 @@ def test_every_map_is_empty_once_everyone_has_gone_and_timers_ran_out():
         "codes",
         "conn_codes",
         "connections",
+        "ip_windows",
         "pending",
         "incoming",
         "outgoing",
@@ -540,6 +707,7 @@ def test_every_map_is_empty_once_everyone_has_gone_and_timers_ran_out():
 CODES = [A, B, C, D]
 KEYS = [None, KEY_A, KEY_B]
 CONNS = [1, 2, 3, 4]
+IP_OF = {1: IP, 2: IP, 3: OTHER_IP, 4: OTHER_IP}  # two clients behind each address
 
 session_ops = st.lists(
     st.one_of(
@@ -567,7 +735,7 @@ session_ops = st.lists(
 def test_random_sessions_address_only_open_connections_and_leave_nothing_behind(ops):
     state = SignalingState()
     for conn in CONNS:
-        state.connect(conn)
+        state.connect(conn, IP_OF[conn])
     connected: set[int] = set(CONNS)
     code_of: dict[int, str] = {}
     now = 0.0
@@ -575,7 +743,7 @@ def test_random_sessions_address_only_open_connections_and_leave_nothing_behind(
         outs: list[Any] = []
         if op == "connect":
             if args[0] not in connected:
-                state.connect(args[0])
+                state.connect(args[0], IP_OF[args[0]])
                 connected.add(args[0])
         elif op == "register":
             outs = register(state, args[0], args[1], args[2], now)

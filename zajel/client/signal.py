@@ -2,11 +2,18 @@
 
 Example::
 
+    key = generate_public_key()
     async with connect_signal("ws://127.0.0.1:8080") as alice:
-        await alice.register("ABC234", generate_public_key())
+        await alice.register("ABC234", key)
         await alice.pair_request("XYZ789")
         matched = await alice.expect("pair_matched")
         await alice.signal("offer", "XYZ789", {"sdp": "…"})
+        token = alice.reconnect_token  # a secret: keep it, never log it
+
+    # The connection dropped: within the 30 s reconnect grace, from any network, the same code,
+    # key and token get the matches back (the partners get ``peer_joined``).
+    async with connect_signal("ws://127.0.0.1:8080") as alice:
+        await alice.register("ABC234", key, reconnect_token=token)
 """
 
 from __future__ import annotations
@@ -40,14 +47,29 @@ class SignalClient(JsonSocket):
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         super().__init__(ws)
         self.code: str | None = None
+        # The secret that lets this device reclaim its code after a disconnect (the reconnect
+        # grace, docs/protocol/signaling.md): keep it, and never log it.
+        self.reconnect_token: str | None = None
 
-    async def register(self, code: str, public_key: str | None = None) -> dict[str, Any]:
+    async def register(
+        self, code: str, public_key: str | None = None, *, reconnect_token: str | None = None
+    ) -> dict[str, Any]:
+        """Claim ``code``; the ``registered`` reply.
+
+        To reclaim a code after a dropped connection, pass the same ``public_key`` and the
+        ``reconnect_token`` the earlier connection kept. Raises ``ServerError`` when the server
+        answers with anything else (``pairing_code_in_use``, ``invalid_field``).
+        """
         frame: dict[str, Any] = {"type": "register", "pairingCode": code}
         if public_key is not None:
             frame["publicKey"] = public_key
+        if reconnect_token is not None:
+            frame["reconnectToken"] = reconnect_token
         await self.send(frame)
         reply = await self.expect("registered")
         self.code = code
+        token = reply.get("reconnectToken")
+        self.reconnect_token = token if isinstance(token, str) else None
         return reply
 
     async def pair_request(self, target: str, proposed_name: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Messages of WebSocket ``/signal`` and their decoding (``../shared/spec/signaling.md``).
+"""Messages of WebSocket ``/signal`` and their decoding (docs/protocol/signaling.md).
 
 ``decode`` turns one text frame into one typed message and never raises: a frame that breaks
 the protocol becomes an ``Invalid`` message carrying its error. The SignalingRoom then answers
@@ -24,6 +24,9 @@ CANDIDATE_MAX = 4_096
 PAIR_REQUEST_LIFETIME_S: Final = 120.0
 PAIR_EXPIRING_WARNING_S: Final = 90.0
 RECONNECT_GRACE_S: Final = 30.0
+# The server's tokens are 43 characters (``secrets.token_urlsafe(32)``); anything a client sends
+# back is only compared, so the bound just keeps junk small.
+RECONNECT_TOKEN_MAX: Final = 128
 
 WEBRTC_TYPES: Final = frozenset({"offer", "answer", "ice_candidate"})
 CALL_TYPES: Final = frozenset(
@@ -38,8 +41,12 @@ OPEN_TYPES: Final = frozenset({"register", "ping"})
 
 @attrs.frozen
 class Register:
+    """``register``; ``reconnect_token`` is the one a previous ``registered`` gave, if any."""
+
     pairing_code: str
     public_key: str | None
+    # A secret of the device: kept out of reprs so that no log line can carry it.
+    reconnect_token: str | None = attrs.field(default=None, repr=False)
     needs_registration: bool = attrs.field(default=False, init=False)
 
 
@@ -95,6 +102,9 @@ def _decode_fields(type_: str, obj: dict[str, Any]) -> SignalMessage:
         return Register(
             fields.require_pairing_code(obj, "pairingCode", "pairing code"),
             fields.optional_public_key(obj, "publicKey"),
+            fields.optional_bounded_string(
+                obj, "reconnectToken", min_length=1, max_length=RECONNECT_TOKEN_MAX
+            ),
         )
     if type_ == "pair_request":
         return PairRequest(

@@ -1,5 +1,5 @@
 """SignalingRoom: pairing codes, consent pairing, and WebRTC/call relay
-(``../shared/spec/signaling.md``).
+(docs/protocol/signaling.md).
 
 ``SignalingState`` is the pure state: it takes decoded messages and the current time and
 returns the frames to send, as ``(conn_id, frame)`` pairs. ``SignalingRoom`` is the service
@@ -9,8 +9,21 @@ Invariants the state keeps:
 - A live code belongs to exactly one connection, and a connection holds at most one code.
 - Matches are symmetric: ``b in codes[a].matches`` iff ``a in codes[b].matches``.
 - A pending request exists only between two live codes; it ends when either side goes.
-- A reserved code (reconnect grace) has no connection and keeps its matches for 30 s, for
-  the same public key only; after that it is forgotten and its partners drop it.
+- A reserved code (reconnect grace) has no connection and keeps its matches for 30 s. Only its
+  own device gets them back: the same public key, and either the code's reconnect token or
+  (older clients, which send none) the client IP the code was held from. The public key alone
+  proves nothing, since every ``pair_incoming`` hands it out. After 30 s the code is forgotten
+  and its partners drop it.
+- A code's reconnect token is made when the code is registered afresh and stays the same while
+  the code is held or reserved; it goes only to the code's own connection in ``registered``,
+  is compared in constant time and is never logged.
+
+Limits: ``pair_request`` is limited per connection (by default 10 in any 60 s) and per client
+IP over all of that IP's connections (by default 30 in any 60 s), so opening new connections
+buys no new probes. A request refused by either limit counts against neither. An IP's window
+outlives its connections (that is the point) but not its last minute of requests: once a minute
+the windows whose last counted request is over a minute old are dropped, so memory follows the
+IPs that asked within the last two minutes, each holding at most its limit of timestamps.
 
 Timers (all on trio's clock): a pair request warns both sides at 90 s and times out at 120 s;
 a reservation ends 30 s after the disconnect.
@@ -18,7 +31,11 @@ a reservation ends 30 s after the disconnect.
 
 from __future__ import annotations
 
+import bisect
+import hmac
 import logging
+import math
+import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -52,6 +69,7 @@ PAIR_ERROR_NO_REQUEST: Final = "No pending request from this peer"
 _REDACT_ALWAYS: Final = CodeRedactor(enabled=True)
 _EXPIRES_IN_MS: Final = int(PAIR_REQUEST_LIFETIME_S * 1000)
 _REMAINING_S: Final = int(PAIR_REQUEST_LIFETIME_S - PAIR_EXPIRING_WARNING_S)
+PAIR_REQUEST_WINDOW_S: Final = 60.0
 
 
 @attrs.frozen
@@ -68,13 +86,39 @@ class SignalingStats:
         }
 
 
+def _new_token() -> str:
+    # 256 random bits: not guessable, and not derived from anything a client can see.
+    return secrets.token_urlsafe(32)
+
+
 @attrs.define
 class _Code:
-    """A pairing code: live (``conn`` set) or reserved during the reconnect grace."""
+    """A pairing code: live (``conn`` set) or reserved during the reconnect grace.
+
+    ``ip`` is the client IP key of the connection that holds (or last held) it: an older client
+    without ``token`` may reclaim a reserved code from there only.
+    """
 
     conn: ConnId | None
     public_key: str | None
+    ip: str
+    token: str = attrs.field(factory=_new_token, repr=False)
     matches: set[str] = attrs.field(factory=set)
+
+
+@attrs.define
+class _Connection:
+    ip: str
+    pair_requests: SlidingWindow
+
+
+@attrs.define
+class _IpWindow:
+    """One client IP's counted ``pair_request`` times within the last minute, oldest first."""
+
+    # A plain list: most IPs ask once or twice, and a deque's first block alone is ~600 bytes.
+    times: list[float] = attrs.field(factory=list)
+    refusal_logged: bool = False  # one log line per run of refusals, not one per probe
 
 
 @attrs.define
@@ -95,16 +139,21 @@ class SignalingState:
         self,
         *,
         pair_requests_per_minute: int = 10,
+        pair_requests_per_minute_per_ip: int = 30,
         pending_per_target: int = 10,
         redact: Callable[[str | None], str] = _REDACT_ALWAYS,
     ) -> None:
         self._pair_requests_per_minute = pair_requests_per_minute
+        self._pair_requests_per_minute_per_ip = pair_requests_per_minute_per_ip
         self._pending_per_target = pending_per_target
         self._redact = redact
         self._codes: dict[str, _Code] = {}
         self._conn_codes: dict[ConnId, str] = {}
-        # One pair-request limiter per open connection; its presence means "connected".
-        self._connections: dict[ConnId, SlidingWindow] = {}
+        # Every open connection, with its IP key and pair-request limiter.
+        self._connections: dict[ConnId, _Connection] = {}
+        # Per client IP, over all its connections, open or closed: see _sweep_ip_windows.
+        self._ip_windows: dict[str, _IpWindow] = {}
+        self._next_ip_sweep = -math.inf
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._incoming: dict[str, set[str]] = {}  # target -> requesters
         self._outgoing: dict[str, set[str]] = {}  # requester -> targets
@@ -112,8 +161,10 @@ class SignalingState:
 
     # -- connections ---------------------------------------------------------------------
 
-    def connect(self, conn: ConnId) -> None:
-        self._connections[conn] = SlidingWindow(self._pair_requests_per_minute, 60.0)
+    def connect(self, conn: ConnId, ip: str) -> None:
+        """``conn`` opened from the client IP key ``ip`` (``Attach.ip``)."""
+        window = SlidingWindow(self._pair_requests_per_minute, PAIR_REQUEST_WINDOW_S)
+        self._connections[conn] = _Connection(ip, window)
 
     def disconnect(self, conn: ConnId, now: float) -> list[Out]:
         """Clean up after ``conn``, whatever closed it. Unknown connections are ignored."""
@@ -154,6 +205,7 @@ class SignalingState:
 
     def expire(self, now: float) -> list[Out]:
         outs: list[Out] = []
+        self._sweep_ip_windows(now)
         for kind, first, second in self._timers.pop_due(now):
             if kind == "grace":
                 entry = self._codes.get(first)
@@ -190,6 +242,7 @@ class SignalingState:
             "codes": len(self._codes),
             "conn_codes": len(self._conn_codes),
             "connections": len(self._connections),
+            "ip_windows": len(self._ip_windows),
             "pending": len(self._pending),
             "incoming": len(self._incoming),
             "outgoing": len(self._outgoing),
@@ -201,35 +254,51 @@ class SignalingState:
     def _register(self, conn: ConnId, message: Register, now: float) -> list[Out]:
         code, key = message.pairing_code, message.public_key
         entry = self._codes.get(code)
-        outs: list[Out] = []
-        reconnecting = entry is not None and entry.conn is None and key == entry.public_key
-        if entry is not None and entry.conn != conn and not (reconnecting and key is not None):
+        if entry is not None and entry.conn != conn and not self._may_reclaim(entry, conn, message):
             log.info("pairing code in use", extra=context(code=self._redact(code)))
             return [(conn, _error(errors.PAIRING_CODE_IN_USE, "Pairing code already in use"))]
+        outs: list[Out] = []
         current = self._conn_codes.get(conn)
         if current is not None and current != code:
             outs += self._release(current, now, grace=False)
-        outs.append((conn, {"type": "registered", "pairingCode": code}))
+        ip = self._connections[conn].ip
+        joined: list[Out] = []
         if entry is None:
-            self._codes[code] = _Code(conn, key)
-        elif entry.conn is None:  # reconnect within the grace time: restore the matches
-            entry.conn = conn
+            entry = self._codes[code] = _Code(conn, key, ip)
+        elif entry.conn is None:  # its own device, back within the grace time
+            entry.conn, entry.ip = conn, ip
             self._timers.cancel(("grace", code, ""))
             for partner in sorted(entry.matches):
                 partner_conn = self._live_conn(partner)
                 if partner_conn is not None:
-                    outs.append((partner_conn, {"type": "peer_joined", "pairingCode": code}))
+                    joined.append((partner_conn, {"type": "peer_joined", "pairingCode": code}))
             log.info("peer reconnected", extra=context(code=self._redact(code)))
         else:
             entry.public_key = key
         self._conn_codes[conn] = code
+        outs.append(
+            (conn, {"type": "registered", "pairingCode": code, "reconnectToken": entry.token})
+        )
         log.debug("registered", extra=context(code=self._redact(code), conn=conn))
-        return outs
+        return outs + joined
+
+    def _may_reclaim(self, entry: _Code, conn: ConnId, message: Register) -> bool:
+        """True when ``message`` from ``conn`` is the reserved ``entry``'s own device."""
+        if entry.conn is not None or message.public_key is None:
+            return False
+        if message.public_key != entry.public_key:
+            return False
+        token = message.reconnect_token
+        if token is None:  # an older client: only from where the code was held
+            return self._connections[conn].ip == entry.ip
+        # A token given must be right, from any IP. Bytes, since compare_digest takes only
+        # ASCII text and a client may send anything.
+        return hmac.compare_digest(token.encode("utf-8"), entry.token.encode("utf-8"))
 
     def _pair_request(
         self, conn: ConnId, sender: str, message: PairRequest, now: float
     ) -> list[Out]:
-        if not self._connections[conn].allow(now):
+        if not self._allow_pair_request(conn, now):
             return [(conn, errors.rate_limited("Too many pair requests").to_frame())]
         target = message.target_code
         target_conn = self._live_conn(target)
@@ -262,6 +331,48 @@ class SignalingState:
             extra=context(sender=self._redact(sender), target=self._redact(target)),
         )
         return [(target_conn, incoming)]
+
+    def _allow_pair_request(self, conn: ConnId, now: float) -> bool:
+        """Count one ``pair_request`` against the connection and its IP, if both allow it.
+
+        The IP's window is checked first and written last, so that a request refused by either
+        limit counts against neither.
+        """
+        self._sweep_ip_windows(now)
+        connection = self._connections[conn]
+        ip = connection.ip
+        window = self._ip_windows.get(ip)
+        if window is not None:
+            times = window.times
+            del times[: bisect.bisect_right(times, now - PAIR_REQUEST_WINDOW_S)]
+            if len(times) >= self._pair_requests_per_minute_per_ip:
+                if not window.refusal_logged:
+                    window.refusal_logged = True
+                    log.info("pair requests limited for an IP", extra=context(conn=conn))
+                return False
+        if not connection.pair_requests.allow(now):
+            return False
+        if window is None:
+            window = self._ip_windows[ip] = _IpWindow()
+        window.times.append(now)
+        window.refusal_logged = False
+        return True
+
+    def _sweep_ip_windows(self, now: float) -> None:
+        """At most once a minute, drop the IP windows with no request in the last minute.
+
+        A sweep costs one pass over the map, so it is spread over a minute of requests rather
+        than kept exact with a timer per IP.
+        """
+        if now < self._next_ip_sweep:
+            return
+        cutoff = now - PAIR_REQUEST_WINDOW_S
+        self._ip_windows = {
+            ip: window
+            for ip, window in self._ip_windows.items()
+            if window.times and window.times[-1] > cutoff
+        }
+        self._next_ip_sweep = now + PAIR_REQUEST_WINDOW_S
 
     def _pair_answer(self, conn: ConnId, responder: str, message: PairAnswer) -> list[Out]:
         requester = message.requester_code
@@ -374,6 +485,7 @@ class SignalingRoom:
         return cls(
             SignalingState(
                 pair_requests_per_minute=config.pair_requests_per_minute,
+                pair_requests_per_minute_per_ip=config.pair_requests_per_minute_per_ip,
                 pending_per_target=config.pair_pending_per_target,
                 redact=CodeRedactor(enabled=config.redacts_codes),
             )
@@ -394,7 +506,7 @@ class SignalingRoom:
             self._deliver(outs, now, sender=request.conn_id)
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
-            self._state.connect(request.conn_id)
+            self._state.connect(request.conn_id, request.ip)
         elif type(request) is Detach:
             self._peers.detach(request.conn_id)
             self._deliver(self._state.disconnect(request.conn_id, now), now)
