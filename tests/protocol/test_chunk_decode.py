@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 
 from zajel.protocol.errors import ProtocolError
@@ -69,7 +70,16 @@ def test_request_and_push():
     )
     push = decode(frame(type="chunk_push", chunkId="c1", data={"sealed": [1, 2]}))
     assert isinstance(push, ChunkPush)
-    assert (push.chunk_id, push.data) == ("c1", {"sealed": [1, 2]})
+    assert (push.chunk_id, push.data_json) == ("c1", b'{"sealed":[1,2]}')
+
+
+def test_push_keeps_the_compact_utf8_text_of_data_not_the_decoded_value():
+    # Spaced and escaped as sent; kept compact, with raw UTF-8 (what the size limit measures).
+    sent = r'{"type":"chunk_push","chunkId":"c","data":[ [], {"k" : "\u00e9\u20ac"} ]}'
+    push = decode(sent)
+    assert isinstance(push, ChunkPush)
+    assert push.data_json == '[[],{"k":"é€"}]'.encode()
+    assert not any(isinstance(value, list | dict) for value in attrs.astuple(push, recurse=False))
 
 
 @pytest.mark.parametrize(

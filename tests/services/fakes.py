@@ -61,3 +61,13 @@ def captured_log(name: str) -> Iterator[list[logging.LogRecord]]:
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+class NoScan(dict):
+    """A map that may be sized and looked up but not walked: it stands in for a state's
+    per-entry maps to show that a query reads counters instead of scanning the state."""
+
+    def _refuse(self, *args: Any) -> Any:
+        raise AssertionError("scanned a per-entry map")
+
+    __iter__ = values = items = keys = _refuse  # type: ignore[assignment]

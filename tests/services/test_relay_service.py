@@ -3,7 +3,9 @@ the rendezvous sweep timer, cleanup on disconnect, and bounded memory."""
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from typing import Any
 
 import attrs
@@ -124,7 +126,7 @@ async def test_detach_of_unknown_or_unregistered_connections_is_harmless(autojum
     await relay.address.cast(Detach(5))
     stats = await relay.settle()
     assert stats.relays["totalPeers"] == 0
-    assert relay.service.sizes() == {"peers": 0, "bound": 0, "owners": 0}
+    assert relay.service.sizes() == {"peers": 0, "ips": 0, "bound": 0, "owners": 0}
 
 
 async def test_memory_is_bounded_every_map_empty_after_everyone_leaves(autojump_clock, relay):
@@ -142,7 +144,8 @@ async def test_memory_is_bounded_every_map_empty_after_everyone_leaves(autojump_
         await relay.send(conn, type="update_load", connectedCount=conn % 5)
     stats = await relay.settle()
     assert stats.relays["totalPeers"] == peers
-    assert stats.rendezvous["totalEntries"] == 4 * peers
+    # Each peer's own point and token, and the newest 20 at each of the 7 + 5 shared ones.
+    assert stats.rendezvous["totalEntries"] == 2 * peers + (7 + 5) * 20
     for conn in range(peers):
         await relay.address.cast(Detach(conn))
     stats = await relay.settle()
@@ -155,3 +158,49 @@ async def test_memory_is_bounded_every_map_empty_after_everyone_leaves(autojump_
     assert set(relay.service.rendezvous.sizes().values()) == {0}
     assert set(relay.service.sizes().values()) == {0}
     assert len(relay.service.relays) == 0
+
+
+class Sink:
+    """A connection that reads every frame at once and keeps only their count."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def send_nowait(self, frame: str) -> bool:
+        self.frames += 1
+        return True
+
+    def close(self, code: int) -> None:
+        raise AssertionError(f"a sink is never closed (code {code})")
+
+
+async def test_cached_chunks_hold_their_encoded_bytes_not_decoded_objects(autojump_clock, relay):
+    """A 64 KiB push of ``[[],[],…]`` decodes to ~1.5 MB of lists: the cache must keep the
+    64 KiB of text, not the lists (what one push pins is about what it sent)."""
+    source = await relay.join(1, "source")
+    sink = Sink()
+    await relay.address.cast(Attach(2, sink, "192.0.2.1"))
+    await relay.send(2, type="register", peerId="asker")
+    chunks = [f"chunk-{index}" for index in range(20)]
+    entries = [{"chunkId": chunk_id, "routingHash": "h"} for chunk_id in chunks]
+    await relay.send(1, type="chunk_announce", chunks=entries)
+    await relay.settle()
+    source.take()
+    empty_lists = "[" + ",".join(["[]"] * 21_845) + "]"  # 65,536 bytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for chunk_id in chunks:
+            await relay.send(2, type="chunk_request", chunkId=chunk_id)
+            push = f'{{"type":"chunk_push","chunkId":"{chunk_id}","data":{empty_lists}}}'
+            await relay.address.cast(Inbound(1, decode(push)))
+            await relay.settle()
+            source.take()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert relay.service.chunks.statistics()["cachedChunks"] == 20
+    assert sink.frames == 1 + 20  # registered, then one chunk_data per chunk
+    assert held < 20 * 65_536 * 1.5, held  # the text, plus small change

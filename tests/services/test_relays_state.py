@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from tests.services.fakes import NoScan
 from zajel.services.relays import AVAILABLE_BELOW, RelayRegistryState
 
 
@@ -146,3 +147,66 @@ def test_shuffle_cut_picks_every_relay_evenly():
     expected = draws / 4
     chi2 = sum((counts[name] - expected) ** 2 / expected for name in "abcd")
     assert chi2 < 25, counts  # 3 degrees of freedom
+
+
+def test_a_cut_shuffle_that_excludes_an_available_relay_is_uniform():
+    state = RelayRegistryState(rng=random.Random(99))
+    for name in "abcd":
+        state.register(name, 20, None, now=0.0)
+    draws = 6000
+    counts = Counter(
+        tuple(relay["peerId"] for relay in state.available(exclude="a", count=2))
+        for _ in range(draws)
+    )
+    pairs = set(itertools.permutations("bcd", 2))
+    assert set(counts) == pairs
+    expected = draws / len(pairs)
+    chi2 = sum((counts[pair] - expected) ** 2 / expected for pair in pairs)
+    assert chi2 < 30, counts  # 5 degrees of freedom
+
+
+def test_statistics_follow_every_change_and_memory_is_released(state):
+    for index, name in enumerate("abcdef"):
+        state.register(name, 10, None, now=0.0)
+        state.update_load(name, index, now=0.0)
+    state.register("c", 4, "key", now=1.0)  # 2 of 4: not available any more
+    state.update_load("a", 7, now=1.0)  # 7 of 10: not available
+    state.update_load("f", 1, now=1.0)  # was 5 of 10: available again
+    assert state.statistics() == {
+        "totalPeers": 6,
+        "totalCapacity": 54,
+        "totalConnected": 7 + 1 + 2 + 3 + 4 + 1,
+        "availableRelays": 4,
+    }
+    assert ids(state.available(exclude="x", count=50)) == ["b", "d", "e", "f"]
+    assert ids(state.available(exclude="d", count=50)) == ["b", "e", "f"]
+    for name in "abcdef":
+        state.remove(name)
+    assert state.statistics() == dict.fromkeys(state.statistics(), 0)
+    assert set(state.sizes().values()) == {0}
+
+
+def test_a_request_reads_only_what_it_returns():
+    """``available`` costs O(count), not O(relays): it draws count + 1 random numbers."""
+    draws = []
+
+    class CountingRandom(random.Random):
+        def randrange(self, *args):
+            draws.append(args)
+            return super().randrange(*args)
+
+    state = RelayRegistryState(rng=CountingRandom(5))
+    for index in range(2000):
+        state.register(f"relay-{index}", 20, None, now=0.0)
+    assert len(state.available(exclude="relay-0", count=5)) == 5
+    assert len(draws) == 6
+
+
+def test_statistics_read_counters_and_scan_nothing(state):
+    for index in range(50):
+        state.register(f"relay-{index}", 10, None, now=0.0)
+        state.update_load(f"relay-{index}", index % 10, now=0.0)
+    expected = state.statistics()
+    state._relays = NoScan(state._relays)
+    assert state.statistics() == expected
+    assert expected["availableRelays"] == 25

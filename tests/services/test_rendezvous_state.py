@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.services.fakes import NoScan
+from zajel.protocol.frames import encode
 from zajel.services.rendezvous import (
     DAILY_TTL_S,
     HOURLY_TTL_S,
@@ -13,12 +17,14 @@ from zajel.services.rendezvous import (
     RendezvousState,
 )
 
+IP = "192.0.2.1"
+
 
 def hours(h: float) -> float:
     return 3600 * h
 
 
-def register(state, peer, now=0.0, points=(), tokens=(), drop=None, relay=None):
+def register(state, peer, now=0.0, points=(), tokens=(), drop=None, relay=None, ip=IP):
     """Register ``peer``; its dead drop at each point is ``drop`` or ``"<peer>@<point>"``."""
     return state.register(
         peer,
@@ -27,6 +33,7 @@ def register(state, peer, now=0.0, points=(), tokens=(), drop=None, relay=None):
         dead_drop_for=(lambda point: f"{peer}@{point}") if drop is None else (lambda _: drop),
         relay_id=relay,
         now=now,
+        ip=ip,
     )
 
 
@@ -101,16 +108,19 @@ def test_own_entry_never_returned(state):
     assert again.matches == []
 
 
-def test_each_peer_at_most_once_per_list(state):
+def test_each_peer_at_most_once_per_list_newest_first(state):
     points = [f"p{i}" for i in range(10)]
     tokens = [f"t{i}" for i in range(10)]
     register(state, "a", points=points, tokens=tokens, relay="r-a")
     register(state, "b", points=points[:5], tokens=tokens[:5])
     outcome = register(state, "c", now=1.0, points=[*points, "p0"], tokens=[*tokens, "t0"])
-    assert [d["peerId"] for d in dead_drops(outcome)] == ["a", "b"]
-    assert dead_drops(outcome)[0] == {"peerId": "a", "deadDrop": "a@p0", "relayId": "r-a"}
-    assert live(outcome) == [{"peerId": "a", "relayId": "r-a"}, {"peerId": "b"}]
-    assert [peer for peer, _ in outcome.matches] == ["a", "b"]
+    # b registered last; each peer is listed with its newest entry among the caller's points.
+    assert dead_drops(outcome) == [
+        {"peerId": "b", "deadDrop": "b@p4"},
+        {"peerId": "a", "deadDrop": "a@p9", "relayId": "r-a"},
+    ]
+    assert live(outcome) == [{"peerId": "b"}, {"peerId": "a", "relayId": "r-a"}]
+    assert [peer for peer, _ in outcome.matches] == ["b", "a"]
     assert outcome.matches[0][1] == {"type": "rendezvous_match", "match": {"peerId": "c"}}
 
 
@@ -136,6 +146,7 @@ def test_dead_drop_for_each_point(state):
         dead_drop_for=drop_for,
         relay_id=None,
         now=0.0,
+        ip=IP,
     )
     assert seen == ["p1", "p2"]
     assert dead_drops(register(state, "b", now=1.0, points=["p2"])) == [
@@ -183,7 +194,8 @@ def test_sweep_removes_exactly_the_expired(state):
         "dailyEntries": 2,
         "hourlyEntries": 3,
     }
-    assert state.sweep(hours(3.5)) == 1  # a's token entry only
+    assert state.sizes()["hourly_entries"] == 3  # counting removed a's expired token entry
+    assert state.sweep(hours(3.5)) == 0
     assert state.statistics(hours(3.5))["hourlyEntries"] == 3
     assert state.sizes()["hourly_entries"] == 3
     assert state.sweep(hours(4)) == 2  # b's t and u (expired at exactly 4 h)
@@ -229,7 +241,8 @@ def many_peers(state, now=0.0):
     return peers
 
 
-def test_memory_after_everyone_leaves(state):
+def test_memory_after_everyone_leaves():
+    state = RendezvousState(drops_per_point=1000)
     peers = many_peers(state)
     sizes = state.sizes()
     assert sizes["daily_entries"] == 40 * 12
@@ -242,7 +255,8 @@ def test_memory_after_everyone_leaves(state):
     )
 
 
-def test_memory_after_everything_expires_and_is_swept(state):
+def test_memory_after_everything_expires_and_is_swept():
+    state = RendezvousState(drops_per_point=1000)
     many_peers(state)
     many_peers(state, now=hours(1))  # re-registration replaces, never adds
     assert state.sizes()["daily_entries"] == 40 * 12
@@ -261,6 +275,7 @@ def test_one_peer_holds_a_bounded_number_of_entries_the_newest_kept():
             dead_drop_for=lambda point: "d",
             relay_id=None,
             now=float(batch),
+            ip=IP,
         )
     sizes = state.sizes()
     assert sizes["daily_entries"] == 100
@@ -274,9 +289,183 @@ def test_one_peer_holds_a_bounded_number_of_entries_the_newest_kept():
         dead_drop_for=lambda point: "",
         relay_id=None,
         now=10.0,
+        ip=IP,
     )
     assert found.result["deadDrops"] == [{"peerId": "flooder", "deadDrop": "d"}]
     assert found.result["liveMatches"] == [{"peerId": "flooder"}]
     state.remove_peer("flooder")
     state.remove_peer("other")
     assert set(state.sizes().values()) == {0}
+
+
+def size(item) -> int:
+    """Bytes of one list item as the reply carries it."""
+    return len(encode(item).encode())
+
+
+def test_a_point_holds_its_newest_entries_and_the_oldest_gives_way():
+    state = RendezvousState(drops_per_point=3)
+    for index, peer in enumerate("abc"):
+        register(state, peer, now=float(index), points=["p"])
+    register(state, "a", now=3.0, points=["p"])  # re-registering: a is the newest, nobody goes
+    assert state.statistics(3.0)["dailyEntries"] == 3
+    register(state, "d", now=4.0, points=["p"])  # one more: b, now the oldest, gives way
+    assert state.statistics(4.0)["dailyEntries"] == 3
+    found = register(state, "e", now=5.0, points=["p"], drop="")
+    assert [drop["peerId"] for drop in dead_drops(found)] == ["d", "a", "c"]
+    assert state.sizes()["daily_entries"] == 3  # e is in, c gave way
+    assert state.sizes()["peer_points"] == 3
+    for peer in "abcde":
+        state.remove_peer(peer)
+    assert set(state.sizes().values()) == {0}
+
+
+def test_a_token_holds_its_newest_entries_and_only_listed_matches_are_pushed():
+    state = RendezvousState(drops_per_point=3)
+    for index, peer in enumerate("abcde"):
+        register(state, peer, now=float(index), tokens=["t"])
+    outcome = register(state, "f", now=10.0, tokens=["t"])
+    assert live(outcome) == [{"peerId": "e"}, {"peerId": "d"}, {"peerId": "c"}]
+    assert [peer for peer, _ in outcome.matches] == ["e", "d", "c"]
+    assert state.statistics(10.0)["hourlyEntries"] == 3
+
+
+def test_the_reply_stops_before_its_byte_budget_live_matches_first():
+    match = {"peerId": "m"}
+    drops = [{"peerId": peer, "deadDrop": peer * 10} for peer in ("z", "y", "x")]  # newest first
+    exact = size(match) + size(drops[0]) + 1 + size(drops[1])  # one comma between two drops
+    for budget, listed in ((exact, 2), (exact - 1, 1), (size(match) - 1, 0)):
+        state = RendezvousState(reply_bytes=budget)
+        register(state, "m", tokens=["t"])
+        for index, drop in enumerate(reversed(drops)):
+            register(state, drop["peerId"], now=1.0 + index, points=["p"], drop=drop["deadDrop"])
+        outcome = register(state, "reader", now=5.0, points=["p"], tokens=["t"])
+        if listed:
+            assert live(outcome) == [match]
+            assert outcome.matches == [
+                ("m", {"type": "rendezvous_match", "match": {"peerId": "reader"}})
+            ]
+        else:  # not even the live match fits: nobody is listed, so nobody is told
+            assert live(outcome) == []
+            assert outcome.matches == []
+        assert dead_drops(outcome) == drops[:listed]
+        listed_bytes = len(encode(outcome.result)) - len(
+            encode({"type": "rendezvous_result", "liveMatches": [], "deadDrops": []})
+        )
+        assert listed_bytes <= budget
+
+
+def test_a_reply_counts_utf8_bytes_not_characters():
+    item = {"peerId": "a", "deadDrop": "é" * 10}  # 10 characters, 20 bytes
+    state = RendezvousState(reply_bytes=size(item) - 1)
+    register(state, "a", points=["p"], drop="é" * 10)
+    assert dead_drops(register(state, "b", now=1.0, points=["p"])) == []
+    state = RendezvousState(reply_bytes=size(item))
+    register(state, "a", points=["p"], drop="é" * 10)
+    assert dead_drops(register(state, "b", now=1.0, points=["p"])) == [item]
+
+
+def test_dead_drops_are_newest_first_across_points(state):
+    register(state, "old", now=0.0, points=["p1"])
+    register(state, "mid", now=1.0, points=["p2"])
+    register(state, "new", now=2.0, points=["p1"])
+    register(state, "mid", now=3.0, points=["p3"])  # mid's newest entry is at p3 now
+    outcome = register(state, "reader", now=4.0, points=["p1", "p2", "p3"])
+    assert dead_drops(outcome) == [
+        {"peerId": "mid", "deadDrop": "mid@p3"},
+        {"peerId": "new", "deadDrop": "new@p1"},
+        {"peerId": "old", "deadDrop": "old@p1"},
+    ]
+
+
+def test_one_address_holds_at_most_its_budget_oldest_first():
+    state = RendezvousState(entries_per_ip=5)
+    register(state, "a", now=0.0, points=["a1", "a2", "a3"], ip="ip-1")
+    register(state, "other", now=0.5, points=["o1", "o2", "o3"], tokens=["o4"], ip="ip-2")
+    register(state, "b", now=1.0, points=["b1"], tokens=["b2", "b3"], ip="ip-1")
+    # ip-1 holds 6: its oldest, a1, gave way; ip-2 is untouched.
+    assert state.statistics(1.0)["totalEntries"] == 5 + 4
+    found = register(state, "q", now=2.0, points=["a1", "a2"], ip="ip-3")
+    assert dead_drops(found) == [{"peerId": "a", "deadDrop": "a@a2"}]
+    register(state, "a", now=3.0, points=["a2"], ip="ip-1")  # re-registering adds nothing
+    assert state.statistics(3.0)["totalEntries"] == 5 + 4 + 2
+    state.remove_peer("b")  # its share is free again
+    register(state, "a", now=4.0, points=["a4", "a5", "a6"], ip="ip-1")
+    assert state.statistics(4.0)["totalEntries"] == 5 + 4 + 2
+    for peer in ("a", "other", "q"):
+        state.remove_peer(peer)
+    assert set(state.sizes().values()) == {0}
+
+
+def test_statistics_count_live_entries_without_waiting_for_the_sweep(state):
+    register(state, "a", now=0.0, points=["p"], tokens=["t"])
+    register(state, "b", now=hours(1), tokens=["t"])
+    assert state.statistics(HOURLY_TTL_S) == {
+        "dailyPoints": 1,
+        "hourlyTokens": 1,
+        "totalEntries": 2,
+        "dailyEntries": 1,
+        "hourlyEntries": 1,
+    }
+    assert state.next_deadline() == SWEEP_INTERVAL_S  # the sweep schedule did not move
+    assert state.statistics(DAILY_TTL_S)["totalEntries"] == 0
+    assert set(state.sizes().values()) == {0}
+
+
+points_or_tokens = st.lists(st.sampled_from(("x", "y", "z")), max_size=3, unique=True)
+rendezvous_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("register"), st.sampled_from("abcd"), points_or_tokens, points_or_tokens),
+        st.tuples(st.just("remove"), st.sampled_from("abcd")),
+        st.tuples(st.just("wait"), st.sampled_from((1.0, 3600.0, HOURLY_TTL_S, DAILY_TTL_S))),
+    ),
+    max_size=40,
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(rendezvous_ops)
+def test_random_traffic_keeps_every_bound_and_leaves_nothing_behind(ops):
+    state = RendezvousState(
+        max_entries_per_peer=2, drops_per_point=2, reply_bytes=60, entries_per_ip=3
+    )
+    ip_of = {"a": "ip-1", "b": "ip-1", "c": "ip-1", "d": "ip-2"}
+    now = 0.0
+    for op, *args in ops:
+        now += 1.0
+        if op == "register":
+            peer, points, tokens = args
+            outcome = register(state, peer, now=now, points=points, tokens=tokens, ip=ip_of[peer])
+            listed = len(encode(outcome.result)) - len(
+                encode({"type": "rendezvous_result", "liveMatches": [], "deadDrops": []})
+            )
+            assert listed <= 60
+            assert [p for p, _ in outcome.matches] == [m["peerId"] for m in live(outcome)]
+            assert peer not in [m["peerId"] for m in live(outcome) + dead_drops(outcome)]
+        elif op == "remove":
+            state.remove_peer(args[0])
+        else:
+            now += args[0]
+            state.sweep(now)
+        for table in state._tables.values():
+            assert all(1 <= len(entries) <= 2 for entries in table.values())
+        for keys in state._peer_keys.values():
+            assert all(1 <= len(names) <= 2 for names in keys.values())
+        assert all(1 <= len(keys) <= 3 for keys in state._ip_keys.values())
+        sizes = state.sizes()
+        assert sizes["counted"] == sizes["daily_entries"] + sizes["hourly_entries"]
+        assert sizes["counted"] == sizes["ip_entries"] == sizes["expiry"]
+    for peer in "abcd":
+        state.remove_peer(peer)
+    assert set(state.sizes().values()) == {0}
+
+
+def test_statistics_read_counters_and_scan_nothing(state):
+    for index in range(50):
+        register(state, f"p{index}", now=float(index), points=[f"d{index % 7}"], tokens=["t"])
+    expected = state.statistics(100.0)
+    for kind in ("daily", "hourly"):
+        state._tables[kind] = NoScan(state._tables[kind])
+    state._ip_keys = NoScan(state._ip_keys)
+    assert state.statistics(100.0) == expected
+    assert expected["totalEntries"] == 50 + 20  # every daily entry; the newest 20 at t

@@ -1,4 +1,4 @@
-"""Messages of WebSocket ``/relay`` and their decoding (``../shared/spec/relay.md``).
+"""Messages of WebSocket ``/relay`` and their decoding (``docs/protocol/relay.md``).
 
 Covers the relay registry (``register``, ``update_load``, ``get_relays``, ``heartbeat``,
 ``ping``) and the rendezvous (``register_rendezvous``). As in ``signaling``, ``decode`` never
@@ -18,7 +18,7 @@ from typing import Any, Final
 import attrs
 
 from zajel.protocol import errors, fields
-from zajel.protocol.frames import Invalid, decode_message, utf8_json_size
+from zajel.protocol.frames import Invalid, decode_message, encode
 
 PEER_ID_MAX: Final = fields.PEER_ID_MAX_LENGTH
 PUBLIC_KEY_MAX: Final = 1024
@@ -124,11 +124,17 @@ class ChunkRequest:
 
 @attrs.frozen
 class ChunkPush:
-    """``chunk_push``: ``data`` is any JSON value, already checked against the size limit."""
+    """``chunk_push``: ``data_json`` is ``data`` as compact JSON with raw UTF-8, in bytes,
+    already checked against the size limit.
+
+    The decoded value is not kept: a small text of nested lists decodes to objects many times
+    its size, so the cache and the ``chunk_data`` frames use these bytes as they are
+    (chunks.md, "Cache").
+    """
 
     peer_id: str | None
     chunk_id: str
-    data: Any = attrs.field(eq=False)
+    data_json: bytes = attrs.field(repr=False)
     needs_registration: bool = attrs.field(default=True, init=False)
 
 
@@ -231,11 +237,12 @@ def _decode_chunk(
         return ChunkRequest(peer_id, chunk_id, channel_id)
     if obj.get("data") is None:
         raise errors.invalid_field("Invalid data: expected a JSON value")
-    # relay.md, Size: compact JSON with raw UTF-8, at most chunk_max_bytes.
-    size = utf8_json_size(obj["data"])
-    if size > limits.chunk_max_bytes:
-        raise errors.chunk_too_large(size, limits.chunk_max_bytes)
-    return ChunkPush(peer_id, chunk_id, obj["data"])
+    # chunks.md, Size: compact JSON with raw UTF-8, at most chunk_max_bytes. Encoded once
+    # here; only the bytes travel on (decoding refused lone surrogates, so UTF-8 holds it).
+    data_json = encode(obj["data"]).encode("utf-8")
+    if len(data_json) > limits.chunk_max_bytes:
+        raise errors.chunk_too_large(len(data_json), limits.chunk_max_bytes)
+    return ChunkPush(peer_id, chunk_id, data_json)
 
 
 def _is_chunk_id(value: object) -> bool:

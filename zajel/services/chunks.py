@@ -1,6 +1,5 @@
 """The chunk index and cache: peers announce the chunks they hold, and many requests for one
-chunk become one pull from one source and one multicast push (``../shared/spec/relay.md``,
-"Chunk distribution" and "Disconnect").
+chunk become one pull and one multicast push (``docs/protocol/chunks.md``).
 
 ``ChunkIndexState`` is pure state: no I/O; every method that depends on time takes ``now``
 (trio seconds) and returns a ``ChunkResult``: single frames to single peers (``outs``) and
@@ -8,31 +7,42 @@ chunk become one pull from one source and one multicast push (``../shared/spec/r
 
 Invariants the state keeps:
 - A peer is a source of a chunk at most once; announcing again refreshes the expiry and makes
-  it the most recently announced source (the one a new pull prefers).
+  it the most recently announced source. A source that let a pull of the chunk time out is
+  marked ``withheld`` and is never pulled for that chunk again; the mark lives as long as the
+  source entry (re-announcing keeps it).
 - A peer has at most one pending request per chunk; requesting again refreshes the expiry and
   replaces the ``channelId`` but keeps its place in arrival order.
-- At most one pull is in flight per chunk, to exactly one peer. Its ``tried`` set holds every
-  peer pulled in the current round, so a timed-out or departed source is not pulled again
-  until a later request starts a new round.
+- ``_candidates[c]`` holds, in announce order, exactly the sources of ``c`` that a pull may go
+  to: not withheld, not waiting for ``c`` themselves, and without an outstanding pull of ``c``.
+  Picking a source is therefore O(1) (expired entries not yet swept are dropped as met).
+- ``_pulls[c]`` holds the peers asked to push ``c`` that have neither pushed, left nor timed out
+  (each with its own ``PULL_TIMEOUT_S`` deadline). A new pull starts only when none is
+  outstanding: a round's first pull goes to one source; after a failure (a time-out or the
+  pulled peer leaving) up to ``PULL_HEDGE`` sources are pulled together, and the first push wins.
 - A chunk with a live cached copy has no pending requests: a request for it is answered from
-  the cache at once, and a push clears every pending request for the chunk.
-- A pull is only sent to a live source that is not itself waiting for the chunk (an announce
-  withdraws the announcer's own pending request for that chunk: it holds the chunk now).
-- ``_peer_sources``, ``_peer_pending`` and ``_peer_pulls`` are exact per-peer indexes, so
-  ``remove_peer`` costs time proportional to that peer's entries. No map or set is ever left
-  empty, and every entry has exactly one deadline in ``_deadlines``, so every map is empty once
-  every peer is removed and every entry has expired and been swept.
-- Lookups treat an entry as live while ``now < expires_at``, even before ``expire`` sweeps it.
+  the cache at once, and an accepted push clears every pending request for the chunk. A push
+  never replaces a live cached copy.
+- The cache holds at most ``cache_max`` entries and ``cache_bytes`` bytes of data, kept as the
+  compact UTF-8 JSON the pusher's ``data`` encodes to (never the decoded value); least recently
+  used goes first. ``_cache_bytes`` is the exact sum of the cached texts' lengths.
+- Per-peer indexes (``_peer_sources``, ``_peer_pending``, ``_peer_pulls``) and per-IP counters
+  (``_ip_sources``, ``_ip_pending``) are exact, so ``remove_peer`` costs time proportional to
+  that peer's entries and the budgets cost O(1). No map or set is ever left empty, and every
+  entry has exactly one deadline in ``_deadlines``, so every map is empty once every peer is
+  removed and every entry has expired and been swept.
+- The counts behind ``statistics`` are kept as entries come and go: no call scans the index.
 
 TTLs: a source lives ``SOURCE_TTL_S`` (1 h) from its latest announce; a pending request
 ``PENDING_TTL_S`` (5 min) from its latest request; a cached chunk ``CACHE_TTL_S`` (30 min) from
-its latest push (a hit refreshes its LRU recency, not its expiry); a pull ``PULL_TIMEOUT_S``
-(10 s), after which the next untried live source is pulled, or, with none left, the pull is
-given up and the requesters keep waiting (a later announce or request pulls again).
+the push that stored it (a hit refreshes its LRU recency, not its expiry); a pull
+``PULL_TIMEOUT_S`` (10 s). Lookups treat an entry as live while ``now < expires_at``, even
+before ``expire`` sweeps it.
 
-Memory: the cache holds at most ``cache_max`` chunks (least recently used evicted first). The
-other maps hold what live connections announced or requested within their TTLs, bounded by the
-per-message limits and rate limits of conventions.md; ``remove_peer`` clears a peer at once.
+Memory: the cache is bounded in entries and bytes. A peer is a source of at most
+``max_sources_per_peer`` chunks and waits for at most ``max_pending_per_peer``; one client
+address (``ip``, IPv6 by its /64) holds at most ``sources_per_ip`` sources and
+``pending_per_ip`` pending requests over all its connections. ``remove_peer`` clears a peer at
+once. Work per message is proportional to the message (and to the frames it causes).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from zajel.protocol.frames import encode
 from zajel.services._deadlines import Deadlines
 from zajel.services._index import discard as _discard
 from zajel.services._index import remove as _remove
@@ -52,10 +63,17 @@ PENDING_TTL_S: Final = 300.0
 PULL_TIMEOUT_S: Final = 10.0
 CACHE_TTL_S: Final = 1800.0
 CACHE_MAX: Final = 1000
+CACHE_BYTES: Final = 64 << 20
+# How many sources are pulled together after a pull fails. Bounded, so one time-out never sends
+# more than this many frames; taken from both ends of the announce order (see _pull_round).
+PULL_HEDGE: Final = 8
 # What one peer may hold at once: without these, a client announcing or requesting new chunk
 # ids at the message rate would grow the index for an hour (sources) or 5 minutes (requests).
 MAX_SOURCES_PER_PEER: Final = 10_000
 MAX_PENDING_PER_PEER: Final = 1_000
+# What one client address may hold over all its connections (operations.md, "Limits").
+SOURCES_PER_IP: Final = 20_000
+PENDING_PER_IP: Final = 2_000
 TOO_MANY_PENDING: Final = "Too many pending chunk requests"
 
 NOT_FOUND_MESSAGE: Final = "No online sources available. You will be notified when available."
@@ -79,9 +97,9 @@ class ChunkOut:
 
 @attrs.frozen
 class Delivery:
-    """One ``chunk_data`` frame to send, unchanged, to every peer in ``peer_ids``."""
+    """One encoded ``chunk_data`` frame to send, unchanged, to every peer in ``peer_ids``."""
 
-    frame: dict[str, Any]
+    text: str
     peer_ids: tuple[str, ...]
 
 
@@ -104,28 +122,25 @@ class ChunkError(Exception):
 class _Source:
     routing_hash: str
     expires_at: float
+    ip: str
+    withheld: bool = False  # let a pull of this chunk time out: never pulled for it again
 
 
 @attrs.define
 class _Pending:
     channel_id: str | None
     expires_at: float
-
-
-@attrs.define
-class _Pull:
-    peer_id: str
-    tried: set[str]
+    ip: str
 
 
 @attrs.define
 class _Cached:
-    data: Any
+    data_json: bytes  # compact JSON, raw UTF-8: what the byte bound counts
     expires_at: float
     hits: int = 0
 
 
-# Deadline keys: ("source", chunk, peer), ("pending", chunk, peer), ("pull", chunk, ""),
+# Deadline keys: ("source", chunk, peer), ("pending", chunk, peer), ("pull", chunk, peer),
 # ("cache", chunk, "").
 _Key = tuple[Literal["source", "pending", "pull", "cache"], str, str]
 
@@ -137,20 +152,34 @@ class ChunkIndexState:
         self,
         *,
         cache_max: int = CACHE_MAX,
+        cache_bytes: int = CACHE_BYTES,
         max_sources_per_peer: int = MAX_SOURCES_PER_PEER,
         max_pending_per_peer: int = MAX_PENDING_PER_PEER,
+        sources_per_ip: int = SOURCES_PER_IP,
+        pending_per_ip: int = PENDING_PER_IP,
+        pull_hedge: int = PULL_HEDGE,
     ) -> None:
         self._cache_max = cache_max
+        self._cache_limit = cache_bytes
         self._max_sources_per_peer = max_sources_per_peer
         self._max_pending_per_peer = max_pending_per_peer
+        self._sources_per_ip = sources_per_ip
+        self._pending_per_ip = pending_per_ip
+        self._pull_hedge = max(pull_hedge, 1)
         self._sources: dict[str, dict[str, _Source]] = {}  # chunk -> peer -> source (by announce)
+        self._candidates: dict[str, OrderedDict[str, None]] = {}  # chunk -> pullable sources
         self._pending: dict[str, dict[str, _Pending]] = {}  # chunk -> peer -> request (by arrival)
-        self._pulls: dict[str, _Pull] = {}  # chunk -> the pull in flight
+        self._pulls: dict[str, set[str]] = {}  # chunk -> peers with an outstanding pull
         self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
+        self._cache_bytes = 0
         self._peer_sources: dict[str, set[str]] = {}  # peer -> chunks it is a source of
         self._peer_pending: dict[str, set[str]] = {}  # peer -> chunks it waits for
-        self._peer_pulls: dict[str, set[str]] = {}  # peer -> chunks a pull in flight targets
+        self._peer_pulls: dict[str, set[str]] = {}  # peer -> chunks it was pulled for
+        self._ip_sources: dict[str, int] = {}  # client address -> its sources
+        self._ip_pending: dict[str, int] = {}  # client address -> its pending requests
         self._deadlines: Deadlines[_Key] = Deadlines()
+        self._source_count = 0
+        self._pending_count = 0
         self._cache_hits = 0
         self._cache_misses = 0
         self._pulls_sent = 0
@@ -158,143 +187,182 @@ class ChunkIndexState:
     # -- messages ------------------------------------------------------------------------
 
     def announce(
-        self, peer_id: str, chunks: Sequence[Announced], channel_id: str | None, now: float
+        self,
+        peer_id: str,
+        chunks: Sequence[Announced],
+        channel_id: str | None,
+        now: float,
+        *,
+        ip: str,
     ) -> ChunkResult:
-        """``peer_id`` holds ``chunks`` (relay.md ``chunk_announce``).
+        """``peer_id`` (from client address ``ip``) holds ``chunks`` (chunks.md
+        ``chunk_announce``).
 
         The ack comes first; then a ``chunk_pull`` to ``peer_id`` for each chunk that has
-        waiting requesters, no cached copy and no pull in flight. ``channel_id`` is the
-        announce's own and does not change which channel a pull echoes.
+        waiting requesters, no cached copy and no outstanding pull, unless ``peer_id`` let a pull
+        of it time out before. Entries past the per-peer or per-IP budget (for chunks the peer
+        does not already hold) are skipped and not counted. ``channel_id`` is the announce's own
+        and does not change which channel a pull echoes.
         """
         ack: dict[str, Any] = {"type": "chunk_announce_ack", "registered": 0}
         outs = [ChunkOut(peer_id, ack)]
         held = self._peer_sources.get(peer_id, set())
         for chunk in chunks:
             chunk_id = chunk.chunk_id
-            if chunk_id not in held and len(held) >= self._max_sources_per_peer:
-                continue  # over the per-peer cap: skipped and not counted, like an invalid entry
+            sources = self._sources.get(chunk_id)
+            old = sources.pop(peer_id, None) if sources is not None else None
+            if old is None and (
+                len(held) >= self._max_sources_per_peer
+                or self._ip_sources.get(ip, 0) >= self._sources_per_ip
+            ):
+                continue  # over a budget: skipped and not counted, like an invalid entry
             ack["registered"] += 1
-            sources = self._sources.setdefault(chunk_id, {})
-            sources.pop(peer_id, None)  # re-insert: the latest announce is the most recent
             expires_at = now + SOURCE_TTL_S
-            sources[peer_id] = _Source(chunk.routing_hash, expires_at)
+            if old is not None:  # the withheld mark outlives a re-announce
+                source = _Source(chunk.routing_hash, expires_at, old.ip, old.withheld)
+            else:
+                source = _Source(chunk.routing_hash, expires_at, ip)
+                self._source_count += 1
+                self._ip_sources[ip] = self._ip_sources.get(ip, 0) + 1
+            # Re-inserted: the latest announce is the most recent.
+            self._sources.setdefault(chunk_id, {})[peer_id] = source
             held = self._peer_sources.setdefault(peer_id, held)
             held.add(chunk_id)
             self._deadlines.schedule(("source", chunk_id, peer_id), expires_at)
             self._drop_pending(chunk_id, peer_id)  # it holds the chunk now
+            self._refresh_candidate(chunk_id, peer_id)
+            candidates = self._candidates.get(chunk_id)
             if (
-                chunk_id not in self._pulls
+                candidates is not None
+                and peer_id in candidates
+                and chunk_id not in self._pulls
                 and self._has_waiters(chunk_id, now)
                 and self._live_cached(chunk_id, now) is None
             ):
-                outs.append(self._start_pull(chunk_id, peer_id, {peer_id}, now))
+                del candidates[peer_id]
+                if not candidates:
+                    del self._candidates[chunk_id]
+                outs.append(
+                    self._start_pull(chunk_id, peer_id, self._pull_frame(chunk_id, now), now)
+                )
         return ChunkResult(outs)
 
     def request(
-        self, peer_id: str, chunk_id: str, channel_id: str | None, now: float
+        self, peer_id: str, chunk_id: str, channel_id: str | None, now: float, *, ip: str
     ) -> ChunkResult:
-        """``peer_id`` wants ``chunk_id`` (relay.md ``chunk_request``).
+        """``peer_id`` (from client address ``ip``) wants ``chunk_id`` (chunks.md
+        ``chunk_request``).
 
         A live cached copy is delivered at once. Otherwise the peer waits, and unless a pull is
-        already in flight the most recently announced live source is pulled; with no source
-        the peer is told ``chunk_not_found`` and keeps waiting.
+        outstanding the most recently announced source it may go to is pulled; with no such
+        source the peer is told ``chunk_not_found`` and keeps waiting. A request for a new chunk
+        past the per-peer or per-IP budget gets ``rate_limited`` and changes nothing.
         """
         cached = self._live_cached(chunk_id, now)
         if cached is not None:
             cached.hits += 1
             self._cache.move_to_end(chunk_id)
             self._cache_hits += 1
-            frame = _chunk_data(chunk_id, cached.data, "cache", channel_id)
-            return ChunkResult(deliveries=[Delivery(frame, (peer_id,))])
+            text = _chunk_data(chunk_id, cached.data_json, "cache", channel_id)
+            return ChunkResult(deliveries=[Delivery(text, (peer_id,))])
 
-        waiting = self._peer_pending.get(peer_id, ())
-        if chunk_id not in waiting and len(waiting) >= self._max_pending_per_peer:
-            return ChunkResult(
-                [
-                    ChunkOut(
-                        peer_id,
-                        {"type": "error", "code": "rate_limited", "message": TOO_MANY_PENDING},
-                    )
-                ]
-            )
+        pending = self._pending.get(chunk_id, {})
+        entry = pending.get(peer_id)
+        if entry is None and (
+            len(self._peer_pending.get(peer_id, ())) >= self._max_pending_per_peer
+            or self._ip_pending.get(ip, 0) >= self._pending_per_ip
+        ):
+            error = {"type": "error", "code": "rate_limited", "message": TOO_MANY_PENDING}
+            return ChunkResult([ChunkOut(peer_id, error)])
         self._cache_misses += 1
         expires_at = now + PENDING_TTL_S
-        pending = self._pending.setdefault(chunk_id, {})
-        entry = pending.get(peer_id)
         if entry is None:
-            pending[peer_id] = _Pending(channel_id, expires_at)
+            self._pending[chunk_id] = pending
+            pending[peer_id] = _Pending(channel_id, expires_at, ip)
+            self._peer_pending.setdefault(peer_id, set()).add(chunk_id)
+            self._pending_count += 1
+            self._ip_pending[ip] = self._ip_pending.get(ip, 0) + 1
+            self._refresh_candidate(chunk_id, peer_id)  # a waiting source is not pulled
         else:  # keeps its place in arrival order
             entry.channel_id = channel_id
             entry.expires_at = expires_at
-        self._peer_pending.setdefault(peer_id, set()).add(chunk_id)
         self._deadlines.schedule(("pending", chunk_id, peer_id), expires_at)
 
         if chunk_id in self._pulls:
             return ChunkResult()
-        source = self._pick_source(chunk_id, set(), now)
-        if source is None:
+        pulls = self._pull_round(chunk_id, 1, now)
+        if not pulls:
             not_found = {
                 "type": "chunk_not_found",
                 "chunkId": chunk_id,
                 "message": NOT_FOUND_MESSAGE,
             }
             return ChunkResult([ChunkOut(peer_id, not_found)])
-        return ChunkResult([self._start_pull(chunk_id, source, {source}, now)])
+        return ChunkResult(pulls)
 
-    def push(self, peer_id: str, chunk_id: str, data: Any, now: float) -> ChunkResult:
-        """``peer_id`` sends ``chunk_id`` (relay.md ``chunk_push``); the caller checked its size.
+    def push(self, peer_id: str, chunk_id: str, data_json: bytes, now: float) -> ChunkResult:
+        """``peer_id`` sends ``chunk_id`` (chunks.md ``chunk_push``); ``data_json`` is the
+        compact UTF-8 JSON of ``data``, whose size the caller checked.
 
-        The chunk is cached, the pull in flight ends, and every waiting requester but the pusher
-        gets ``chunk_data`` (one ``Delivery`` per distinct ``channelId``, in arrival order of
-        each group's first requester). The pusher's own pending request, if any, is dropped.
+        Always acknowledged. The push is *accepted* when no live copy is cached and either a
+        pull of the chunk to ``peer_id`` is outstanding, or ``peer_id`` is a live source and
+        other peers wait for the chunk. Then the chunk is cached (if it fits the byte bound) and
+        every waiting requester but the pusher gets ``chunk_data`` (one ``Delivery`` per
+        distinct ``channelId``, in arrival order of each group's first requester); the pusher's
+        own pending request, if any, is dropped. Otherwise it changes nothing but the pusher's
+        own outstanding pull: a cached copy is never replaced, and a push nobody asked for is
+        not stored.
 
         Raises:
             ChunkError: ``not_a_source`` unless ``peer_id`` is a live source of the chunk or
-                the peer a pull for it is in flight to; nothing changes then.
+                has an outstanding pull of it; nothing changes then.
         """
         source = self._sources.get(chunk_id, {}).get(peer_id)
-        pull = self._pulls.get(chunk_id)
-        if not (
-            (source is not None and now < source.expires_at)
-            or (pull is not None and pull.peer_id == peer_id)
-        ):
+        pulled = peer_id in self._pulls.get(chunk_id, ())
+        if not (pulled or (source is not None and now < source.expires_at)):
             raise ChunkError("not_a_source", "Not a source for this chunk")
+        ack = ChunkOut(peer_id, {"type": "chunk_push_ack", "chunkId": chunk_id})
+        if pulled:
+            self._end_pull(chunk_id, peer_id)
+            self._refresh_candidate(chunk_id, peer_id)
+        if self._live_cached(chunk_id, now) is not None:
+            return ChunkResult([ack])  # never replaces a cached copy
+        pending = self._pending.get(chunk_id, {})
+        waiting = any(
+            requester != peer_id and now < entry.expires_at for requester, entry in pending.items()
+        )
+        if not (pulled or waiting):
+            return ChunkResult([ack])  # unasked, and nobody waits: not stored
 
-        self._store(chunk_id, data, now)
-        if pull is not None:
-            self._end_pull(chunk_id)
-
+        self._store(chunk_id, data_json, now)
         groups: dict[str | None, list[str]] = {}
-        for requester, pending in self._pending.pop(chunk_id, {}).items():
-            self._deadlines.cancel(("pending", chunk_id, requester))
-            _discard(self._peer_pending, requester, chunk_id)
-            if requester != peer_id and now < pending.expires_at:
-                groups.setdefault(pending.channel_id, []).append(requester)
+        for requester, entry in list(pending.items()):
+            live = now < entry.expires_at
+            self._drop_pending(chunk_id, requester)
+            if requester != peer_id and live:
+                groups.setdefault(entry.channel_id, []).append(requester)
         deliveries = [
-            Delivery(_chunk_data(chunk_id, data, "relay", channel), tuple(peers))
+            Delivery(_chunk_data(chunk_id, data_json, "relay", channel), tuple(peers))
             for channel, peers in groups.items()
         ]
-        ack = ChunkOut(peer_id, {"type": "chunk_push_ack", "chunkId": chunk_id})
         return ChunkResult([ack], deliveries)
 
     def remove_peer(self, peer_id: str, now: float) -> ChunkResult:
-        """``peer_id`` disconnected (relay.md "Disconnect"); unknown peer: no-op.
+        """``peer_id`` disconnected (chunks.md "Disconnect"); unknown peer: no-op.
 
-        Its sources and pending requests go; each pull in flight to it moves to the next live
-        untried source (a ``chunk_pull`` in ``outs``) or, with none, is dropped while the
-        requesters keep waiting until their TTL.
+        Its sources and pending requests go; a chunk left with no outstanding pull by its
+        departure, whose requesters still wait, is pulled from up to ``PULL_HEDGE`` sources at
+        once (``chunk_pull`` frames in ``outs``).
         """
-        for chunk_id in self._peer_sources.pop(peer_id, ()):
-            _remove(self._sources, chunk_id, peer_id)
-            self._deadlines.cancel(("source", chunk_id, peer_id))
-        for chunk_id in self._peer_pending.pop(peer_id, ()):
-            _remove(self._pending, chunk_id, peer_id)
-            self._deadlines.cancel(("pending", chunk_id, peer_id))
+        for chunk_id in list(self._peer_sources.get(peer_id, ())):
+            self._drop_source(chunk_id, peer_id)
+        for chunk_id in list(self._peer_pending.get(peer_id, ())):
+            self._drop_pending(chunk_id, peer_id)
         outs: list[ChunkOut] = []
         for chunk_id in sorted(self._peer_pulls.get(peer_id, ())):
-            out = self._retry_pull(chunk_id, now)
-            if out is not None:
-                outs.append(out)
+            self._end_pull(chunk_id, peer_id)
+            if chunk_id not in self._pulls:
+                outs.extend(self._pull_round(chunk_id, self._pull_hedge, now))
         return ChunkResult(outs)
 
     # -- timers --------------------------------------------------------------------------
@@ -306,44 +374,37 @@ class ChunkIndexState:
     def expire(self, now: float) -> ChunkResult:
         """Fire every deadline at or before ``now``, earliest first.
 
-        A timed-out pull moves to the next live untried source (a ``chunk_pull``) or is given
-        up; expired sources, pending requests and cached chunks are removed.
+        A timed-out pull marks its peer ``withheld`` for that chunk; once no pull of the chunk
+        is outstanding and requesters still wait, up to ``PULL_HEDGE`` sources are pulled at
+        once. Expired sources, pending requests and cached chunks are removed.
         """
         outs: list[ChunkOut] = []
         for kind, chunk_id, peer_id in self._deadlines.pop_due(now):
             if kind == "source":
-                _remove(self._sources, chunk_id, peer_id)
-                _discard(self._peer_sources, peer_id, chunk_id)
+                self._drop_source(chunk_id, peer_id, scheduled=False)
             elif kind == "pending":
-                _remove(self._pending, chunk_id, peer_id)
-                _discard(self._peer_pending, peer_id, chunk_id)
+                self._drop_pending(chunk_id, peer_id, scheduled=False)
             elif kind == "cache":
-                del self._cache[chunk_id]
+                self._uncache(chunk_id, scheduled=False)
             else:
-                out = self._retry_pull(chunk_id, now)
-                if out is not None:
-                    outs.append(out)
+                self._end_pull(chunk_id, peer_id, scheduled=False)
+                source = self._sources.get(chunk_id, {}).get(peer_id)
+                if source is not None:
+                    source.withheld = True  # and it is not a candidate: it was pulled
+                if chunk_id not in self._pulls:
+                    outs.extend(self._pull_round(chunk_id, self._pull_hedge, now))
         return ChunkResult(outs)
 
     # -- queries -------------------------------------------------------------------------
 
-    def statistics(self, now: float) -> dict[str, int]:
-        """Live entries at ``now`` (expired but unswept ones not counted) and the counters."""
-        tracked = total_sources = 0
-        for sources in self._sources.values():
-            live = sum(1 for source in sources.values() if now < source.expires_at)
-            total_sources += live
-            tracked += live > 0
+    def statistics(self) -> dict[str, int]:
+        """The ``/stats`` counts: entries held (the service fires due timers first, so these
+        are the live ones) and the counters. O(1): kept as entries come and go."""
         return {
-            "trackedChunks": tracked,
-            "totalSources": total_sources,
-            "cachedChunks": sum(1 for entry in self._cache.values() if now < entry.expires_at),
-            "pendingRequests": sum(
-                1
-                for pending in self._pending.values()
-                for entry in pending.values()
-                if now < entry.expires_at
-            ),
+            "trackedChunks": len(self._sources),
+            "totalSources": self._source_count,
+            "cachedChunks": len(self._cache),
+            "pendingRequests": self._pending_count,
             "cacheHits": self._cache_hits,
             "cacheMisses": self._cache_misses,
             "pullsSent": self._pulls_sent,
@@ -354,14 +415,21 @@ class ChunkIndexState:
         return {
             "source_chunks": len(self._sources),
             "source_entries": sum(len(sources) for sources in self._sources.values()),
+            "candidate_chunks": len(self._candidates),
+            "candidate_entries": sum(len(peers) for peers in self._candidates.values()),
             "pending_chunks": len(self._pending),
             "pending_entries": sum(len(pending) for pending in self._pending.values()),
             "pulls": len(self._pulls),
-            "pull_tried": sum(len(pull.tried) for pull in self._pulls.values()),
+            "pull_entries": sum(len(peers) for peers in self._pulls.values()),
             "cache": len(self._cache),
+            "cache_bytes": self._cache_bytes,
             "peer_sources": len(self._peer_sources),
             "peer_pending": len(self._peer_pending),
             "peer_pulls": len(self._peer_pulls),
+            "ip_sources": len(self._ip_sources),
+            "ip_pending": len(self._ip_pending),
+            "source_count": self._source_count,
+            "pending_count": self._pending_count,
             "deadlines": len(self._deadlines),
         }
 
@@ -370,44 +438,85 @@ class ChunkIndexState:
         entry = self._cache.get(chunk_id)
         return None if entry is None else entry.hits
 
+    def cached_data(self, chunk_id: str) -> bytes | None:
+        """The cached compact JSON of ``chunk_id``, or ``None`` if none is held."""
+        entry = self._cache.get(chunk_id)
+        return None if entry is None else entry.data_json
+
     # -- internals -----------------------------------------------------------------------
 
     def _live_cached(self, chunk_id: str, now: float) -> _Cached | None:
         """The live cached copy; an expired one still waiting for the sweep is removed."""
         entry = self._cache.get(chunk_id)
         if entry is not None and now >= entry.expires_at:
-            del self._cache[chunk_id]
-            self._deadlines.cancel(("cache", chunk_id, ""))
+            self._uncache(chunk_id)
             return None
         return entry
 
-    def _store(self, chunk_id: str, data: Any, now: float) -> None:
-        """Cache ``data`` for 30 min as the most recently used entry, keeping its hit count;
-        evict the least recently used entries past ``cache_max``."""
+    def _store(self, chunk_id: str, data_json: bytes, now: float) -> None:
+        """Cache ``data_json`` for 30 min as the most recently used entry (no live copy is
+        held), evicting the least recently used past either bound. A text larger than the
+        whole byte bound is not cached."""
+        size = len(data_json)
+        if size > self._cache_limit or self._cache_max <= 0:
+            return
         expires_at = now + CACHE_TTL_S
-        entry = self._cache.get(chunk_id)
-        if entry is None:
-            self._cache[chunk_id] = _Cached(data, expires_at)
-        else:
-            entry.data = data
-            entry.expires_at = expires_at
-            self._cache.move_to_end(chunk_id)
+        self._cache[chunk_id] = _Cached(data_json, expires_at)
+        self._cache_bytes += size
         self._deadlines.schedule(("cache", chunk_id, ""), expires_at)
-        while len(self._cache) > max(self._cache_max, 0):
-            evicted, _ = self._cache.popitem(last=False)
-            self._deadlines.cancel(("cache", evicted, ""))
+        while len(self._cache) > self._cache_max or self._cache_bytes > self._cache_limit:
+            self._uncache(next(iter(self._cache)))
+
+    def _uncache(self, chunk_id: str, *, scheduled: bool = True) -> None:
+        entry = self._cache.pop(chunk_id)
+        self._cache_bytes -= len(entry.data_json)
+        if scheduled:
+            self._deadlines.cancel(("cache", chunk_id, ""))
 
     def _has_waiters(self, chunk_id: str, now: float) -> bool:
+        # Expired requests are swept when they expire, so this stops at the first entry but
+        # for those few still due.
         return any(now < entry.expires_at for entry in self._pending.get(chunk_id, {}).values())
 
-    def _pick_source(self, chunk_id: str, tried: set[str], now: float) -> str | None:
-        """The most recently announced live source not in ``tried`` and not itself waiting."""
-        waiting = self._pending.get(chunk_id, {})
-        for peer_id in reversed(self._sources.get(chunk_id, {})):
-            source = self._sources[chunk_id][peer_id]
-            if now < source.expires_at and peer_id not in tried and peer_id not in waiting:
-                return peer_id
-        return None
+    def _refresh_candidate(self, chunk_id: str, peer_id: str) -> None:
+        """Keep ``_candidates`` exact for one (chunk, peer) after its state changed: a source
+        that may be pulled is (re-)inserted as the most recent; any other is taken out."""
+        source = self._sources.get(chunk_id, {}).get(peer_id)
+        eligible = (
+            source is not None
+            and not source.withheld
+            and peer_id not in self._pending.get(chunk_id, ())
+            and peer_id not in self._pulls.get(chunk_id, ())
+        )
+        candidates = self._candidates.get(chunk_id)
+        if candidates is not None:
+            candidates.pop(peer_id, None)
+        if eligible:
+            self._candidates.setdefault(chunk_id, OrderedDict())[peer_id] = None
+        elif candidates is not None and not candidates:
+            del self._candidates[chunk_id]
+
+    def _pull_round(self, chunk_id: str, count: int, now: float) -> list[ChunkOut]:
+        """Pull ``chunk_id`` from up to ``count`` candidates, if requesters wait for it.
+
+        Taken alternately from the most recently announced end (the likeliest to be online)
+        and the longest-standing end (which sources that leave and announce again cannot
+        hold): withholding sources pay one time-out each, and churning ones cannot keep the
+        others from being pulled.
+        """
+        if not self._has_waiters(chunk_id, now):
+            return []
+        candidates = self._candidates.get(chunk_id)
+        chosen: list[str] = []
+        while candidates and len(chosen) < count:
+            peer_id, _ = candidates.popitem(last=len(chosen) % 2 == 0)
+            if now < self._sources[chunk_id][peer_id].expires_at:
+                chosen.append(peer_id)
+            # else: expired, its sweep is due; it is never pulled again anyway.
+        if candidates is not None and not candidates:
+            del self._candidates[chunk_id]
+        frame = self._pull_frame(chunk_id, now) if chosen else {}
+        return [self._start_pull(chunk_id, peer_id, frame, now) for peer_id in chosen]
 
     def _pull_frame(self, chunk_id: str, now: float) -> dict[str, Any]:
         """``chunk_pull``, echoing the ``channelId`` of the first live requester that had one."""
@@ -418,49 +527,64 @@ class ChunkIndexState:
                 break
         return frame
 
-    def _start_pull(self, chunk_id: str, peer_id: str, tried: set[str], now: float) -> ChunkOut:
-        """Record a pull of ``chunk_id`` in flight to ``peer_id`` (10 s) and return the frame."""
-        self._pulls[chunk_id] = _Pull(peer_id, tried)
+    def _start_pull(
+        self, chunk_id: str, peer_id: str, frame: dict[str, Any], now: float
+    ) -> ChunkOut:
+        """Record an outstanding pull of ``chunk_id`` to ``peer_id`` (already taken out of the
+        candidates) and return its ``frame``."""
+        self._pulls.setdefault(chunk_id, set()).add(peer_id)
         self._peer_pulls.setdefault(peer_id, set()).add(chunk_id)
-        self._deadlines.schedule(("pull", chunk_id, ""), now + PULL_TIMEOUT_S)
+        self._deadlines.schedule(("pull", chunk_id, peer_id), now + PULL_TIMEOUT_S)
         self._pulls_sent += 1
-        return ChunkOut(peer_id, self._pull_frame(chunk_id, now))
+        return ChunkOut(peer_id, frame)
 
-    def _end_pull(self, chunk_id: str) -> _Pull:
-        pull = self._pulls.pop(chunk_id)
-        _discard(self._peer_pulls, pull.peer_id, chunk_id)
-        self._deadlines.cancel(("pull", chunk_id, ""))
-        return pull
+    def _end_pull(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+        _discard(self._pulls, chunk_id, peer_id)
+        _discard(self._peer_pulls, peer_id, chunk_id)
+        if scheduled:
+            self._deadlines.cancel(("pull", chunk_id, peer_id))
 
-    def _retry_pull(self, chunk_id: str, now: float) -> ChunkOut | None:
-        """End the pull in flight for ``chunk_id`` (timed out, or its peer left) and pull the
-        next live untried source, if anyone still waits and such a source exists."""
-        pull = self._end_pull(chunk_id)
-        if not self._has_waiters(chunk_id, now):
-            return None
-        source = self._pick_source(chunk_id, pull.tried, now)
-        if source is None:
-            return None
-        pull.tried.add(source)
-        return self._start_pull(chunk_id, source, pull.tried, now)
+    def _drop_source(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+        source = self._sources[chunk_id][peer_id]
+        _remove(self._sources, chunk_id, peer_id)
+        _discard(self._peer_sources, peer_id, chunk_id)
+        self._source_count -= 1
+        _decrement(self._ip_sources, source.ip)
+        self._refresh_candidate(chunk_id, peer_id)
+        if scheduled:
+            self._deadlines.cancel(("source", chunk_id, peer_id))
 
-    def _drop_pending(self, chunk_id: str, peer_id: str) -> None:
-        if peer_id in self._pending.get(chunk_id, {}):
-            _remove(self._pending, chunk_id, peer_id)
-            _discard(self._peer_pending, peer_id, chunk_id)
+    def _drop_pending(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+        """Remove ``peer_id``'s request for ``chunk_id``, if any; a source that waited for its
+        own chunk may be pulled again."""
+        entry = self._pending.get(chunk_id, {}).get(peer_id)
+        if entry is None:
+            return
+        _remove(self._pending, chunk_id, peer_id)
+        _discard(self._peer_pending, peer_id, chunk_id)
+        self._pending_count -= 1
+        _decrement(self._ip_pending, entry.ip)
+        self._refresh_candidate(chunk_id, peer_id)
+        if scheduled:
             self._deadlines.cancel(("pending", chunk_id, peer_id))
 
 
+def _decrement(counts: dict[str, int], key: str) -> None:
+    """Count one entry of ``key`` less; a key whose count reaches zero goes."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 def _chunk_data(
-    chunk_id: str, data: Any, source: Literal["relay", "cache"], channel_id: str | None
-) -> dict[str, Any]:
-    """A ``chunk_data`` frame; ``channelId`` is omitted, not null, when there is none."""
-    frame: dict[str, Any] = {
-        "type": "chunk_data",
-        "chunkId": chunk_id,
-        "data": data,
-        "source": source,
-    }
+    chunk_id: str, data_json: bytes, source: Literal["relay", "cache"], channel_id: str | None
+) -> str:
+    """The encoded ``chunk_data`` frame, with the cached text spliced in as it is (never
+    decoded again); ``channelId`` is omitted, not null, when there is none."""
+    head = encode({"type": "chunk_data", "chunkId": chunk_id})[:-1]  # without its "}"
+    tail: dict[str, Any] = {"source": source}
     if channel_id is not None:
-        frame["channelId"] = channel_id
-    return frame
+        tail["channelId"] = channel_id
+    return f'{head},"data":{data_json.decode("utf-8")},{encode(tail)[1:]}'

@@ -1,4 +1,4 @@
-"""RelayRegistry service: the router of WebSocket ``/relay`` (``../shared/spec/relay.md``).
+"""RelayRegistry service: the router of WebSocket ``/relay`` (``docs/protocol/relay.md``).
 
 One service task holds the parts of ``/relay`` and routes each connection's messages to them:
 ``RelayRegistryState`` (peers that relay for others), ``RendezvousState`` (daily meeting
@@ -9,10 +9,16 @@ Invariants:
 - Identity (hardened): ``register`` binds a connection to one ``peerId`` for its lifetime; a
   ``peerId`` belongs to at most one live connection; every later message acts for the bound
   peer, and one that names another ``peerId`` is refused with ``peer_id_mismatch``.
+- Every attached connection has its client's per-IP key in ``_ips`` (from ``Attach``); the
+  rendezvous and chunk budgets per client address count by it.
 - Entries belong to the connection that made them: when it closes, its relay entry goes, then
   its meeting points and tokens, then its chunk sources and pending requests (a pull in flight
-  to it moves to the next source), then its socket mapping. Cleanup never removes state that a
-  newer connection holds for the same ``peerId``.
+  to it fails, and other sources are pulled), then its socket mapping. Cleanup never removes
+  state that a newer connection holds for the same ``peerId``.
+
+Work: every message costs time proportional to what it carries and the frames it causes
+(the state classes keep their per-request work bounded: see their docstrings), and
+``GetRelayStats`` (``/stats``, ``/health``) reads counters, never scans the state.
 
 Timers (trio's clock): the rendezvous sweep every 5 minutes, and the chunk index's own
 deadlines (10 s pull time-outs, source, request and cache expiry). Expired entries are
@@ -31,7 +37,7 @@ from zajel import clock
 from zajel.config import Config
 from zajel.logs import context
 from zajel.protocol import errors
-from zajel.protocol.frames import Invalid, encode
+from zajel.protocol.frames import Invalid
 from zajel.protocol.relay import (
     RELAYS_DEFAULT,
     ChunkAnnounce,
@@ -83,6 +89,7 @@ class RelayService:
         self.chunks = chunks if chunks is not None else ChunkIndexState()
         self._epoch_ms = epoch_ms
         self._peers = PeerTable(log)
+        self._ips: dict[ConnId, str] = {}  # connection -> its client's per-IP key
         self._bound: dict[ConnId, str] = {}  # connection -> its peerId
         self._owners: dict[str, ConnId] = {}  # peerId -> the connection that holds it
         self._now = 0.0  # the time of the request being handled, for cleanup on a drop
@@ -92,8 +99,18 @@ class RelayService:
     @classmethod
     def from_config(cls, config: Config) -> RelayService:
         # One peer may hold the points of a few days' rotations, not unbounded many.
-        per_peer = 4 * config.rendezvous_max_items
-        return cls(RelayRegistryState(), RendezvousState(max_entries_per_peer=per_peer))
+        rendezvous = RendezvousState(
+            max_entries_per_peer=4 * config.rendezvous_max_items,
+            drops_per_point=config.rendezvous_drops_per_point,
+            reply_bytes=config.rendezvous_reply_bytes,
+            entries_per_ip=config.rendezvous_entries_per_ip,
+        )
+        chunks = ChunkIndexState(
+            cache_bytes=config.chunk_cache_bytes,
+            sources_per_ip=config.chunk_sources_per_ip,
+            pending_per_ip=config.chunk_pending_per_ip,
+        )
+        return cls(RelayRegistryState(), rendezvous, chunks)
 
     # -- the service protocol --------------------------------------------------------------
 
@@ -110,14 +127,20 @@ class RelayService:
             self._sender = None
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
+            self._ips[request.conn_id] = request.ip
         elif type(request) is Detach:
             self._deliver(self._disconnect(request.conn_id, now))
             self._peers.detach(request.conn_id)
+            self._ips.pop(request.conn_id, None)
         elif type(request) is GetRelayStats:
+            # Timers already due fire first, so the counts are of live entries; every count is
+            # kept as entries come and go, so this costs no scan of the state.
+            if self.next_deadline() <= now:
+                self.expire(now)
             return RelayStats(
                 self.relays.statistics(),
                 self.rendezvous.statistics(now),
-                self.chunks.statistics(now),
+                self.chunks.statistics(),
             )
         else:
             raise TypeError(f"unknown request {type(request).__name__}")
@@ -137,7 +160,12 @@ class RelayService:
 
     def sizes(self) -> dict[str, int]:
         """Entries of the routing maps (memory-bound tests expect all zero when idle)."""
-        return {"peers": len(self._peers), "bound": len(self._bound), "owners": len(self._owners)}
+        return {
+            "peers": len(self._peers),
+            "ips": len(self._ips),
+            "bound": len(self._bound),
+            "owners": len(self._owners),
+        }
 
     # -- messages --------------------------------------------------------------------------
 
@@ -169,16 +197,18 @@ class RelayService:
             return [(conn, {"type": "heartbeat_ack", "timestamp": self._epoch_ms()})]
         if isinstance(message, RegisterRendezvous):
             return self._register_rendezvous(conn, bound, message, now)
+
+        ip = self._ips[conn]
         if isinstance(message, ChunkRequest):
-            result = self.chunks.request(bound, message.chunk_id, message.channel_id, now)
+            result = self.chunks.request(bound, message.chunk_id, message.channel_id, now, ip=ip)
             return self._chunk_outs(result)
         if isinstance(message, ChunkAnnounce):
             announced = [Announced(chunk_id, routing) for chunk_id, routing in message.chunks]
-            result = self.chunks.announce(bound, announced, message.channel_id, now)
+            result = self.chunks.announce(bound, announced, message.channel_id, now, ip=ip)
             return self._chunk_outs(result)
         if isinstance(message, ChunkPush):
             try:
-                result = self.chunks.push(bound, message.chunk_id, message.data, now)
+                result = self.chunks.push(bound, message.chunk_id, message.data_json, now)
             except ChunkError:
                 return [(conn, errors.not_a_source().to_frame())]
             return self._chunk_outs(result)
@@ -210,6 +240,7 @@ class RelayService:
             dead_drop_for=message.dead_drop_for,
             relay_id=message.relay_id,
             now=now,
+            ip=self._ips[conn],
         )
         # Matched peers hear of the caller before the caller gets its result (relay.md).
         outs: list[Out] = [
@@ -230,7 +261,7 @@ class RelayService:
         ]
         for delivery in result.deliveries:
             conns = [self._owners[p] for p in delivery.peer_ids if p in self._owners]
-            self._peers.multicast(conns, encode(delivery.frame), self._drop, self._sender)
+            self._peers.multicast(conns, delivery.text, self._drop, self._sender)
         return outs
 
     # -- connections -----------------------------------------------------------------------

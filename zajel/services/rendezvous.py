@@ -1,56 +1,76 @@
 """The rendezvous registry: trusted peers find each other again through daily meeting points
-and hourly tokens (``../shared/spec/relay.md``, "Rendezvous").
+and hourly tokens (``docs/protocol/relay.md``, "Rendezvous").
 
 ``RendezvousState`` is pure state: no I/O; every method that depends on time takes ``now``
 (trio seconds). ``register`` returns the caller's reply and the pushes to the matched peers.
 
 Invariants the state keeps:
 - A peer holds at most one entry per meeting point and at most one per hourly token;
-  registering again replaces it (new dead drop, relay id and expiry).
-- ``_peer_points[p]`` is exactly the set of points holding an entry of ``p`` (likewise
-  ``_peer_tokens``), so ``remove_peer`` costs time proportional to that peer's entries.
-- Every entry has exactly one deadline in ``_expiry``; no point, token or index set is ever
-  empty, so every map is empty once every peer is removed, or every entry expired and swept.
+  registering again replaces it (new dead drop, relay id and expiry) and makes it the newest.
+- Every ordered map keeps registration order, oldest first: the entries at a point or token,
+  a peer's points and tokens (``_peer_keys``), a client address's entries (``_ip_keys``). So
+  every bound below gives way oldest first in O(1) per entry dropped, and a lookup reads the
+  entries at a point newest first without sorting.
+- ``_peer_keys`` and ``_ip_keys`` are exact indexes of the entries, so ``remove_peer`` costs
+  time proportional to that peer's entries. Every entry has exactly one deadline in
+  ``_expiry``; no point, token or index is ever empty, so every map is empty once every peer is
+  removed, or every entry expired and swept. ``_counts`` is the exact number of entries.
 - An entry is live while ``now < expires_at``: lookups skip expired entries even before the
   sweep removes them.
+
+Limits (docs/protocol/relay.md, "Limits of rendezvous"):
+- One point or token holds at most ``drops_per_point`` entries: the newest; storing one more
+  drops the oldest there.
+- One peer holds at most ``max_entries_per_peer`` entries of each kind, one client address
+  (``ip``, IPv6 by its /64) at most ``entries_per_ip`` entries of both kinds over all its
+  connections; past either, the oldest registrations give way.
+- A ``rendezvous_result`` carries at most ``reply_bytes`` of list items (compact UTF-8 JSON,
+  commas counted): live matches first, then dead drops, each list newest first, each stopping
+  at its first item that does not fit. Only the live matches listed are pushed to.
+So the work of one ``register`` is bounded by what it brings (at most 50 points and 50 tokens,
+docs/protocol/relay.md) times ``drops_per_point``, plus the reply budget; never by the size of
+the state.
 
 TTLs: a daily point entry lives ``DAILY_TTL_S`` (48 h), an hourly token entry
 ``HOURLY_TTL_S`` (3 h), both from its latest registration. A sweep runs every
 ``SWEEP_INTERVAL_S`` (5 min): the first is due ``SWEEP_INTERVAL_S`` after the first
 ``register``, each later one ``SWEEP_INTERVAL_S`` after the previous sweep's ``now``; before
-any registration there is nothing to sweep and ``next_deadline()`` is ``inf``.
-
-Memory: one call adds at most the protocol's per-message limit (50 points and 50 tokens,
-conventions.md "Limits"), and one peer holds at most ``max_entries_per_peer`` entries of each
-kind (4 x 50 by default: the points of a few days' rotations). Past that, the peer's entries
-that expire first are dropped, so a client that keeps registering new points cannot grow the
-state without bound. How many peers one point or token holds is bounded by the peers connected.
+any registration there is nothing to sweep and ``next_deadline()`` is ``inf``. ``statistics``
+removes the entries already expired too, so its counts are of live entries and cost no scan.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Literal
 
 import attrs
 
+from zajel.protocol.frames import encode
 from zajel.services._deadlines import Deadlines
-from zajel.services._index import discard as _discard
-from zajel.services._index import remove as _remove
 
 DAILY_TTL_S: Final = 48 * 3600
 HOURLY_TTL_S: Final = 3 * 3600
 SWEEP_INTERVAL_S: Final = 300.0
 MAX_ENTRIES_PER_PEER_DEFAULT: Final = 200
+DROPS_PER_POINT_DEFAULT: Final = 20
+REPLY_BYTES_DEFAULT: Final = 128 << 10
+ENTRIES_PER_IP_DEFAULT: Final = 2_000
+
+_Kind = Literal["daily", "hourly"]
+# An entry's key: (kind, point or token, peer id).
+_Key = tuple[_Kind, str, str]
 
 
 @attrs.frozen
 class RendezvousOutcome:
     """What one ``register`` produces.
 
-    ``result`` is the caller's ``rendezvous_result`` frame; ``matches`` pairs each matched
-    peer (at most once, in first-match order) with the ``rendezvous_match`` frame to push to it.
+    ``result`` is the caller's ``rendezvous_result`` frame; ``matches`` pairs each live match
+    listed in it with the ``rendezvous_match`` frame to push to that peer.
     """
 
     result: dict[str, Any]
@@ -58,33 +78,44 @@ class RendezvousOutcome:
 
 
 @attrs.define
-class _DailyEntry:
-    dead_drop: str
+class _Entry:
+    dead_drop: str  # always "" at an hourly token
     relay_id: str | None
     expires_at: float
-
-
-@attrs.define
-class _HourlyEntry:
-    relay_id: str | None
-    expires_at: float
-
-
-# Deadline keys: ("daily", point, peer_id) or ("hourly", token, peer_id).
-_ExpiryKey = tuple[Literal["daily", "hourly"], str, str]
+    ip: str
+    seq: int  # registration order over the whole state: newest first means highest first
 
 
 class RendezvousState:
     """Meeting points and hourly tokens with their entries. No I/O."""
 
-    def __init__(self, *, max_entries_per_peer: int = MAX_ENTRIES_PER_PEER_DEFAULT) -> None:
-        self._max_entries_per_peer = max_entries_per_peer
-        self._daily: dict[str, dict[str, _DailyEntry]] = {}  # point -> peer -> entry
-        self._hourly: dict[str, dict[str, _HourlyEntry]] = {}  # token -> peer -> entry
-        self._peer_points: dict[str, set[str]] = {}  # peer -> points it holds an entry at
-        self._peer_tokens: dict[str, set[str]] = {}  # peer -> tokens it holds an entry at
-        self._expiry: Deadlines[_ExpiryKey] = Deadlines()
+    def __init__(
+        self,
+        *,
+        max_entries_per_peer: int = MAX_ENTRIES_PER_PEER_DEFAULT,
+        drops_per_point: int = DROPS_PER_POINT_DEFAULT,
+        reply_bytes: int = REPLY_BYTES_DEFAULT,
+        entries_per_ip: int = ENTRIES_PER_IP_DEFAULT,
+    ) -> None:
+        self._max_entries_per_peer = max(max_entries_per_peer, 1)
+        self._drops_per_point = max(drops_per_point, 1)
+        self._reply_bytes = reply_bytes
+        self._entries_per_ip = max(entries_per_ip, 1)
+        # kind -> point or token -> peer -> entry
+        self._tables: dict[_Kind, dict[str, OrderedDict[str, _Entry]]] = {
+            "daily": {},
+            "hourly": {},
+        }
+        # kind -> peer -> its points or tokens
+        self._peer_keys: dict[_Kind, dict[str, OrderedDict[str, None]]] = {
+            "daily": {},
+            "hourly": {},
+        }
+        self._ip_keys: dict[str, OrderedDict[_Key, None]] = {}  # client address -> its entries
+        self._counts: dict[_Kind, int] = {"daily": 0, "hourly": 0}
+        self._expiry: Deadlines[_Key] = Deadlines()
         self._next_sweep = math.inf
+        self._seq = 0
 
     def register(
         self,
@@ -95,88 +126,52 @@ class RendezvousState:
         dead_drop_for: Callable[[str], str],
         relay_id: str | None,
         now: float,
+        ip: str,
     ) -> RendezvousOutcome:
-        """Look up and record ``peer_id``'s points and tokens (relay.md "Rendezvous").
+        """Look up, then record, ``peer_id``'s points and tokens (relay.md "Rendezvous").
 
-        Daily points first: collect other peers' live, non-empty dead drops at each point, then
-        store the caller's ``dead_drop_for(point)``. Then hourly tokens: every other peer with
-        a live entry is a live match, then the caller's entry is stored.
+        The reply lists other peers' live entries at the caller's hourly tokens (live matches)
+        and their live, non-empty dead drops at its points, each peer once (its newest entry),
+        newest first, within the reply's byte budget. Then the caller's entries are stored:
+        ``dead_drop_for(point)`` at each point, and an entry at each token; ``ip`` is the
+        caller's client address, which the per-IP budget counts by.
         """
         if self._next_sweep == math.inf:
             self._next_sweep = now + SWEEP_INTERVAL_S
-        dead_drops: dict[str, dict[str, Any]] = {}  # insertion order = first occurrence
-        for point in daily_points:
-            entries = self._daily.get(point)
-            if entries is not None:
-                for other, entry in entries.items():
-                    if (
-                        other != peer_id
-                        and other not in dead_drops
-                        and entry.dead_drop
-                        and now < entry.expires_at
-                    ):
-                        dead_drops[other] = _with_relay(
-                            {"peerId": other, "deadDrop": entry.dead_drop}, entry.relay_id
-                        )
-            else:
-                entries = self._daily[point] = {}
-            expires_at = now + DAILY_TTL_S
-            entries[peer_id] = _DailyEntry(dead_drop_for(point), relay_id, expires_at)
-            self._peer_points.setdefault(peer_id, set()).add(point)
-            self._expiry.schedule(("daily", point, peer_id), expires_at)
-
-        live: dict[str, dict[str, Any]] = {}
-        for token in hourly_tokens:
-            hourly = self._hourly.get(token)
-            if hourly is not None:
-                for other, hourly_entry in hourly.items():
-                    if other != peer_id and other not in live and now < hourly_entry.expires_at:
-                        live[other] = _with_relay({"peerId": other}, hourly_entry.relay_id)
-            else:
-                hourly = self._hourly[token] = {}
-            expires_at = now + HOURLY_TTL_S
-            hourly[peer_id] = _HourlyEntry(relay_id, expires_at)
-            self._peer_tokens.setdefault(peer_id, set()).add(token)
-            self._expiry.schedule(("hourly", token, peer_id), expires_at)
-
-        self._trim(peer_id, "daily", self._daily, self._peer_points)
-        self._trim(peer_id, "hourly", self._hourly, self._peer_tokens)
-        push = {"type": "rendezvous_match", "match": _with_relay({"peerId": peer_id}, relay_id)}
-        return RendezvousOutcome(
-            result={
-                "type": "rendezvous_result",
-                "liveMatches": list(live.values()),
-                "deadDrops": list(dead_drops.values()),
-            },
-            matches=[(other, push) for other in live],
+        budget = _Budget(self._reply_bytes)
+        live = budget.take(
+            _with_relay({"peerId": other}, entry.relay_id)
+            for other, entry in self._newest("hourly", hourly_tokens, peer_id, now)
+        )
+        dead_drops = budget.take(
+            _with_relay({"peerId": other, "deadDrop": entry.dead_drop}, entry.relay_id)
+            for other, entry in self._newest("daily", daily_points, peer_id, now)
+            if entry.dead_drop
         )
 
-    def _trim(
-        self,
-        peer_id: str,
-        kind: Literal["daily", "hourly"],
-        table: dict[str, dict[str, Any]],
-        index: dict[str, set[str]],
-    ) -> None:
-        """Keep at most ``max_entries_per_peer`` of ``peer_id``'s entries of one kind,
-        dropping those that expire first (the newest registrations expire last)."""
-        keys = index.get(peer_id)
-        if keys is None or len(keys) <= self._max_entries_per_peer:
-            return
-        by_expiry = sorted(keys, key=lambda key: table[key][peer_id].expires_at)
-        for key in by_expiry[: len(keys) - self._max_entries_per_peer]:
-            _remove(table, key, peer_id)
-            keys.discard(key)
-            self._expiry.cancel((kind, key, peer_id))
+        for point in daily_points:
+            self._store("daily", point, peer_id, dead_drop_for(point), relay_id, now, ip)
+        for token in hourly_tokens:
+            self._store("hourly", token, peer_id, "", relay_id, now, ip)
+        for kind in ("daily", "hourly"):
+            keys = self._peer_keys[kind].get(peer_id)
+            while keys is not None and len(keys) > self._max_entries_per_peer:
+                self._drop((kind, next(iter(keys)), peer_id))
+        held = self._ip_keys.get(ip)
+        while held is not None and len(held) > self._entries_per_ip:
+            self._drop(next(iter(held)))
+
+        push = {"type": "rendezvous_match", "match": _with_relay({"peerId": peer_id}, relay_id)}
+        return RendezvousOutcome(
+            result={"type": "rendezvous_result", "liveMatches": live, "deadDrops": dead_drops},
+            matches=[(match["peerId"], push) for match in live],
+        )
 
     def remove_peer(self, peer_id: str) -> None:
         """``peer_id`` leaves every point and token (relay.md "Disconnect"); unknown: no-op."""
-        for point in self._peer_points.pop(peer_id, ()):
-            _remove(self._daily, point, peer_id)
-            self._expiry.cancel(("daily", point, peer_id))
-        for token in self._peer_tokens.pop(peer_id, ()):
-            _remove(self._hourly, token, peer_id)
-            self._expiry.cancel(("hourly", token, peer_id))
+        for kind in ("daily", "hourly"):
+            for name in list(self._peer_keys[kind].get(peer_id, ())):
+                self._drop((kind, name, peer_id))
 
     # -- timers --------------------------------------------------------------------------
 
@@ -186,50 +181,139 @@ class RendezvousState:
 
     def sweep(self, now: float) -> int:
         """Remove every entry expired at ``now``; returns how many. The next is due in 5 min."""
-        removed = 0
-        for kind, key, peer_id in self._expiry.pop_due(now):
-            if kind == "daily":
-                _remove(self._daily, key, peer_id)
-                _discard(self._peer_points, peer_id, key)
-            else:
-                _remove(self._hourly, key, peer_id)
-                _discard(self._peer_tokens, peer_id, key)
-            removed += 1
+        removed = self._remove_expired(now)
         self._next_sweep = now + SWEEP_INTERVAL_S
         return removed
 
     # -- queries -------------------------------------------------------------------------
 
     def statistics(self, now: float) -> dict[str, int]:
-        """Live points, tokens and entries at ``now`` (expired but unswept ones not counted)."""
-        daily_points = daily_entries = hourly_tokens = hourly_entries = 0
-        for daily in self._daily.values():
-            live = sum(1 for entry in daily.values() if now < entry.expires_at)
-            daily_entries += live
-            daily_points += live > 0
-        for hourly in self._hourly.values():
-            live = sum(1 for entry in hourly.values() if now < entry.expires_at)
-            hourly_entries += live
-            hourly_tokens += live > 0
+        """Live points, tokens and entries at ``now``: what has expired is removed first (each
+        entry once, so over time this costs nothing extra), then the counts are read."""
+        self._remove_expired(now)
+        daily, hourly = self._counts["daily"], self._counts["hourly"]
         return {
-            "dailyPoints": daily_points,
-            "hourlyTokens": hourly_tokens,
-            "totalEntries": daily_entries + hourly_entries,
-            "dailyEntries": daily_entries,
-            "hourlyEntries": hourly_entries,
+            "dailyPoints": len(self._tables["daily"]),
+            "hourlyTokens": len(self._tables["hourly"]),
+            "totalEntries": daily + hourly,
+            "dailyEntries": daily,
+            "hourlyEntries": hourly,
         }
 
     def sizes(self) -> dict[str, int]:
         """Entries in every internal map (memory-bound tests expect all zero when idle)."""
         return {
-            "daily_points": len(self._daily),
-            "daily_entries": sum(len(entries) for entries in self._daily.values()),
-            "hourly_tokens": len(self._hourly),
-            "hourly_entries": sum(len(entries) for entries in self._hourly.values()),
-            "peer_points": len(self._peer_points),
-            "peer_tokens": len(self._peer_tokens),
+            "daily_points": len(self._tables["daily"]),
+            "daily_entries": sum(len(entries) for entries in self._tables["daily"].values()),
+            "hourly_tokens": len(self._tables["hourly"]),
+            "hourly_entries": sum(len(entries) for entries in self._tables["hourly"].values()),
+            "peer_points": len(self._peer_keys["daily"]),
+            "peer_tokens": len(self._peer_keys["hourly"]),
+            "ip_keys": len(self._ip_keys),
+            "ip_entries": sum(len(keys) for keys in self._ip_keys.values()),
+            "counted": self._counts["daily"] + self._counts["hourly"],
             "expiry": len(self._expiry),
         }
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _newest(
+        self, kind: _Kind, names: Sequence[str], peer_id: str, now: float
+    ) -> Iterator[tuple[str, _Entry]]:
+        """Other peers' live entries at ``names``, newest first, each peer once (its newest).
+
+        A lazy merge of the newest-first lists of each point: it reads only as far as the
+        caller consumes, and at most ``drops_per_point`` entries per point.
+        """
+        table = self._tables[kind]
+        merged = heapq.merge(
+            *(reversed(table[name].items()) for name in names if name in table),
+            key=lambda item: item[1].seq,
+            reverse=True,
+        )
+        seen: set[str] = set()
+        for other, entry in merged:
+            if other != peer_id and other not in seen and now < entry.expires_at:
+                seen.add(other)
+                yield other, entry
+
+    def _store(
+        self,
+        kind: _Kind,
+        name: str,
+        peer_id: str,
+        dead_drop: str,
+        relay_id: str | None,
+        now: float,
+        ip: str,
+    ) -> None:
+        """Store (or replace) ``peer_id``'s entry at ``name`` as the newest; the oldest at
+        ``name`` gives way past ``drops_per_point``."""
+        key = (kind, name, peer_id)
+        expires_at = now + (DAILY_TTL_S if kind == "daily" else HOURLY_TTL_S)
+        self._seq += 1
+        entries = self._tables[kind].setdefault(name, OrderedDict())
+        old = entries.pop(peer_id, None)
+        if old is None:
+            self._counts[kind] += 1
+        else:
+            self._ip_keys[old.ip].pop(key)
+        entries[peer_id] = _Entry(dead_drop, relay_id, expires_at, ip, self._seq)
+        _to_end(self._peer_keys[kind].setdefault(peer_id, OrderedDict()), name)
+        _to_end(self._ip_keys.setdefault(ip, OrderedDict()), key)
+        self._expiry.schedule(key, expires_at)
+        while len(entries) > self._drops_per_point:
+            self._drop((kind, name, next(iter(entries))))
+        if old is not None and not self._ip_keys.get(old.ip, True):
+            del self._ip_keys[old.ip]
+
+    def _drop(self, key: _Key) -> None:
+        """Remove one entry from every map that holds it."""
+        kind, name, peer_id = key
+        entries = self._tables[kind][name]
+        entry = entries.pop(peer_id)
+        if not entries:
+            del self._tables[kind][name]
+        keys = self._peer_keys[kind][peer_id]
+        del keys[name]
+        if not keys:
+            del self._peer_keys[kind][peer_id]
+        held = self._ip_keys[entry.ip]
+        del held[key]
+        if not held:
+            del self._ip_keys[entry.ip]
+        self._counts[kind] -= 1
+        self._expiry.cancel(key)
+
+    def _remove_expired(self, now: float) -> int:
+        due = self._expiry.pop_due(now)
+        for key in due:
+            self._drop(key)
+        return len(due)
+
+
+class _Budget:
+    """The bytes a reply's list items may still take (compact UTF-8 JSON, commas counted)."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def take(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The leading ``items`` that fit, as one JSON list; stops at the first that does not."""
+        taken: list[dict[str, Any]] = []
+        for item in items:
+            size = len(encode(item).encode("utf-8")) + (1 if taken else 0)
+            if size > self.left:
+                break
+            self.left -= size
+            taken.append(item)
+        return taken
+
+
+def _to_end(keys: OrderedDict[Any, None], key: Any) -> None:
+    """Insert ``key``, or move it, to the newest end."""
+    keys[key] = None
+    keys.move_to_end(key)
 
 
 def _with_relay(fields: dict[str, Any], relay_id: str | None) -> dict[str, Any]:
