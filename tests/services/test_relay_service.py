@@ -170,6 +170,12 @@ class Sink:
         self.frames += 1
         return True
 
+    def answer_nowait(self, frame: str) -> None:
+        self.frames += 1
+
+    def handled(self) -> None:
+        pass
+
     def close(self, code: int) -> None:
         raise AssertionError(f"a sink is never closed (code {code})")
 
