@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,12 +22,21 @@ def clean_environment() -> dict[str, str]:
 
 @asynccontextmanager
 async def zajel_serve(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    fd_limits: tuple[int, int] | None = None,
 ) -> AsyncIterator[tuple[trio.Process, str]]:
     """``zajel serve --port 0 ARGS`` as a child process, and the URL it reports once listening.
 
-    Its stderr (the logs) goes to ``tmp_path / "stderr.log"``.
+    Its stderr (the logs) goes to ``tmp_path / "stderr.log"``. ``fd_limits``: the (soft, hard)
+    limit of open files the process starts with.
     """
+
+    def limit_files() -> None:
+        if fd_limits is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, fd_limits)
+
     stderr = (tmp_path / "stderr.log").open("wb")
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "zajel", "serve", "--port", "0", *args],
@@ -34,6 +44,7 @@ async def zajel_serve(
         stderr=stderr,
         cwd=tmp_path,
         env={**clean_environment(), **(env or {})},
+        preexec_fn=limit_files if fd_limits is not None else None,
     )
     try:
         assert process.stdout is not None

@@ -121,16 +121,19 @@ class RawClient:
         stream = await open_stream(port, source)
         client = cls(stream)
         extra = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
-        await stream.send_all(
-            client.ws.send(Request(host="127.0.0.1", target=path, extra_headers=extra))
-        )
-        while True:
-            for event in await client._events():
-                if isinstance(event, AcceptConnection):
-                    return client
-                if isinstance(event, RejectConnection):
-                    await stream.aclose()
-                    raise AssertionError(f"handshake refused: {event.status_code}")
+        try:
+            await stream.send_all(
+                client.ws.send(Request(host="127.0.0.1", target=path, extra_headers=extra))
+            )
+            while True:
+                for event in await client._events():
+                    if isinstance(event, AcceptConnection):
+                        return client
+                    if isinstance(event, RejectConnection):
+                        raise AssertionError(f"handshake refused: {event.status_code}")
+        except BaseException:
+            stream.socket.close()
+            raise
 
     async def _events(self) -> list[Any]:
         data = await self.stream.receive_some(1 << 16)

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
+from wsproto.events import TextMessage
 
 from tests.conftest import make_config, start_server
+from tests.integration._raw import RawClient, port_of
 from tests.integration._signal import error, expect, open_socket, read_until_closed
 from zajel.client import SignalClient, connect_signal, generate_public_key
 from zajel.protocol import signaling
@@ -296,3 +298,20 @@ async def test_a_flood_gets_rate_limited_then_closed_1008(nursery):
     assert all(frame == error("rate_limited", refusals[0]["message"]) for frame in refusals)
     assert len(frames) < 300
     running.stop.set()
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_1007(server):
+    """A text frame must be UTF-8 (RFC 6455 §8.1): one that is not ends the connection with
+    close code 1007, not a silent hang-up."""
+    with trio.fail_after(10):
+        client = await RawClient.connect(port_of(server.url))
+        masked = client.ws.send(TextMessage(data='{"type":"ping","x":"ok"}'))
+        # The same frame with its payload's "ok" replaced by two bytes that are not UTF-8.
+        header, mask, payload = masked[:2], masked[2:6], bytearray(masked[6:])
+        at = len('{"type":"ping","x":"')  # the offset of "ok" in the payload
+        for offset, byte in enumerate(b"\xff\xfe"):
+            payload[at + offset] = byte ^ mask[(at + offset) % 4]
+        await client.stream.send_all(header + mask + bytes(payload))
+        frames, close_code = await client.read_until_closed()
+        await client.hang_up()
+    assert (frames, close_code) == ([], 1007)

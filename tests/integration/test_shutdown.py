@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tests.integration._process import clean_environment, zajel_serve
+from tests.integration._raw import RawClient, port_of
 from tests.integration._signal import open_socket, pair, read_until_closed
 
 
@@ -80,3 +81,48 @@ async def test_a_port_in_use_exits_2_with_one_line_naming_it(tmp_path):
         f"zajel: cannot listen on 127.0.0.1:{port} (ZAJEL_HOST/ZAJEL_PORT): Address already in use"
     )
     assert "Traceback" not in finished.stderr.decode()
+
+
+async def test_a_shutdown_soon_after_a_close_does_not_wait_the_grace_time(tmp_path):
+    """A closed WebSocket used to leave hypercorn's ping loop sleeping on, and every shutdown
+    waited the full grace time (5 s) for it."""
+    with trio.fail_after(30):
+        async with zajel_serve(tmp_path) as (process, url):
+            for _ in range(3):
+                async with open_socket(url) as client:
+                    await client.register("AAAAAA")
+            start = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+            assert trio.current_time() - start < 3
+
+
+async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path):
+    """Its partner fills its socket with offers until the server's write to it blocks; the
+    slow-consumer rule is set far away, so only the shutdown can end it, within the grace time
+    (hypercorn's writes are shielded: this used to hang for ever)."""
+    env = {
+        "ZAJEL_WS_SLOW_CONSUMER_MS": "3600000",
+        "ZAJEL_WS_OUTBOUND_BYTES": str(1 << 30),
+        "ZAJEL_WS_OUTBOUND_QUEUE": "100000",
+    }
+    offer = {"sdp": "o" * 200_000}
+    with trio.fail_after(60):
+        async with zajel_serve(tmp_path, env=env) as (process, url), open_socket(url) as a:
+            sink = await RawClient.connect(port_of(url))
+            await a.register("AAAAAA")
+            await sink.send({"type": "register", "pairingCode": "SSSSSS"})
+            assert (await sink.receive())["type"] == "registered"
+            await a.send({"type": "pair_request", "targetCode": "SSSSSS"})
+            assert (await sink.receive())["type"] == "pair_incoming"
+            await sink.send({"type": "pair_response", "targetCode": "AAAAAA", "accepted": True})
+            assert (await a.receive())["type"] == "pair_matched"
+            for _ in range(150):  # 30 MB: far more than the sockets' buffers hold
+                await a.signal("offer", "SSSSSS", offer)
+            await a.ping()  # every offer has been taken in and queued
+            start = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+            # The grace time is 5 s; the sink's socket is dropped when it ends.
+            assert trio.current_time() - start < 8
+            await sink.hang_up()

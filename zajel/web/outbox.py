@@ -31,7 +31,7 @@ import trio
 
 # Frames of one connection handed to its service and not yet handled: the reader waits past
 # this, so a burst of requests cannot make answers pile up beyond the queue's bounds.
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 8
 
 
 class Outbox:

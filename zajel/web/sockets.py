@@ -280,7 +280,10 @@ async def _close(
             return
     elif conn is not None:
         conn.drop_after(CLOSE_TIMEOUT_S)
-    with trio.move_on_after(CLOSE_TIMEOUT_S) as goodbye:
+    deadline = trio.current_time() + CLOSE_TIMEOUT_S
+    if conn is not None:
+        deadline = min(deadline, conn.drop_at)  # already dropped (shutdown's end): nothing to do
+    with trio.move_on_at(deadline) as goodbye:
         while (frame := peer.outbox.take()) is not None:
             await send({"type": "websocket.send", "text": frame})
         await send({"type": "websocket.close", "code": peer.close_code})

@@ -65,6 +65,8 @@ ACCEPT_WARNING_EVERY_S = 10.0
 STALL_CHECK_S = 0.5
 # A refused connection gets this long to take its 503 before its socket is closed.
 REFUSAL_TIMEOUT_S = 1.0
+# A connection whose client has closed its side is dropped this long afterwards.
+EOF_GRACE_S = 2.0
 
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -234,7 +236,17 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            self._conn.drop_after(EOF_GRACE_S)
+            raise
+        if not data:
+            # The client is gone (or half-closed): what is left is a response it may still
+            # read. hypercorn would otherwise keep the socket until its keep-alive timer or
+            # ping loop next wakes (up to 5 s, or 30 s for a WebSocket).
+            self._conn.drop_after(EOF_GRACE_S)
+        return data
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
