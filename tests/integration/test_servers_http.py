@@ -134,6 +134,21 @@ async def test_the_signature_covers_every_byte_of_the_body(registry):
         bootstrap.verify_server_list(response.body, signature, other_key, now_ms=epoch_ms())
 
 
+async def test_non_ascii_fields_are_listed_as_ascii_escapes(registry):
+    # The signed list's body stays ASCII (docs/protocol/servers.md, "The signed list"), while
+    # WebSocket frames go out as raw UTF-8.
+    body = server_body("vps-u", publicKey="clé-\U0001f600")
+    with trio.fail_after(10):
+        registered = await _http.post(registry, "/servers", body)
+        assert registered.status == 200
+        response = await _http.get(registry, "/servers")
+        assert response.status == 200
+        assert response.body.isascii()
+        assert b"\\u00e9" in response.body
+        entries = await signed_list(registry)
+    assert entries[0]["publicKey"] == "clé-\U0001f600"
+
+
 async def test_an_old_list_is_refused_by_the_client(registry):
     with trio.fail_after(10):
         response = await _http.get(registry, "/servers")

@@ -21,6 +21,9 @@ from zajel.protocol.errors import ProtocolError, invalid_body, invalid_message, 
 # (docs/operations.md, "Limits"). That is safe because decoding refuses lone surrogates, the one
 # thing JSON text can hold that UTF-8 cannot. Sizes (chunk payloads) are measured the same way.
 _WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The signed server list stays ASCII (docs/protocol/servers.md, "The signed list"): its bytes are
+# what the signature covers, and every verifier has read them that way since the first release.
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -90,6 +93,11 @@ def decode_body(data: bytes) -> dict[str, Any]:
 def encode(obj: Any) -> str:
     """Encode a frame as compact JSON text, safe to send as a WebSocket text frame."""
     return _WIRE_ENCODER.encode(obj)
+
+
+def encode_ascii(obj: Any) -> str:
+    """Encode as compact JSON with every non-ASCII character as a ``\\uXXXX`` escape."""
+    return _ASCII_ENCODER.encode(obj)
 
 
 def utf8_json_size(value: Any) -> int:

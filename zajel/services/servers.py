@@ -35,7 +35,7 @@ from zajel.clock import WallClock
 from zajel.config import Config
 from zajel.logs import context
 from zajel.protocol.errors import ProtocolError
-from zajel.protocol.frames import encode
+from zajel.protocol.frames import encode_ascii
 from zajel.protocol.servers import (
     MAX_SERVERS,
     SERVER_TTL_MS,
@@ -94,7 +94,7 @@ class _Held:
 
     @classmethod
     def of(cls, entry: ServerEntry) -> _Held:
-        return cls(entry, encode(entry.to_json()))
+        return cls(entry, encode_ascii(entry.to_json()))
 
 
 class ServerRegistryState:
@@ -259,7 +259,7 @@ class ServerRegistry(DurableServiceBase):
     # -- helpers -----------------------------------------------------------------------------
 
     def _signed_list(self, now_ms: int) -> SignedList:
-        # Compact JSON, as encode() writes it, from the entries' texts encoded beforehand.
+        # Compact ASCII JSON, from the entries' texts encoded beforehand.
         servers = self.state.live_json(now_ms)
         body = f'{{"servers":{servers},"timestamp":{now_ms}}}'.encode("ascii")
         return SignedList(body, crypto.sign_b64(self.signing_key, body))

@@ -196,7 +196,7 @@ class ConnectionTable:
                 self.stalled += 1
                 log.info(
                     "write stalled: connection dropped",
-                    extra=context(peer=conn.key, seconds=self.stall_timeout),
+                    extra=context(seconds=self.stall_timeout),
                 )
                 conn.drop()
 
@@ -441,7 +441,7 @@ async def _serve_connection(
         return
     conn = table.open((str(peer[0]), int(peer[1])))
     if conn is None:
-        log.info("connection refused: HTTP cap reached", extra=context(peer=ip_key(peer[0])))
+        log.info("connection refused: HTTP cap reached")  # client addresses are never logged
         await _refuse(stream)
         return
     guarded = GuardedStream(stream, conn)
