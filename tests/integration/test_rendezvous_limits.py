@@ -12,6 +12,8 @@ import trio
 
 from tests.conftest import make_config, start_server
 from tests.integration import _http
+from tests.integration._process import zajel_serve
+from tests.integration._raw import RawClient, port_of, rss_bytes
 from tests.integration.test_relay_flow import relays
 
 # The reply with both lists empty: what the byte budget does not cover.
@@ -81,3 +83,50 @@ async def test_one_address_holds_at_most_its_budget_of_entries(nursery):
             found = await reader.register_rendezvous(daily_points=["first-0"])
             assert found["deadDrops"] == []
     running.stop.set()
+
+
+async def test_readers_that_never_read_cannot_pin_more_than_their_byte_budgets(tmp_path):
+    """Many connections of one address send small ``register_rendezvous`` frames at a point full
+    of large dead drops and never read: each reply is bounded, and each connection stops being
+    read once its queue is full, so the server's memory barely moves (one address used to park
+    1.4 GB of replies this way)."""
+    drop = "é" * 4000  # 8 KB of UTF-8 in each dead drop (24 KB once escaped)
+    readers, frames = 10, 200
+    env = {"ZAJEL_WS_MESSAGE_RATE": "1000000", "ZAJEL_WS_MESSAGE_BURST": "1000000"}
+    clients: list[RawClient] = []
+    with trio.fail_after(60):
+        async with zajel_serve(tmp_path, env=env) as (process, url):
+            port = port_of(url)
+            async with relays(url, *[f"stuffer-{index:02}" for index in range(30)]) as stuffing:
+                for client in stuffing:
+                    await client.register_rendezvous(daily_points=["p"], dead_drop=drop)
+                before = rss_bytes(process.pid)
+                try:
+                    for index in range(readers):
+                        reader = await RawClient.connect(port, "/relay")
+                        clients.append(reader)
+                        await reader.send({"type": "register", "peerId": f"reader-{index}"})
+                    request = {"type": "register_rendezvous", "dailyPoints": ["p"]}
+                    async with trio.open_nursery() as sending:
+                        for reader in clients:
+                            # The server stops reading each of them; its frames wait in TCP.
+                            sending.start_soon(send_for_a_while, reader, request, frames)
+                    after = before
+                    for _ in range(20):  # the server works through what it has taken in
+                        after = max(after, rss_bytes(process.pid))
+                        await trio.sleep(0.1)
+                    # The server still answers everyone else at once.
+                    with trio.fail_after(2):
+                        await stuffing[0].ping()
+                finally:
+                    for reader in clients:
+                        reader.stream.socket.close()
+    # 10 connections x (a 1 MiB soft bound + the answers to 8 frames in flight, 128 KiB each),
+    # and the allocator's slack: far below the ~300 MB of 2,000 unbounded replies.
+    assert after - before < 60 * 2**20, (before, after)
+
+
+async def send_for_a_while(client: RawClient, request: dict, frames: int) -> None:
+    with trio.move_on_after(3):
+        for _ in range(frames):
+            await client.send(request)
