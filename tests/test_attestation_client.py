@@ -1,4 +1,5 @@
-"""Session tokens as a VPS server checks them, build tokens (http.md, AttestationRegistry)."""
+"""Session tokens as a VPS server checks them, build tokens
+(docs/protocol/attestation.md, "The session token")."""
 
 from __future__ import annotations
 

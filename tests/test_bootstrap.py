@@ -1,4 +1,4 @@
-"""The client-side check of the signed server list (http.md, The signed list)."""
+"""The client-side check of the signed server list (docs/protocol/servers.md, "Verifying")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """``zajel attest make-reference``, ``zajel attest sign-build-token`` and ``zajel attest
-answer``, and the helpers behind them (http.md, AttestationRegistry;
-docs/protocol/attestation.md)."""
+answer``, and the helpers behind them (docs/protocol/attestation.md, "zajel attest")."""
 
 from __future__ import annotations
 
@@ -215,7 +214,8 @@ def test_make_reference_of_a_tiny_file(capsys, tmp_path):
 
 @pytest.mark.parametrize(("region_bytes", "count"), [(4, 2), (5, 2), (6, 1), (10, 1)])
 def test_a_binary_too_small_for_3_regions_gets_one_or_two(capsys, tmp_path, region_bytes, count):
-    # The server accepts a reference of 1 or 2 regions and challenges it whole (http.md).
+    # The server accepts a reference of 1 or 2 regions and challenges it whole
+    # (docs/protocol/attestation.md, "POST /attest/upload-reference").
     tiny = tmp_path / "tiny.bin"
     tiny.write_bytes(b"0123456789")
     argv = ["attest", "make-reference", str(tiny), "--version", "1.0.0", "--platform", "x"]

@@ -1,4 +1,5 @@
-"""``zajel keygen`` and ``zajel servers`` (operations.md, Configuration; http.md, The signed list).
+"""``zajel keygen`` and ``zajel servers`` (docs/operations.md, "Other commands";
+docs/protocol/servers.md, "The signed list").
 
 ``zajel servers`` is run against a small stdlib HTTP server on 127.0.0.1 in a background thread,
 serving whatever reply the test sets.

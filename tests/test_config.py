@@ -1,4 +1,5 @@
-"""Configuration (operations.md, Configuration): ``ZAJEL_*`` variables, flags, clear errors."""
+"""Configuration (docs/operations.md, "Configuration"): ``ZAJEL_*`` variables, flags, clear
+errors."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ SECRETS = {
 }
 
 
-# Production and qa refuse to start without their signing keys (operations.md).
+# Production and qa refuse to start without their signing keys (docs/operations.md, "Environments").
 KEY = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "c" * 64, "ZAJEL_ATTESTATION_SIGNING_KEY": "d" * 64}
 
 

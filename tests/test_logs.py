@@ -1,4 +1,4 @@
-"""Logging and redaction (operations.md, Logging)."""
+"""Logging and redaction (docs/operations.md, "Logging")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The check a VPS relay server makes of a device's session token, and build-token signing.
 
-``../shared/spec/http.md``, AttestationRegistry: a session token is what the coordination
+``docs/protocol/attestation.md``, "The session token": a session token is what the coordination
 server gives a device that has proved it runs a genuine build. ``POST /attest/verify`` issues one
 for 1 hour after a correct challenge response; web-fallback registration (``POST
 /attest/register`` with ``platform:"web"``) issues one for 15 minutes, marked
@@ -53,7 +53,7 @@ from zajel.protocol.attestation import (
 
 MAX_SKEW_MS = 60_000
 # The trust level of a token without one: only native devices, which passed the binary
-# challenge, get tokens without a trust_level (http.md, Session token).
+# challenge, get tokens without a trust_level (docs/protocol/attestation.md, "The session token").
 ATTESTED = "attested"
 WEB_FALLBACK = "web_fallback"
 _STRING_FIELDS = ("device_id", "build_version", "platform")
@@ -177,9 +177,9 @@ def sign_build_token(
 ) -> dict[str, str]:
     """The ``build_token`` of a release, as a device sends it to ``POST /attest/register``.
 
-    http.md, Build token: ``payload`` is the compact JSON string ``{"version", "platform",
-    "build_hash", "timestamp"}`` in that order; ``signature`` is the Ed25519 signature of the
-    payload's UTF-8 bytes in standard base64 with padding.
+    docs/protocol/attestation.md, "POST /attest/register": ``payload`` is the compact JSON string
+    ``{"version", "platform", "build_hash", "timestamp"}`` in that order; ``signature`` is the
+    Ed25519 signature of the payload's UTF-8 bytes in standard base64 with padding.
 
     Args:
         seed: the 32-byte seed of the build-token signing key.
@@ -211,8 +211,8 @@ def sign_build_token(
 def check_release(version: str, platform: str, build_hash: str | None = None) -> None:
     """Check the fields a release pipeline puts in a reference or a build token.
 
-    They are the server's rules (http.md, AttestationRegistry), checked before anything is
-    uploaded or signed: a token the server would refuse is better refused at build time.
+    They are the server's rules (docs/protocol/attestation.md, "Requests"), checked before anything
+    is uploaded or signed: a token the server would refuse is better refused at build time.
 
     Raises:
         ValueError: ``version`` is not strict ``X.Y.Z``, ``platform`` is not 1-128 characters
@@ -317,9 +317,9 @@ def make_reference(
 def region_hmacs(data: bytes, nonce_hex: str, regions: Sequence[tuple[int, int]]) -> list[str]:
     """A device's answers to a challenge: one HMAC per challenged region, in challenge order.
 
-    http.md, Verify: HMAC-SHA256 with the nonce's bytes as the key and the region's bytes of
-    the device's own binary as the message, in lowercase hex. Send answer ``i`` as
-    ``{"region_index": i, "hmac": answers[i]}``.
+    docs/protocol/attestation.md, "POST /attest/verify": HMAC-SHA256 with the nonce's bytes as the
+    key and the region's bytes of the device's own binary as the message, in lowercase hex. Send
+    answer ``i`` as ``{"region_index": i, "hmac": answers[i]}``.
 
     Args:
         data: the bytes of the binary the device runs.

@@ -1,6 +1,6 @@
 """The client-side check of the signed server list (``GET /servers``).
 
-``../shared/spec/http.md``, The signed list: the body is compact JSON
+``docs/protocol/servers.md``, "The signed list": the body is compact JSON
 ``{"servers":[<entry>,...],"timestamp":<epoch ms>}`` and the header ``X-Bootstrap-Signature``
 holds the Ed25519 signature of the exact body bytes in standard base64. An app that bootstraps
 from the list holds the server's public key (``zajel keygen`` prints it) and:

@@ -202,7 +202,7 @@ def _fail(message: str, status: int) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    # operations.md, Configuration: `seed=<64 hex>` and `public_key=<base64>`, two lines.
+    # docs/operations.md, "Other commands": `seed=<64 hex>` and `public_key=<base64>`, two lines.
     seed = generate_seed()
     public_key = public_key_b64(signing_key(seed))
     if args.seed_file is None:
@@ -305,7 +305,8 @@ def _answer(args: argparse.Namespace) -> int:
     return 0
 
 
-# Far above 1000 entries of at most 4 KiB each (http.md), far below a memory problem.
+# Far above 1000 entries of at most 4 KiB each (docs/protocol/servers.md, "Limits"), far below a
+# memory problem.
 _MAX_LIST_BYTES = 16 << 20
 _TABLE_FIELDS = (
     "serverId",

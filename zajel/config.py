@@ -1,7 +1,7 @@
 """One frozen configuration, read once from ``ZAJEL_*`` variables and ``zajel serve`` flags.
 
 Invalid configuration stops the server at start with one clear line naming the setting
-(``../shared/spec/operations.md``, Configuration).
+(``docs/operations.md``, "Configuration").
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Config:
     ci_upload_secret: str | None = attrs.field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     trust_proxy: str | None = None
-    # Proxies whose ``trust_proxy`` header is believed (operations.md, Configuration).
+    # Proxies whose ``trust_proxy`` header is believed (docs/operations.md, "Settings in use").
     trusted_proxies: tuple[Network, ...] = ()
 
     ws_max_message_bytes: int = 262_144
@@ -72,7 +72,8 @@ class Config:
     ws_ping_interval: float = 30.0
     ws_idle_timeout: float = 120.0
 
-    # What one client (one IP, IPv6 by its /64) may hold: docs/operations.md, "Limits".
+    # What one client (one IP, IPv6 by its /64) may hold:
+    # docs/operations.md, "Limits and back-pressure".
     ws_outbound_bytes: int = 4 << 20
     ws_slow_consumer_ms: int = 2000
     http_max_connections_per_ip: int = 50
@@ -88,7 +89,8 @@ class Config:
 
     @property
     def redacts_codes(self) -> bool:
-        """Pairing codes are redacted in logs outside development (operations.md)."""
+        """Pairing codes are redacted in logs outside development (docs/operations.md,
+        "Redaction")."""
         return self.env != "development"
 
     @classmethod
@@ -116,8 +118,8 @@ class Config:
         if attestation_key is not None and build_token_key is not None:
             own = public_key_b64(signing_key(bytes.fromhex(attestation_key)))
             if own == build_token_key:
-                # http.md: session tokens and build tokens are signed by different keys, so
-                # the server's key can never make a build token.
+                # docs/protocol/attestation.md, "Keys and secrets": session tokens and build tokens
+                # are signed by different keys, so the server's key can never make a build token.
                 raise ConfigError(
                     "ZAJEL_ATTESTATION_SIGNING_KEY: must differ from the build-token key "
                     "(ZAJEL_BUILD_TOKEN_VERIFY_KEY is its public key)"
@@ -126,7 +128,7 @@ class Config:
         trusted_proxies = reader.networks("TRUSTED_PROXIES")
         if trust_proxy is not None and not trusted_proxies:
             # A header believed from anyone lets every client pick its own IP, and with it
-            # every per-IP cap (operations.md, Behind a TLS-terminating proxy).
+            # every per-IP cap (docs/operations.md, "Behind a TLS-terminating proxy").
             raise ConfigError(
                 "ZAJEL_TRUSTED_PROXIES: required with ZAJEL_TRUST_PROXY; list the addresses "
                 "or CIDRs of the proxies whose header is believed"
@@ -187,7 +189,8 @@ class Config:
 
 
 def _default_env(environ: Mapping[str, str]) -> str:
-    # operations.md: ENV is also read from ENVIRONMENT / NODE_ENV when unset.
+    # docs/operations.md, "Settings in use": ENV is also read from ENVIRONMENT / NODE_ENV when
+    # unset.
     for name in ("ENVIRONMENT", "NODE_ENV"):
         value = environ.get(name, "").strip().lower()
         if value:
@@ -219,7 +222,7 @@ class _Reader:
 
     def signing_seed(self, name: str, *, required: bool, env: str) -> str | None:
         """An Ed25519 seed given as 64 hex characters or ``@path``, as 64 lowercase hex
-        characters (operations.md, Configuration and Environments)."""
+        characters (docs/operations.md, "Configuration" and "Environments")."""
         value = self.optional(name)
         if value is None:
             if required:

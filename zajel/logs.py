@@ -10,7 +10,7 @@ quoted, with ``\"`` for a quote inside, and so is a message that is empty or hol
 ``"``: a bare message runs up to the first `` key=``. The traceback of an exception is the quoted
 value of ``exception``. In ``json`` the encoder escapes every control and non-ASCII character.
 
-Pairing codes go through ``redact`` outside development (``docs/operations.md``, Redaction).
+Pairing codes go through ``redact`` outside development (``docs/operations.md``, "Redaction").
 Public keys, dead drops, chunk data, nonces, HMACs, tokens and secrets are never logged in any
 environment: code that logs must not pass them.
 """

@@ -42,7 +42,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.websocket_max_message_size = config.ws_max_message_bytes
     hc.websocket_ping_interval = config.ws_ping_interval
     # Any byte from the client (a frame or a pong) resets the read timeout: it is the
-    # idle timeout of conventions.md, "Keep-alive and dead connections".
+    # idle timeout of docs/protocol/conventions.md, "Keep-alive".
     hc.read_timeout = config.ws_idle_timeout  # type: ignore[assignment]
     hc.graceful_timeout = GRACEFUL_TIMEOUT_S
     hc.accesslog = None

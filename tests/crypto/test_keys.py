@@ -1,4 +1,5 @@
-"""Ed25519 keys and signatures (operations.md, Configuration; http.md, The signed list)."""
+"""Ed25519 keys and signatures (docs/operations.md, "Keys and secrets"; docs/protocol/servers.md,
+"The signed list")."""
 
 from __future__ import annotations
 

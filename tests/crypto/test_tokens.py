@@ -1,4 +1,5 @@
-"""Session tokens, detached signatures, HMAC and base64url (http.md, AttestationRegistry)."""
+"""Session tokens, detached signatures, HMAC and base64url
+(docs/protocol/attestation.md, "The session token")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the ``/signal`` integration tests (``../shared/spec/signaling.md``)."""
+"""Helpers shared by the ``/signal`` integration tests (``docs/protocol/signaling.md``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from zajel.client import pair as pair  # re-exported for the tests
 
 
 def error(code: str, message: str) -> dict[str, Any]:
-    """The exact error frame of conventions.md, Errors."""
+    """The exact error frame of docs/protocol/conventions.md, "Errors"."""
     return {"type": "error", "code": code, "message": message}
 
 

@@ -1,4 +1,4 @@
-"""Attestation survives a crash (http.md, AttestationRegistry, Persistence): a real ``zajel serve``
+"""Attestation survives a crash (docs/protocol/attestation.md, "Durability"): a real ``zajel serve``
 is killed with SIGKILL right after it acknowledged an upload, a registration and a challenge;
 after a restart on the same data directory the reference, the devices (a web one too, in its own
 space) and the nonce are all there, the verify succeeds, and the known devices re-register without

@@ -1,4 +1,4 @@
-"""The AttestationRegistry over real HTTP (http.md, AttestationRegistry): the whole pipeline ->
+"""The AttestationRegistry over real HTTP (docs/protocol/attestation.md): the whole pipeline ->
 device flow with a reference made from a real binary, the attacks that must fail, and bad input
 on every route."""
 

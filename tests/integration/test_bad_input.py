@@ -1,6 +1,7 @@
-"""Bad input on WebSocket ``/signal`` (conventions.md, Frames, Errors, Identifiers, Limits): every
-malformed frame gets one exact error frame, checks run in the contract's order, and the
-connection goes on working afterwards. Only an oversized frame and a flood close it."""
+"""Bad input on WebSocket ``/signal`` (docs/protocol/conventions.md: "Frames", "Errors",
+"Identifiers and field checks", "Limits"): every malformed frame gets one exact error frame, checks
+run in the documented order, and the connection goes on working afterwards. Only an oversized frame
+and a flood close it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chunk distribution over real sockets (relay.md, Chunk distribution): announce, three
+"""Chunk distribution over real sockets (docs/protocol/chunks.md): announce, three
 requests, one pull, one push, three deliveries, then a cache hit; channel ids echoed."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Chunk distribution under abuse, over real sockets (chunks.md, "Cache", "Who may push",
-"Pull time-out", "Limits per client"): the cache is bounded in bytes, a push never replaces a
-cached copy, withholding sources cost a requester one pull time-out, and one client address
-holds a bounded share of sources and pending requests.
+"""Chunk distribution under abuse, over real sockets (docs/protocol/chunks.md: "Cache",
+"Who may push", "Pull time-out", "Limits per client"): the cache is bounded in bytes, a push never
+replaces a cached copy, withholding sources cost a requester one pull time-out, and one client
+address holds a bounded share of sources and pending requests.
 
 Every loopback connection comes from 127.0.0.1, so every connection of a test is one client IP.
 """

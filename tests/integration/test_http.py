@@ -1,6 +1,6 @@
-"""HTTP endpoints and admission (http.md; conventions.md, Errors and Limits): info, health,
-stats, errors, CORS and security headers, the per-IP rate limit, and WebSocket handshakes that
-the server must refuse."""
+"""HTTP endpoints and admission (docs/operations.md, "Health checks and metrics";
+docs/protocol/conventions.md, "Errors" and "Limits"): info, health, stats, errors, CORS and security
+headers, the per-IP rate limit, and WebSocket handshakes that the server must refuse."""
 
 from __future__ import annotations
 

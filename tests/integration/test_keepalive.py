@@ -1,6 +1,6 @@
-"""Keep-alive (conventions.md): the server pings, and a connection that sends nothing, not even
-a pong, for the idle timeout is closed; any frame resets the timer. Driven by jumps of the mock
-clock that the in-process server shares, never by waiting."""
+"""Keep-alive (docs/protocol/conventions.md, "Keep-alive"): the server pings, and a connection that
+sends nothing, not even a pong, for the idle timeout is closed; any frame resets the timer. Driven
+by jumps of the mock clock that the in-process server shares, never by waiting."""
 
 from __future__ import annotations
 

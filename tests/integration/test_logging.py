@@ -1,4 +1,4 @@
-"""Logs of a real ``zajel serve`` (operations.md, Logging): outside development every pairing
+"""Logs of a real ``zajel serve`` (docs/operations.md, "Logging"): outside development every pairing
 code is redacted (``ABC234`` -> ``A****4``); in development codes are logged in full; public keys
 are never logged. A request crafted to plant a line in the text log stays one line."""
 

@@ -1,5 +1,6 @@
-"""Pair-request timers (signaling.md, Timers): a warning to both sides at 90 s, a timeout to the
-requester at 120 s, driven by jumps of the mock clock the in-process server shares."""
+"""Pair-request timers (docs/protocol/signaling.md, "Timers"): a warning to both sides at 90 s, a
+timeout to the requester at 120 s, driven by jumps of the mock clock the in-process server
+shares."""
 
 from __future__ import annotations
 

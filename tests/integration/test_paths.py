@@ -1,6 +1,6 @@
-"""Odd paths over real HTTP (http.md, Info and health: anything else is 404 JSON): doubled,
-trailing and leading slashes and dot segments on every route get a JSON answer, never a
-redirect or an HTML page."""
+"""Odd paths over real HTTP (docs/operations.md, "Health checks and metrics": an unknown path is
+404 JSON): doubled, trailing and leading slashes and dot segments on every route get a JSON
+answer, never a redirect or an HTML page."""
 
 from __future__ import annotations
 

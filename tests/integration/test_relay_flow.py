@@ -1,5 +1,5 @@
-"""WebSocket ``/relay`` over real sockets (relay.md): identity binding, the relay registry,
-rendezvous with dead drops and live matches, disconnect cleanup and ``/stats``."""
+"""WebSocket ``/relay`` over real sockets (docs/protocol/relay.md): identity binding, the relay
+registry, rendezvous with dead drops and live matches, disconnect cleanup and ``/stats``."""
 
 from __future__ import annotations
 

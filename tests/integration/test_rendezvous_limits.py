@@ -1,5 +1,5 @@
-"""Rendezvous under abuse, over real sockets (relay.md, "Limits of rendezvous"): what one point
-holds, what one reply carries, and what one client address holds.
+"""Rendezvous under abuse, over real sockets (docs/protocol/relay.md, "Limits of rendezvous"): what
+one point holds, what one reply carries, and what one client address holds.
 
 Every loopback connection comes from 127.0.0.1, so every connection of a test is one client IP.
 """

@@ -1,7 +1,7 @@
-"""The store of a real ``zajel serve`` (operations.md, Storage): the registry survives SIGKILL
-right after the 200 replies (a new process on the same data directory lists every acknowledged
-server, heartbeat and deletion) and a clean restart; a store that cannot be opened, and a
-missing signing key outside development, stop the start with one line."""
+"""The store of a real ``zajel serve`` (docs/operations.md, "Storage"): the registry survives
+SIGKILL right after the 200 replies (a new process on the same data directory lists every
+acknowledged server, heartbeat and deletion) and a clean restart; a store that cannot be opened, and
+a missing signing key outside development, stop the start with one line."""
 
 from __future__ import annotations
 

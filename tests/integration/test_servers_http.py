@@ -1,4 +1,4 @@
-"""The ServerRegistry over real HTTP (http.md, ServerRegistry): register, heartbeat, delete and
+"""The ServerRegistry over real HTTP (docs/protocol/servers.md): register, heartbeat, delete and
 the signed list; expiry on the server's clock; authentication; the endpoint filter; bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The real command (operations.md, Deployment and Configuration): `zajel serve` stops cleanly on
+"""The real command (docs/operations.md, "Stopping"): `zajel serve` stops cleanly on
 SIGTERM and SIGINT, closing every WebSocket with 1001 and exiting 0; invalid configuration stops
 it at start with one clear line naming the setting."""
 
@@ -37,7 +37,7 @@ async def test_a_signal_closes_websockets_with_1001_and_exits_0(tmp_path, signum
                     assert close_code == 1001
                     # A partner may hear that the other side left before its own close.
                     assert all(frame["type"] == "peer_left" for frame in frames), frames
-            # The grace time is 5 s (operations.md, Deployment); allow a little more.
+            # The grace time is 5 s (docs/operations.md, "Stopping"); allow a little more.
             with trio.fail_after(8):
                 assert await process.wait() == 0
 

@@ -1,5 +1,5 @@
-"""WebSocket ``/signal`` end to end (signaling.md): registration, consent pairing, WebRTC and
-call relay, disconnects and the reconnect grace, against the real app under hypercorn."""
+"""WebSocket ``/signal`` end to end (docs/protocol/signaling.md): registration, consent pairing,
+WebRTC and call relay, disconnects and the reconnect grace, against the real app under hypercorn."""
 
 from __future__ import annotations
 

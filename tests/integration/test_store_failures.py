@@ -1,7 +1,7 @@
-"""A store that fails under a running server (operations.md, Storage; http.md, health): writes
-are refused with 503 and never half-done, ``/health`` names the store, and the server recovers
-by itself once the store answers again. The real app runs on a ``MemoryStore`` whose failures
-the test switches on and off."""
+"""A store that fails under a running server (docs/operations.md, "Storage" and
+"Health checks and metrics"): writes are refused with 503 and never half-done, ``/health`` names
+the store, and the server recovers by itself once the store answers again. The real app runs on a
+``MemoryStore`` whose failures the test switches on and off."""
 
 from __future__ import annotations
 

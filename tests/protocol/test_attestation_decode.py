@@ -1,5 +1,5 @@
 """Decoding of the AttestationRegistry's HTTP bodies, its values and the version policy
-(http.md, AttestationRegistry)."""
+(docs/protocol/attestation.md, "Requests")."""
 
 from __future__ import annotations
 
@@ -507,8 +507,8 @@ def test_a_minimal_upload_decodes_with_size_and_weight_defaults():
 
 @pytest.mark.parametrize("count", [1, 2])
 def test_a_reference_of_one_or_two_regions_is_accepted(count):
-    # http.md: any reference of at least one region is accepted, as the original accepted it; a
-    # challenge then asks for all of them.
+    # docs/protocol/attestation.md, "POST /attest/upload-reference": any reference of at least one
+    # region is accepted, as the original accepted it; a challenge then asks for all of them.
     items = [region(offset=i, length=1, data_hex=f"{i:02x}") for i in range(count)]
     decoded = decode_upload_reference(regions_body(*items))
     assert decoded.regions == tuple(Region(i, 1, f"{i:02x}", 1.0) for i in range(count))
@@ -898,8 +898,9 @@ def test_a_bad_policy_is_refused(fields, message):
     ],
 )
 def test_a_recommended_version_below_the_minimum_is_accepted(fields, minimum, recommended):
-    # http.md: every field is checked on its own; the minimum is judged first, so a lower
-    # recommended version is harmless, and {"minimum_version": "1.1.0"} alone must work.
+    # docs/protocol/attestation.md, "GET and POST /attest/versions": every field is checked on its
+    # own; the minimum is judged first, so a lower recommended version is harmless, and
+    # {"minimum_version": "1.1.0"} alone must work.
     policy = decode_policy(body(**fields))
     assert (policy.minimum_version, policy.recommended_version) == (minimum, recommended)
     assert policy.blocked_versions == ()
@@ -1502,7 +1503,7 @@ def test_decode_policy_raises_only_protocol_errors(data):
 )
 def test_a_lone_surrogate_anywhere_is_not_json_text(data):
     # A lone surrogate escape cannot be written back as UTF-8, so the body is refused as a
-    # whole, whichever field holds it (docs/protocol/attestation.md, bad input).
+    # whole, whichever field holds it (docs/protocol/conventions.md, "Encoding").
     assert b"\\ud8" in data or b"\\udc" in data or b"\\udf" in data
     for decode in ALL_DECODERS:
         assert error_of(decode, data) == ProtocolError(errors.INVALID_BODY, "Invalid JSON body")

@@ -1,5 +1,5 @@
-"""Decoding of the chunk messages of ``/relay`` (relay.md, Chunk distribution): entries,
-channel ids, and the payload limit measured on compact UTF-8 JSON."""
+"""Decoding of the chunk messages of ``/relay`` (docs/protocol/chunks.md, "Client → server"):
+entries, channel ids, and the payload limit measured on compact UTF-8 JSON."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The registry's endpoint check (http.md, ServerRegistry)."""
+"""The registry's endpoint check (docs/protocol/servers.md, "Endpoint rules")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Field rules (conventions.md, Identifiers and field checks)."""
+"""Field rules (docs/protocol/conventions.md, "Identifiers and field checks")."""
 
 from __future__ import annotations
 

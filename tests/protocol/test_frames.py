@@ -1,4 +1,5 @@
-"""Frames (conventions.md, Frames): strict decoding, compact encoding, payload sizes."""
+"""Frames (docs/protocol/conventions.md, "Frames"): strict decoding, compact encoding, payload
+sizes."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def test_encode_writes_non_ascii_as_raw_utf8():
     ],
 )
 def test_a_lone_surrogate_escape_is_not_a_valid_frame(text):
-    # It could never be sent on as UTF-8 (conventions.md, Frames; docs/protocol: bad input).
+    # It could never be sent on as UTF-8 (docs/protocol/conventions.md, "Encoding").
     with pytest.raises(ProtocolError) as refused:
         decode_object(text)
     assert refused.value.code == "invalid_message"

@@ -1,4 +1,5 @@
-"""Rate limiters as pure state (conventions.md, Limits): every call takes ``now``."""
+"""Rate limiters as pure state (docs/protocol/conventions.md, "Limits"): every call takes
+``now``."""
 
 from __future__ import annotations
 

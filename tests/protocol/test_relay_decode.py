@@ -1,4 +1,4 @@
-"""Decoding of ``/relay`` frames (relay.md, Identity, Relay registry, Rendezvous)."""
+"""Decoding of ``/relay`` frames (docs/protocol/relay.md, "Identity", "Client → server")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decoding of the ServerRegistry's HTTP bodies and path (http.md, ServerRegistry)."""
+"""Decoding of the ServerRegistry's HTTP bodies and path (docs/protocol/servers.md, "Requests")."""
 
 from __future__ import annotations
 

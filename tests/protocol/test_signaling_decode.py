@@ -1,4 +1,5 @@
-"""Decoding of ``/signal`` frames (signaling.md, Client → server; conventions.md, Frames)."""
+"""Decoding of ``/signal`` frames (docs/protocol/signaling.md, "Client → server";
+docs/protocol/conventions.md, "Frames")."""
 
 from __future__ import annotations
 

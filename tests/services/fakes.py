@@ -29,7 +29,7 @@ class FakePeer:
         return True
 
     def answer_nowait(self, frame: str) -> None:
-        """Answers are never refused (docs/operations.md, back-pressure)."""
+        """Answers are never refused (docs/protocol/conventions.md, "Back-pressure")."""
         frame.encode("utf-8")
         self.frames.append(json.loads(frame))
         self.answers += 1

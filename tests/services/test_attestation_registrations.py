@@ -1,7 +1,7 @@
-"""Bulk registration against the attestation registry (docs/protocol/attestation.md, Limits and
-timers): new device ids per client IP and rolling hour, the web devices' own space and shorter
-retention, and the memory each keeps. ``AttestationState`` is driven with explicit epoch ms; the
-service is run under trio's mock clock."""
+"""Bulk registration against the attestation registry (docs/protocol/attestation.md,
+"Limits and timers"): new device ids per client IP and rolling hour, the web devices' own space
+and shorter retention, and the memory each keeps. ``AttestationState`` is driven with explicit
+epoch ms; the service is run under trio's mock clock."""
 
 from __future__ import annotations
 

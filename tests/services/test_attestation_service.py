@@ -1,4 +1,4 @@
-"""The durable ``AttestationRegistry`` (http.md, AttestationRegistry) under trio's mock clock, on a
+"""The durable ``AttestationRegistry`` (docs/protocol/attestation.md) under trio's mock clock, on a
 ``MemoryStore``: build-token signatures, signed session tokens, the sweep, and a restart."""
 
 from __future__ import annotations

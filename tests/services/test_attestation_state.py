@@ -1,4 +1,4 @@
-"""``AttestationState`` driven directly (http.md, AttestationRegistry): explicit epoch
+"""``AttestationState`` driven directly (docs/protocol/attestation.md): explicit epoch
 milliseconds, a seeded ``random.Random`` and a counting ``token_bytes``, so every nonce and every
 draw is the same on each run."""
 
@@ -629,8 +629,9 @@ def test_pick_regions_never_repeats_a_region_and_honours_tiny_weights():
 
 
 def test_a_place_listed_twice_in_a_reference_is_refused_at_upload():
-    # http.md: "3-5 distinct regions are drawn". A reference that listed the same place twice
-    # could be asked for it twice and answered with one known region: the upload is refused.
+    # docs/protocol/attestation.md, "POST /attest/challenge": 3-5 distinct regions are drawn. A
+    # reference that listed the same place twice could be asked for it twice and answered with one
+    # known region: the upload is refused.
     twice = {
         "version": VERSION,
         "platform": PLATFORM,

@@ -1,4 +1,4 @@
-"""``ChunkIndexState`` driven directly, with explicit ``now`` (chunks.md)."""
+"""``ChunkIndexState`` driven directly, with explicit ``now`` (docs/protocol/chunks.md)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def delivered(result):
     decoded = []
     for delivery in result.deliveries:
         frame = json.loads(delivery.text)
-        assert delivery.text == encode(frame)  # compact, raw UTF-8, the contract's key order
+        assert delivery.text == encode(frame)  # compact, raw UTF-8, the documented key order
         decoded.append((frame, delivery.peer_ids))
     return decoded
 

@@ -1,4 +1,5 @@
-"""``RelayRegistryState`` driven directly, with explicit ``now`` (relay.md "Relay registry")."""
+"""``RelayRegistryState`` driven directly, with explicit ``now`` (docs/protocol/relay.md,
+"Availability")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``RendezvousState`` driven directly, with explicit ``now`` (relay.md "Rendezvous")."""
+"""``RendezvousState`` driven directly, with explicit ``now`` (docs/protocol/relay.md,
+"Rendezvous")."""
 
 from __future__ import annotations
 

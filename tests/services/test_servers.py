@@ -1,4 +1,4 @@
-"""ServerRegistry (http.md, ServerRegistry): ``ServerRegistryState`` on its own with explicit
+"""ServerRegistry (docs/protocol/servers.md): ``ServerRegistryState`` on its own with explicit
 epoch milliseconds, and the durable ``ServerRegistry`` service under trio's mock clock."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``SignalingState`` driven directly, with explicit ``now`` (signaling.md; no event loop)."""
+"""``SignalingState`` driven directly, with explicit ``now`` (docs/protocol/signaling.md; no event
+loop)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The store contract for the AttestationRegistry's records, over ``MemoryStore`` and
-``SqliteStore`` (operations.md, Storage: devices, references, open nonces, version policy)."""
+``SqliteStore`` (docs/operations.md, "Storage": devices, references, open nonces, version
+policy)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The versioned schema (operations.md, Storage): numbered migrations, applied in order."""
+"""The versioned schema (docs/operations.md, "Storage"): numbered migrations, applied in order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store contract, over ``MemoryStore`` and ``SqliteStore`` (operations.md, Storage)."""
+"""The store contract, over ``MemoryStore`` and ``SqliteStore`` (docs/operations.md, "Storage")."""
 
 from __future__ import annotations
 

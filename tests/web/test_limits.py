@@ -1,4 +1,5 @@
-"""Front-end admission: connection caps and the client IP (conventions.md, Limits; http.md)."""
+"""Front-end admission: connection caps and the client IP (docs/protocol/conventions.md, "Limits",
+"Per-IP accounting")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Signing keys are given as a 32-byte seed in 64 hex characters, or ``@path`` to a file holding
 them; public keys and signatures travel as standard base64 with padding
-(``../shared/spec/operations.md``, Configuration; ``../shared/spec/http.md``, The signed list).
+(``docs/operations.md``, "Settings in use"; ``docs/protocol/servers.md``, "The signing key"
+and "The signed list").
 
 Errors never echo secret material: a message says what is wrong with a seed, not what it was.
 """

@@ -1,6 +1,6 @@
 """Session tokens, detached signatures, HMAC and base64url: thin over pynacl and the stdlib.
 
-``../shared/spec/http.md``, AttestationRegistry:
+``docs/protocol/attestation.md``:
 
 - a session token is ``base64url(payload JSON) + "." + base64url(Ed25519 signature of exactly
   those JSON bytes)``, both parts unpadded;
@@ -80,7 +80,7 @@ def b64url_decode(text: str) -> bytes | None:
 def decode_signature(text: object) -> bytes | None:
     """The 64-byte Ed25519 signature that ``text`` encodes, else None.
 
-    Accepted spellings (http.md, Build token: "base64 or base64url"): standard base64 with
+    Accepted spellings (docs/protocol/attestation.md, "POST /attest/register"): standard base64 with
     padding, or base64url with or without padding; canonical only, one alphabet per text.
     Never raises.
     """
@@ -120,9 +120,10 @@ def verify_detached(key: VerifyKey, message: bytes, signature: bytes) -> bool:
 
 
 def sign_token(key: SigningKey, claims: Mapping[str, Any]) -> str:
-    """A session token carrying ``claims``, signed with ``key`` (http.md, Session token).
+    """A session token carrying ``claims``, signed with ``key``.
 
-    The payload is compact ASCII JSON with the keys in the order given.
+    The format is that of docs/protocol/attestation.md, "The session token": the payload is
+    compact ASCII JSON with the keys in the order given.
 
     Raises:
         TypeError: a claim value cannot be written as JSON.

@@ -1,5 +1,5 @@
 """The AttestationRegistry's HTTP bodies, records and version policy
-(``../shared/spec/http.md``, AttestationRegistry).
+(``docs/protocol/attestation.md``).
 
 A release pipeline uploads the critical regions of a genuine build
 (``POST /attest/upload-reference``) and sets the version policy (``POST /attest/versions``); a
@@ -31,14 +31,14 @@ from zajel.protocol.errors import ProtocolError
 from zajel.protocol.fields import is_unicode
 from zajel.protocol.frames import decode_body
 
-# Body limits per route (http.md, the AttestationRegistry table).
+# Body limits per route (docs/protocol/attestation.md, "Requests").
 REGISTER_MAX_BYTES: Final = 8192
 UPLOAD_MAX_BYTES: Final = 65536
 CHALLENGE_MAX_BYTES: Final = 2048
 VERIFY_MAX_BYTES: Final = 16384
 VERSIONS_MAX_BYTES: Final = 4096
 
-# Ours (not in the original contract): 256 regions per reference is far more than a challenge
+# Ours (the original server had no cap): 256 regions per reference is far more than a challenge
 # draws from (3-5), and a 64 KiB body holds at most ~32 KiB of region data anyway. Any reference
 # of at least one region is accepted, as the original accepted it: a challenge of a reference
 # with fewer than 3 asks for all of them.
@@ -75,8 +75,9 @@ STATUS_BLOCKED: Final = "blocked"
 STATUS_BELOW_MINIMUM: Final = "below_minimum"
 STATUS_SUNSET: Final = "sunset"
 
-# conventions.md, Identifiers: device id, version and platform are 1-128 characters of
-# A-Za-z0-9._-. Versions are further held to strict X.Y.Z (http.md, Version policy).
+# docs/protocol/conventions.md, "Identifiers and field checks": device id, version and platform are
+# 1-128 characters of A-Za-z0-9._-. Versions are further held to strict X.Y.Z
+# (docs/protocol/attestation.md, "Requests").
 _IDENTIFIER_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, full-width). At most 9 digits
 # per part (ours) keeps every part below 2**31 for clients that read them as 32-bit integers.
@@ -350,8 +351,9 @@ def check_policy(policy: Policy, version: str, *, today: datetime.date) -> Polic
             STATUS_BELOW_MINIMUM,
             f"Version {version} is below minimum required version {policy.minimum_version}",
         )
-    # Ours: the original stored sunset dates but never enforced them (http.md, Version policy).
-    # Versions are canonical (no leading zeros), so comparing the text is comparing the version.
+    # Ours: the original stored sunset dates but never enforced them (docs/protocol/attestation.md,
+    # "GET and POST /attest/versions"). Versions are canonical (no leading zeros), so comparing the
+    # text is comparing the version.
     for sunset_version, date in policy.sunset_dates:
         if sunset_version == version and datetime.date.fromisoformat(date) <= today:
             return PolicyVerdict(
@@ -588,8 +590,8 @@ def decode_challenge(body: bytes) -> RequestChallenge:
     if not is_identifier(device_id):
         raise errors.invalid_field("Invalid device_id format")
     assert isinstance(device_id, str)
-    # Hardened (http.md, Challenge): the original trusted any build_version; the service then
-    # compares it with the registration and the policy.
+    # Hardened (docs/protocol/attestation.md, "POST /attest/challenge"): the original trusted any
+    # build_version; the service then compares it with the registration and the policy.
     if not is_version(build_version):
         raise errors.invalid_field("Invalid build_version format")
     assert isinstance(build_version, str)
@@ -602,8 +604,8 @@ def decode_verify(body: bytes) -> VerifyChallenge:
     Raises:
         ProtocolError: ``invalid_body`` for a body that is not a JSON object; ``invalid_field``
             for a missing field, a response that is not an object, a ``region_index`` that is
-            not an integer or an ``hmac`` that is not a string (http.md: these are 400, not
-            ``{"valid":false}``).
+            not an integer or an ``hmac`` that is not a string: these are 400, not
+            ``{"valid":false}`` (docs/protocol/attestation.md, "POST /attest/verify").
     """
     obj = decode_body(body)
     device_id, nonce, items = obj.get("device_id"), obj.get("nonce"), obj.get("responses")
@@ -650,8 +652,9 @@ def decode_policy(body: bytes) -> Policy:
             for a field that breaks its rule.
     """
     obj = decode_body(body)
-    # http.md: POST replaces the whole policy and validates every field; the caps and the date
-    # form are ours, so that check_policy never meets a bad policy.
+    # docs/protocol/attestation.md, "GET and POST /attest/versions": POST replaces the whole policy
+    # and validates every field; the caps and the date form are ours, so that check_policy never
+    # meets a bad policy.
     minimum = _optional_version(obj, "minimum_version")
     recommended = _optional_version(obj, "recommended_version")
     blocked = obj.get("blocked_versions")
@@ -686,7 +689,8 @@ def _optional_version(obj: dict[str, Any], field: str) -> str:
 
 
 def _is_missing(value: object) -> bool:
-    # http.md keeps the original's notion of a missing field: absent, null or "".
+    # docs/protocol/attestation.md, "Requests": a missing field is absent, null or "" (as the
+    # original had it).
     return value is None or value == ""
 
 

@@ -1,4 +1,4 @@
-"""The ``endpoint`` check of the server registry (``../shared/spec/http.md``, ServerRegistry).
+"""The ``endpoint`` check of the server registry (``docs/protocol/servers.md``, "Endpoint rules").
 
 VPS relay servers register an endpoint URL that clients then connect to, so in production a URL
 naming a loopback, private or otherwise internal host would let anyone who can register point

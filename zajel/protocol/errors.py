@@ -1,4 +1,4 @@
-"""The one error family of the protocol layer (``../shared/spec/conventions.md``, Errors)."""
+"""The one error family of the protocol layer (``docs/protocol/conventions.md``, "Errors")."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ PEER_ID_IN_USE = "peer_id_in_use"
 CHUNK_TOO_LARGE = "chunk_too_large"
 NOT_A_SOURCE = "not_a_source"
 INTERNAL_ERROR = "internal_error"
-# HTTP bodies and the HTTP services (http.md); the web layer maps each code to a status in one
-# table.
+# HTTP bodies and the HTTP services (docs/protocol/conventions.md, "Over HTTP"); the web layer maps
+# each code to a status in one table (``zajel.web.http``).
 INVALID_BODY = "invalid_body"
 BODY_TOO_LARGE = "body_too_large"
 UNAUTHORIZED = "unauthorized"
@@ -27,7 +27,7 @@ NOT_CONFIGURED = "not_configured"
 REGISTRY_FULL = "registry_full"
 NOT_FOUND = "not_found"
 STORE_UNAVAILABLE = "store_unavailable"
-# The AttestationRegistry (http.md): 403 refusals and 429 limits.
+# The AttestationRegistry (docs/protocol/attestation.md, "Requests"): 403 refusals and 429 limits.
 FORBIDDEN = "forbidden"
 TOO_MANY = "too_many"
 

@@ -1,4 +1,7 @@
-"""Field rules shared by every endpoint (``../shared/spec/conventions.md``, Identifiers).
+"""Field rules shared by every endpoint.
+
+The rules are those of ``docs/protocol/conventions.md``, "Identifiers and field checks", and of
+each endpoint's guide.
 
 Each ``require_*``/``optional_*`` helper reads one field of a decoded JSON object and raises
 ``ProtocolError(invalid_field)`` naming the field when it breaks its rule. A field given as

@@ -1,8 +1,7 @@
 """JSON text frames and HTTP bodies: decoding with hard edges, and compact encoding.
 
-Every WebSocket message is one JSON object with a string ``type``
-(``../shared/spec/conventions.md``, Frames); every HTTP request body is one JSON object
-(``http.md``).
+Every WebSocket message is one JSON object with a string ``type``, and every HTTP request body
+is one JSON object (``docs/protocol/conventions.md``, "Frames").
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from zajel.protocol.errors import ProtocolError, invalid_body, invalid_message, 
 
 # Frames go out as compact JSON with raw UTF-8, so a relayed character costs what it cost the
 # sender (an escaped 4-byte character would cost 12): queues and replies are bounded in bytes
-# (docs/operations.md, "Limits"). That is safe because decoding refuses lone surrogates, the one
-# thing JSON text can hold that UTF-8 cannot. Sizes (chunk payloads) are measured the same way.
+# (docs/operations.md, "Limits and back-pressure"). That is safe because decoding refuses lone
+# surrogates, the one thing JSON text can hold that UTF-8 cannot. Sizes (chunk payloads) are
+# measured the same way.
 _WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # The signed server list stays ASCII (docs/protocol/servers.md, "The signed list"): its bytes are
 # what the signature covers, and every verifier has read them that way since the first release.
@@ -115,8 +115,9 @@ class Invalid:
     """A frame that failed a check, carried to its service as a value.
 
     The service answers with ``error``, after its registration check when
-    ``needs_registration`` is set: conventions.md fixes the order of checks (frame, then
-    registration, then fields), and only the service knows whether a connection is registered.
+    ``needs_registration`` is set: docs/protocol/conventions.md, "The order of checks", fixes the
+    order (frame, then registration, then fields), and only the service knows whether a connection
+    is registered.
     """
 
     error: ProtocolError = attrs.field(eq=False)

@@ -12,7 +12,8 @@ import attrs
 class TokenBucket:
     """``rate`` tokens a second up to ``burst``; each message takes one.
 
-    Used per WebSocket connection (conventions.md, Limits: 100 per second, burst 200).
+    Used per WebSocket connection: 100 per second, burst 200 by default
+    (docs/protocol/conventions.md, "Limits").
     """
 
     rate: float

@@ -3,12 +3,12 @@
 Covers the relay registry (``register``, ``update_load``, ``get_relays``, ``heartbeat``,
 ``ping``) and the rendezvous (``register_rendezvous``). As in ``signaling``, ``decode`` never
 raises: a field error travels as an ``Invalid`` value with ``needs_registration`` set, so the
-service can answer ``not_registered`` before ``invalid_field`` (conventions.md, "Checks run in
-this order").
+service can answer ``not_registered`` before ``invalid_field``
+(docs/protocol/conventions.md, "The order of checks").
 
-``peerId`` is required on ``register`` and optional everywhere else: relay.md, Identity, has a
-message that omits it act for the connection's bound peer, and one that names another peer
-rejected by the service (``peer_id_mismatch``), not here.
+``peerId`` is required on ``register`` and optional everywhere else: docs/protocol/relay.md,
+"Identity", has a message that omits it act for the connection's bound peer, and one that names
+another peer rejected by the service (``peer_id_mismatch``), not here.
 """
 
 from __future__ import annotations
@@ -23,18 +23,21 @@ from zajel.protocol.frames import Invalid, decode_message, encode
 PEER_ID_MAX: Final = fields.PEER_ID_MAX_LENGTH
 PUBLIC_KEY_MAX: Final = 1024
 DEAD_DROP_MAX: Final = 4096
-# Meeting points, hourly tokens and relay ids (conventions.md, Identifiers).
+# Meeting points, hourly tokens and relay ids
+# (docs/protocol/conventions.md, "Identifiers and field checks").
 POINT_MAX: Final = 128
 MAX_CONNECTIONS_DEFAULT: Final = 20
 MAX_CONNECTIONS_RANGE: Final = (1, 1000)
 RELAYS_DEFAULT: Final = 10
 RELAYS_RANGE: Final = (1, 50)
-# relay.md only says "integer ≥ 0"; a bound keeps absurd values out of the statistics.
+# Ours: a bound on connectedCount keeps absurd values out of the statistics.
 CONNECTED_COUNT_MAX: Final = 1_000_000
-# Meeting points or hourly tokens per register_rendezvous (conventions.md, Limits).
+# Meeting points or hourly tokens per register_rendezvous
+# (docs/protocol/relay.md, "Limits of rendezvous").
 MAX_ITEMS_DEFAULT: Final = 50
 
-# Chunk ids, routing hashes and channel ids (conventions.md, Identifiers).
+# Chunk ids, routing hashes and channel ids
+# (docs/protocol/chunks.md, "Identifiers and field rules").
 CHUNK_ID_MAX: Final = 256
 CHUNK_ANNOUNCE_MAX_DEFAULT: Final = 100
 CHUNK_MAX_BYTES_DEFAULT: Final = 65_536
@@ -44,7 +47,7 @@ KNOWN_TYPES: Final = (
     frozenset({"register", "update_load", "get_relays", "heartbeat", "ping", "register_rendezvous"})
     | CHUNK_TYPES
 )
-# Types that an unregistered connection may send (relay.md, Identity).
+# Types that an unregistered connection may send (docs/protocol/relay.md, "Client → server").
 OPEN_TYPES: Final = frozenset({"register", "ping"})
 
 
@@ -106,7 +109,7 @@ class RegisterRendezvous:
 @attrs.frozen
 class ChunkAnnounce:
     """``chunk_announce``: the valid ``(chunkId, routingHash)`` entries; invalid ones are
-    skipped and not counted (relay.md, Chunk distribution)."""
+    skipped and not counted (docs/protocol/chunks.md, "chunk_announce")."""
 
     peer_id: str | None
     chunks: tuple[tuple[str, str], ...]
@@ -129,7 +132,7 @@ class ChunkPush:
 
     The decoded value is not kept: a small text of nested lists decodes to objects many times
     its size, so the cache and the ``chunk_data`` frames use these bytes as they are
-    (chunks.md, "Cache").
+    (docs/protocol/chunks.md, "Cache").
     """
 
     peer_id: str | None
@@ -154,7 +157,8 @@ RelayMessage = (
 
 @attrs.frozen
 class Limits:
-    """The per-message limits of ``/relay`` (all settings, operations.md)."""
+    """The per-message limits of ``/relay``, all of them settings (docs/operations.md,
+    "Settings in use")."""
 
     max_items: int = MAX_ITEMS_DEFAULT
     announce_max: int = CHUNK_ANNOUNCE_MAX_DEFAULT
@@ -237,8 +241,8 @@ def _decode_chunk(
         return ChunkRequest(peer_id, chunk_id, channel_id)
     if obj.get("data") is None:
         raise errors.invalid_field("Invalid data: expected a JSON value")
-    # chunks.md, Size: compact JSON with raw UTF-8, at most chunk_max_bytes. Encoded once
-    # here; only the bytes travel on (decoding refused lone surrogates, so UTF-8 holds it).
+    # docs/protocol/chunks.md, "Size": compact JSON with raw UTF-8, at most chunk_max_bytes. Encoded
+    # once here; only the bytes travel on (decoding refused lone surrogates, so UTF-8 holds it).
     data_json = encode(obj["data"]).encode("utf-8")
     if len(data_json) > limits.chunk_max_bytes:
         raise errors.chunk_too_large(len(data_json), limits.chunk_max_bytes)
@@ -252,8 +256,8 @@ def _is_chunk_id(value: object) -> bool:
 def _decode_rendezvous(
     peer_id: str | None, obj: dict[str, Any], max_items: int
 ) -> RegisterRendezvous:
-    # relay.md, Rendezvous: the snake_case spellings are accepted too; the camelCase one wins
-    # when both are given (null counting as not given).
+    # docs/protocol/relay.md, "register_rendezvous": the snake_case spellings are accepted too;
+    # the camelCase one wins when both are given (null counting as not given).
     daily = _points(obj, "dailyPoints", "daily_points", max_items)
     hourly = _points(obj, "hourlyTokens", "hourly_tokens", max_items)
     dead_drop = fields.optional_string(obj, "deadDrop", max_length=DEAD_DROP_MAX)

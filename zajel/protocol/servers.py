@@ -1,9 +1,9 @@
-"""The ServerRegistry's HTTP bodies and entries (``../shared/spec/http.md``, ServerRegistry).
+"""The ServerRegistry's HTTP bodies and entries (``docs/protocol/servers.md``, "Requests").
 
 VPS relay servers register (``POST /servers``), heartbeat (``POST /servers/heartbeat``) and
 unregister (``DELETE /servers/{serverId}``); clients read the signed list (``GET /servers``).
 This module turns request bodies into typed requests, raising ``ProtocolError`` with the
-original server's messages, and turns entries back into JSON in the contract's field order.
+original server's messages, and turns entries back into JSON in the documented field order.
 It does no I/O: the size limits are checked by the web layer before a body is read.
 """
 
@@ -30,7 +30,7 @@ PUBLIC_KEY_MAX: Final = 1024
 # a JavaScript client reads exactly (and SQLite stores as an integer).
 COUNTER_MAX: Final = 2**53 - 1
 
-# conventions.md, Identifiers: 1-128 characters of A-Za-z0-9._- plus :+/= for server ids.
+# docs/protocol/servers.md, "Fields": 1-128 characters of A-Za-z0-9._- plus :+/= for server ids.
 _SERVER_ID_RE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _REGION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 UNKNOWN_REGION: Final = "unknown"
@@ -88,7 +88,8 @@ class ServerEntry:
     last_seen: int
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as the wire shows it, fields in the contract's order."""
+        """The entry as the wire shows it, fields in the documented order (docs/protocol/servers.md,
+        "Requests")."""
         entry: dict[str, Any] = {
             "serverId": self.server_id,
             "endpoint": self.endpoint,
@@ -210,7 +211,8 @@ def decode_server_id_path(raw: bytes) -> str:
 
 
 def counter(value: object) -> int:
-    """A counter as http.md has it: a finite number, floored, at least 0; else 0."""
+    """A counter: a finite number, floored, at least 0; else 0 (docs/protocol/servers.md,
+    "Fields")."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
     if isinstance(value, float) and not math.isfinite(value):

@@ -2,7 +2,7 @@
 
 ``decode`` turns one text frame into one typed message and never raises: a frame that breaks
 the protocol becomes an ``Invalid`` message carrying its error. The SignalingRoom then answers
-in the order the contract fixes (conventions.md, "Checks run in this order"): the frame itself,
+in the documented order (docs/protocol/conventions.md, "The order of checks"): the frame itself,
 then the connection's registration, then the fields. That is why a field error travels as a
 value with ``needs_registration`` set instead of being raised here: an unregistered sender of a
 malformed ``offer`` must hear ``not_registered`` first.
@@ -121,7 +121,8 @@ def _decode_fields(type_: str, obj: dict[str, Any]) -> SignalMessage:
 
 def _check_call_payload(payload: dict[str, Any]) -> None:
     # The payload belongs to the clients; only the two large fields are bounded
-    # (signaling.md: `sdp` ≤ 65,536 chars, `candidate` ≤ 4,096).
+    # (`sdp` ≤ 65,536 chars, `candidate` ≤ 4,096: docs/protocol/signaling.md, the section of
+    # "call_offer, call_answer, call_reject, call_hangup, call_ice").
     fields.optional_string(payload, "sdp", max_length=SDP_MAX)
     candidate = payload.get("candidate")
     if isinstance(candidate, dict):

@@ -1,4 +1,4 @@
-"""The runtime of a service whose state must outlive a restart (``operations.md``, Storage).
+"""The runtime of a service whose state must outlive a restart (``docs/operations.md``, "Storage").
 
 A durable service keeps its state in memory, where it answers from, and mirrors every change to
 the store as typed writes (``zajel.storage``). Its task runs like ``run_service``'s, with three
@@ -336,7 +336,7 @@ def signing_key_from(
     seed_hex: str | None, *, env: str, setting: str, purpose: str, log: logging.Logger
 ) -> SigningKey:
     """The signing key a service is configured with; in development without one, an ephemeral
-    key whose public key is logged (operations.md, Environments).
+    key whose public key is logged (docs/operations.md, "Environments").
 
     Raises:
         ConfigError: no key outside development.

@@ -1,4 +1,4 @@
-"""AttestationRegistry: is this a genuine build? (``../shared/spec/http.md``, AttestationRegistry).
+"""AttestationRegistry: is this a genuine build? (``docs/protocol/attestation.md``).
 
 The release pipeline uploads, per version and platform, critical regions of the genuine binary
 and sets the version policy. A device registers with a build token the pipeline signed; to earn a
@@ -7,7 +7,7 @@ nonce. Web clients, which have no binary, get a weaker, shorter token at registr
 
 Registration is open to anyone holding a build token, and a build token ships inside every copy
 of the app, so the registry is bounded against clients that register device ids in bulk
-(docs/protocol/attestation.md, Limits and timers):
+(docs/protocol/attestation.md, "Limits and timers"):
 
 - each client IP (IPv6 by its /64) registers at most ``registrations_per_ip_per_hour`` *new*
   device ids in any rolling hour, web and native alike; a device already registered re-registers
@@ -495,7 +495,8 @@ class AttestationState:
     # -- helpers -------------------------------------------------------------------------------
 
     def _pick_regions(self, reference: Reference) -> list[Region]:
-        """3-5 distinct regions, each draw's chance proportional to its weight (http.md)."""
+        """3-5 distinct regions, each draw's chance proportional to its weight
+        (docs/protocol/attestation.md, "POST /attest/challenge")."""
         low, high = CHALLENGE_REGIONS
         count = min(self.rng.randint(low, high), len(reference.regions))
         remaining = list(reference.regions)
@@ -597,7 +598,8 @@ class AttestationState:
 
 
 def _claims(subject: Device | Challenge, now_ms: int, ttl_ms: int, **extra: str) -> dict[str, Any]:
-    """The payload of a session token, in the contract's field order."""
+    """The payload of a session token, in the documented field order (docs/protocol/attestation.md,
+    "The session token")."""
     return {
         "device_id": subject.device_id,
         "build_version": subject.build_version,

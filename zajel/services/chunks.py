@@ -71,7 +71,8 @@ PULL_HEDGE: Final = 8
 # ids at the message rate would grow the index for an hour (sources) or 5 minutes (requests).
 MAX_SOURCES_PER_PEER: Final = 10_000
 MAX_PENDING_PER_PEER: Final = 1_000
-# What one client address may hold over all its connections (operations.md, "Limits").
+# What one client address may hold over all its connections
+# (docs/protocol/chunks.md, "Limits per client").
 SOURCES_PER_IP: Final = 20_000
 PENDING_PER_IP: Final = 2_000
 TOO_MANY_PENDING: Final = "Too many pending chunk requests"
@@ -195,7 +196,7 @@ class ChunkIndexState:
         *,
         ip: str,
     ) -> ChunkResult:
-        """``peer_id`` (from client address ``ip``) holds ``chunks`` (chunks.md
+        """``peer_id`` (from client address ``ip``) holds ``chunks`` (docs/protocol/chunks.md,
         ``chunk_announce``).
 
         The ack comes first; then a ``chunk_pull`` to ``peer_id`` for each chunk that has
@@ -250,7 +251,7 @@ class ChunkIndexState:
     def request(
         self, peer_id: str, chunk_id: str, channel_id: str | None, now: float, *, ip: str
     ) -> ChunkResult:
-        """``peer_id`` (from client address ``ip``) wants ``chunk_id`` (chunks.md
+        """``peer_id`` (from client address ``ip``) wants ``chunk_id`` (docs/protocol/chunks.md,
         ``chunk_request``).
 
         A live cached copy is delivered at once. Otherwise the peer waits, and unless a pull is
@@ -301,8 +302,8 @@ class ChunkIndexState:
         return ChunkResult(pulls)
 
     def push(self, peer_id: str, chunk_id: str, data_json: bytes, now: float) -> ChunkResult:
-        """``peer_id`` sends ``chunk_id`` (chunks.md ``chunk_push``); ``data_json`` is the
-        compact UTF-8 JSON of ``data``, whose size the caller checked.
+        """``peer_id`` sends ``chunk_id`` (docs/protocol/chunks.md, ``chunk_push``); ``data_json``
+        is the compact UTF-8 JSON of ``data``, whose size the caller checked.
 
         Always acknowledged. The push is *accepted* when no live copy is cached and either a
         pull of the chunk to ``peer_id`` is outstanding, or ``peer_id`` is a live source and
@@ -348,7 +349,7 @@ class ChunkIndexState:
         return ChunkResult([ack], deliveries)
 
     def remove_peer(self, peer_id: str, now: float) -> ChunkResult:
-        """``peer_id`` disconnected (chunks.md "Disconnect"); unknown peer: no-op.
+        """``peer_id`` disconnected (docs/protocol/chunks.md, "Disconnect"); unknown peer: no-op.
 
         Its sources and pending requests go; a chunk left with no outstanding pull by its
         departure, whose requesters still wait, is pulled from up to ``PULL_HEDGE`` sources at

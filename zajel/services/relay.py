@@ -242,7 +242,8 @@ class RelayService:
             now=now,
             ip=self._ips[conn],
         )
-        # Matched peers hear of the caller before the caller gets its result (relay.md).
+        # Matched peers hear of the caller before the caller gets its result
+        # (docs/protocol/relay.md, "What one register_rendezvous does").
         outs: list[Out] = [
             (self._owners[matched], frame)
             for matched, frame in outcome.matches
@@ -267,8 +268,8 @@ class RelayService:
     # -- connections -----------------------------------------------------------------------
 
     def _disconnect(self, conn: ConnId, now: float) -> list[Out]:
-        """Clean up after ``conn`` in the order relay.md gives; returns the frames that result
-        (a pull in flight to it moves to the next source)."""
+        """Clean up after ``conn`` in the order of docs/protocol/relay.md, "Disconnect"; returns the
+        frames that result (a pull in flight to it moves to the next source)."""
         peer_id = self._bound.pop(conn, None)
         if peer_id is None or self._owners.get(peer_id) != conn:
             return []  # never registered, or a newer connection holds this peerId now

@@ -1,5 +1,5 @@
-"""The relay registry: peers that relay traffic for others (``docs/protocol/relay.md``,
-"Relay registry").
+"""The relay registry: peers that relay traffic for others (``docs/protocol/relay.md``, "register"
+and "Availability").
 
 ``RelayRegistryState`` is pure state: no I/O, no clock of its own; methods that record a time
 take ``now`` (trio seconds).
@@ -17,7 +17,7 @@ Invariants the state keeps:
 Work: ``available`` costs O(count) whatever the number of relays (a partial Fisher-Yates
 shuffle over ``_available``), and ``statistics`` O(1); no request scans the registry.
 
-TTLs: none. An entry lives until ``remove`` (the connection's disconnect, relay.md
+TTLs: none. An entry lives until ``remove`` (the connection's disconnect, docs/protocol/relay.md,
 "Disconnect"); ``last_update`` is recorded for liveness reporting only.
 """
 
@@ -97,11 +97,11 @@ class RelayRegistryState:
         if count <= 0:
             return []
         # A partial Fisher-Yates shuffle, written out so the unbiased algorithm is visible
-        # (relay.md): each position i, from the front, takes a uniformly chosen element of
-        # positions i..n-1, so the first k positions are a uniform random k-permutation. One
-        # more than asked covers ``exclude``: the others' order among the first k + 1 is the
-        # order of a uniform permutation of them all. The list is shuffled in place; its order
-        # means nothing, and every call draws afresh.
+        # (docs/protocol/relay.md, "Availability"): each position i, from the front, takes a
+        # uniformly chosen element of positions i..n-1, so the first k positions are a uniform
+        # random k-permutation. One more than asked covers ``exclude``: the others' order among the
+        # first k + 1 is the order of a uniform permutation of them all. The list is shuffled in
+        # place; its order means nothing, and every call draws afresh.
         shuffled = self._available
         size = len(shuffled)
         randrange = self._rng.randrange
@@ -135,7 +135,7 @@ class RelayRegistryState:
         return len(self._relays)
 
     def statistics(self) -> dict[str, int]:
-        """The registry's ``/stats`` record (relay.md "Relay registry"); O(1)."""
+        """The registry's ``/stats`` record (docs/protocol/relay.md, "GET /stats"); O(1)."""
         return {
             "totalPeers": len(self._relays),
             "totalCapacity": self._capacity_total,

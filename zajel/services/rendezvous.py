@@ -128,7 +128,8 @@ class RendezvousState:
         now: float,
         ip: str,
     ) -> RendezvousOutcome:
-        """Look up, then record, ``peer_id``'s points and tokens (relay.md "Rendezvous").
+        """Look up, then record, ``peer_id``'s points and tokens (docs/protocol/relay.md,
+        "Rendezvous").
 
         The reply lists other peers' live entries at the caller's hourly tokens (live matches)
         and their live, non-empty dead drops at its points, each peer once (its newest entry),
@@ -168,7 +169,8 @@ class RendezvousState:
         )
 
     def remove_peer(self, peer_id: str) -> None:
-        """``peer_id`` leaves every point and token (relay.md "Disconnect"); unknown: no-op."""
+        """``peer_id`` leaves every point and token (docs/protocol/relay.md, "Disconnect");
+        an unknown peer is a no-op."""
         for kind in ("daily", "hourly"):
             for name in list(self._peer_keys[kind].get(peer_id, ())):
                 self._drop((kind, name, peer_id))

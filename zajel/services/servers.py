@@ -1,5 +1,5 @@
 """ServerRegistry: VPS relay servers register and heartbeat; clients read a signed list
-(``../shared/spec/http.md``, ServerRegistry).
+(``docs/protocol/servers.md``).
 
 ``ServerRegistryState`` is pure state: no I/O; times are epoch milliseconds (entries are stored
 and shown on the wire, and must mean the same after a restart). Every change it makes comes

@@ -3,7 +3,7 @@
 Services never see SQL. They load their records once at start, and hand the store the writes a
 batch of requests made (``PutServer``, ``DeleteServer``, ...); ``apply`` commits them as one
 transaction and returns only after the commit, so a reply sent after ``apply`` returns is never
-lost by a crash (``../shared/spec/operations.md``, Storage). A networked store can replace the
+lost by a crash (``docs/operations.md``, "Storage"). A networked store can replace the
 embedded one by implementing the same ``Store`` protocol.
 """
 

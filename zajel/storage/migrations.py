@@ -1,4 +1,4 @@
-"""The schema, as numbered migrations (``../shared/spec/operations.md``, Storage).
+"""The schema, as numbered migrations (``docs/operations.md``, "Storage").
 
 The first four mirror the original server's Durable Object migrations: v1 SignalingRoom and
 v2 RelayRegistry keep no durable state (their migrations only hold the place of the number),

@@ -5,9 +5,9 @@
   trio waits for the thread.
 - WAL journal with ``synchronous=FULL``: a transaction is on disk when ``COMMIT`` returns, so
   killing the process, or the machine, loses nothing that ``apply`` acknowledged.
-- One process per data directory (``docs/operations.md``, Deployment): an exclusive lock on
-  ``zajel.lock`` beside the database refuses a second server at start instead of letting two
-  of them split the state.
+- One process per data directory (``docs/operations.md``, "One process per node"): an
+  exclusive lock on ``zajel.lock`` beside the database refuses a second server at start instead
+  of letting two of them split the state.
 - An empty (0-byte) ``zajel.db`` at start is used as a new database, with one warning: it most
   likely means a lost or truncated database.
 """

@@ -111,9 +111,10 @@ def create_app(
     # A doubled slash is a path of its own (404 JSON, or the route's own error), never
     # werkzeug's 308 redirect with an HTML body.
     app.url_map.merge_slashes = False
-    # The largest body any route takes (http.md); each route has its own, smaller limit.
+    # The largest body any route takes (docs/operations.md, "Fixed values"); each route has its own,
+    # smaller limit.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # entries keep the contract's field order
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # entries keep their documented order
     caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
     http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
     endpoints = [

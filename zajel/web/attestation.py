@@ -1,11 +1,11 @@
-"""HTTP routes of the AttestationRegistry (``../shared/spec/http.md``, AttestationRegistry).
+"""HTTP routes of the AttestationRegistry (``docs/protocol/attestation.md``, "Requests").
 
 Each route reads its body within the route's limit, decodes it with
 ``zajel.protocol.attestation`` and asks the ``attestation`` service; the reply becomes the
 response. The release pipeline's routes (``upload-reference``, ``POST /attest/versions``) need
 the bearer secret ``ZAJEL_CI_UPLOAD_SECRET`` and answer 503 while none is configured.
 ``POST /attest/register`` hands the registry the client's per-IP key, which new device ids are
-counted by (docs/protocol/attestation.md, Limits and timers).
+counted by (docs/protocol/attestation.md, "Limits and timers").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Headers of every HTTP response (``../shared/spec/http.md``, Common headers)."""
+"""Headers of every HTTP response (``docs/operations.md``, "Health checks and metrics")."""
 
 from __future__ import annotations
 

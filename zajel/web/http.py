@@ -1,5 +1,5 @@
 """What every JSON route shares: bounded bodies, bearer secrets, and error replies rendered
-from one table (``../shared/spec/conventions.md``, Errors)."""
+from one table (``docs/protocol/conventions.md``, "Errors")."""
 
 from __future__ import annotations
 

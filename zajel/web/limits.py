@@ -12,7 +12,8 @@ from zajel.config import Network
 
 @attrs.define
 class ConnectionCaps:
-    """Open WebSocket connections, in total and per client IP (conventions.md, Limits)."""
+    """Open WebSocket connections, in total and per client IP (docs/protocol/conventions.md,
+    "Limits")."""
 
     max_total: int
     max_per_ip: int

@@ -1,4 +1,4 @@
-"""HTTP routes of the ServerRegistry (``../shared/spec/http.md``, ServerRegistry).
+"""HTTP routes of the ServerRegistry (``docs/protocol/servers.md``, "Requests").
 
 Each write route checks the bearer secret, reads the body within its limit, decodes it with
 ``zajel.protocol.servers`` and asks the ``servers`` service; the reply becomes the response.
@@ -25,7 +25,8 @@ def add_server_routes(app: QuartTrio, config: Config, registry: Address) -> None
     development = config.env == "development"
 
     def check_secret() -> None:
-        # http.md, Authentication (hardened): open only in development when no secret is set.
+        # docs/protocol/servers.md, "Authentication and environments": open only in development when
+        # no secret is set.
         unset = None if development else "Server registry authentication not configured"
         authorize(config.server_registry_secret, unset=unset)
 

@@ -49,8 +49,8 @@ from zajel.web.transport import Connection, ConnectionTable
 
 log = logging.getLogger("zajel.web")
 
-# A flood that goes on past the rate limit is closed with 1008 (conventions.md, Limits): more
-# than FLOOD_REFUSALS refused frames within FLOOD_WINDOW_S seconds.
+# A flood that goes on past the rate limit is closed with 1008: more than FLOOD_REFUSALS refused
+# frames within FLOOD_WINDOW_S seconds (docs/protocol/conventions.md, "Close codes").
 FLOOD_REFUSALS = 50
 FLOOD_WINDOW_S = 10.0
 # How long a closing connection gets to take what was queued before the close, the close frame,
@@ -150,7 +150,8 @@ class SocketRouter:
             if endpoint.matches(scope["path"]):
                 await self._serve(endpoint, scope, receive, send)
                 return
-        # conventions.md: a handshake on an unknown path is refused with HTTP 404.
+        # docs/protocol/conventions.md, "Frames": a handshake on an unknown path is refused with
+        # HTTP 404.
         if (await receive())["type"] == "websocket.connect":
             await _reject(scope, send, 404, {"error": "Not Found"})
 
@@ -274,7 +275,7 @@ async def _close(
     """Close with ``peer.close_code`` (see ``serve_connection``)."""
     if peer.close_code == CLOSE_TRY_AGAIN_LATER:
         # A slow consumer: its socket is full, so neither the queue nor a close frame could
-        # go out; the socket is released now (docs/operations.md, back-pressure).
+        # go out; the socket is released now (docs/protocol/conventions.md, "Close codes").
         if conn is not None:
             conn.drop()
             return
