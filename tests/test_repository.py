@@ -1,0 +1,79 @@
+"""The repository stands on its own: every document its code and docs cite is in it, and nothing
+points outside it (a clone holds nothing else)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = [
+    *sorted((ROOT / "zajel").rglob("*.py")),
+    *sorted((ROOT / "tests").rglob("*.py")),
+    *sorted((ROOT / "bench").rglob("*.py")),
+    *sorted((ROOT / "docs").rglob("*.md")),
+    ROOT / "README.md",
+]
+DOC_PATH = re.compile(r"docs/[\w/.-]+?\.md")
+MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
+OUTSIDE = re.compile(r"\.\./shared|shared/spec")
+
+
+def test_nothing_cites_files_outside_the_repository():
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in SOURCES
+        if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert offenders == []
+
+
+def test_every_cited_document_exists():
+    cited = {
+        (path, match)
+        for path in SOURCES
+        if path.suffix == ".py"
+        for match in DOC_PATH.findall(path.read_text(encoding="utf-8"))
+    }
+    assert cited, "the code cites its docs"
+    missing = sorted(
+        f"{path.relative_to(ROOT)}: {doc}" for path, doc in cited if not (ROOT / doc).is_file()
+    )
+    assert missing == []
+
+
+def test_every_markdown_link_between_documents_resolves():
+    documents = [path for path in SOURCES if path.suffix == ".md"]
+    broken = sorted(
+        f"{path.relative_to(ROOT)}: {target}"
+        for path in documents
+        for target in MARKDOWN_LINK.findall(path.read_text(encoding="utf-8"))
+        if "://" not in target and not (path.parent / target).resolve().is_file()
+    )
+    assert broken == []
+
+
+def _anchors(document: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    anchors = set()
+    for line in document.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def test_every_link_to_a_section_names_a_heading_that_exists():
+    documents = [path for path in SOURCES if path.suffix == ".md"]
+    link = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")
+    broken = sorted(
+        f"{path.relative_to(ROOT)}: {target}#{anchor}"
+        for path in documents
+        for target, anchor in link.findall(path.read_text(encoding="utf-8"))
+        if "://" not in target
+        and anchor not in _anchors((path.parent / target).resolve() if target else path)
+    )
+    assert broken == []
