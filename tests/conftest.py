@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,20 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
     running = await start_server(nursery, make_config(ws_idle_timeout=86_400.0))
     yield running
     running.stop.set()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``zajel.logs.configure`` changes process-wide loggers; put them back as they were."""
+    saved = {}
+    for name in ("zajel", "hypercorn.error"):
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate

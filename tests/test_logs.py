@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -37,23 +36,6 @@ def test_code_redactor():
 
 def test_context_is_the_extra_of_one_line():
     assert context(code="A****3", conn=4) == {"context": {"code": "A****3", "conn": 4}}
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """``configure`` changes process-wide loggers; put them back as they were."""
-    saved = {}
-    for name in ("zajel", "hypercorn.error"):
-        logger = logging.getLogger(name)
-        saved[name] = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
 
 
 def test_json_format_emits_one_object_per_line(capsys, restore_logging):

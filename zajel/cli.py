@@ -224,13 +224,20 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_reference(args: argparse.Namespace) -> int:
-    path = args.binary
+def _read_binary(path: str) -> bytes | None:
+    """The bytes of ``path``, or ``None`` once one line on stderr has said why not."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            return file.read()
     except OSError as exc:
-        return _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+        _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+        return None
+
+
+def _make_reference(args: argparse.Namespace) -> int:
+    data = _read_binary(args.binary)
+    if data is None:
+        return 2
     try:
         body = make_reference(
             data,
@@ -291,12 +298,9 @@ def _answer(args: argparse.Namespace) -> int:
         challenge = json.loads(text)
     except ValueError:  # UnicodeDecodeError included
         return _fail(f"the challenge in {source} is not JSON", 2)
-    path = args.binary
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        return _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+    data = _read_binary(args.binary)
+    if data is None:
+        return 2
     try:
         body = answer_challenge(data, challenge, device_id=args.device_id)
     except ValueError as exc:

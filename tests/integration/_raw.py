@@ -199,3 +199,16 @@ async def open_stream(port: int, source: str | None = None) -> trio.SocketStream
         sock.close()
         raise
     return trio.SocketStream(sock)
+
+
+async def paired_sink(port: int, partner: Any, partner_code: str, code: str) -> RawClient:
+    """A raw ``/signal`` client registered as ``code`` and matched with ``partner`` (a registered
+    ``zajel.client.SignalClient``): a target ``partner`` can push to, which reads only when told."""
+    sink = await RawClient.connect(port)
+    await sink.send({"type": "register", "pairingCode": code})
+    assert (await sink.receive())["type"] == "registered"
+    await partner.send({"type": "pair_request", "targetCode": code})
+    assert (await sink.receive())["type"] == "pair_incoming"
+    await sink.send({"type": "pair_response", "targetCode": partner_code, "accepted": True})
+    assert (await partner.receive())["type"] == "pair_matched"
+    return sink

@@ -13,7 +13,7 @@ import trio_websocket
 from tests.conftest import make_config, start_server
 from tests.integration import _http
 from tests.integration._process import zajel_serve
-from tests.integration._raw import RawClient, port_of, rss_bytes
+from tests.integration._raw import RawClient, paired_sink, port_of, rss_bytes
 from tests.integration._signal import (
     expect,
     open_socket,
@@ -219,13 +219,7 @@ async def test_a_non_reading_connection_cannot_pin_more_than_its_byte_budget(tmp
     env = {"ZAJEL_WS_MESSAGE_RATE": "1000", "ZAJEL_WS_MESSAGE_BURST": "1000"}
     with trio.fail_after(60):
         async with zajel_serve(tmp_path, env=env) as (process, url), registered(url, A) as (a,):
-            sink = await RawClient.connect(port_of(url))
-            await sink.send({"type": "register", "pairingCode": S})
-            assert (await sink.receive())["type"] == "registered"
-            await a.send({"type": "pair_request", "targetCode": S})
-            assert (await sink.receive())["type"] == "pair_incoming"
-            await sink.send({"type": "pair_response", "targetCode": A, "accepted": True})
-            assert (await a.receive())["type"] == "pair_matched"
+            sink = await paired_sink(port_of(url), a, A, S)
             before = rss_bytes(process.pid)
             peak = before
             heard: list[dict] = []

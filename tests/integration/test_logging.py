@@ -5,9 +5,7 @@ are never logged. A request crafted to plant a line in the text log stays one li
 from __future__ import annotations
 
 import json
-import logging
 import signal
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -72,23 +70,6 @@ async def test_codes_are_logged_in_full_in_development(tmp_path):
     text = "\n".join(json.dumps(entry) for entry in entries)
     for key in keys:
         assert key not in text
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """``logs.configure`` changes process-wide loggers; put them back as they were."""
-    saved = {}
-    for name in ("zajel", "hypercorn.error"):
-        logger = logging.getLogger(name)
-        saved[name] = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
 
 
 FORGED_LINE = "2026-01-01T00:00:00.000Z INFO zajel.server: stopped status=200"

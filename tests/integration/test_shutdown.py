@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.integration._process import clean_environment, zajel_serve
-from tests.integration._raw import RawClient, port_of
+from tests.integration._raw import paired_sink, port_of
 from tests.integration._signal import open_socket, pair, read_until_closed
 
 
@@ -109,14 +109,8 @@ async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path):
     offer = {"sdp": "o" * 200_000}
     with trio.fail_after(60):
         async with zajel_serve(tmp_path, env=env) as (process, url), open_socket(url) as a:
-            sink = await RawClient.connect(port_of(url))
             await a.register("AAAAAA")
-            await sink.send({"type": "register", "pairingCode": "SSSSSS"})
-            assert (await sink.receive())["type"] == "registered"
-            await a.send({"type": "pair_request", "targetCode": "SSSSSS"})
-            assert (await sink.receive())["type"] == "pair_incoming"
-            await sink.send({"type": "pair_response", "targetCode": "AAAAAA", "accepted": True})
-            assert (await a.receive())["type"] == "pair_matched"
+            sink = await paired_sink(port_of(url), a, "AAAAAA", "SSSSSS")
             for _ in range(150):  # 30 MB: far more than the sockets' buffers hold
                 await a.signal("offer", "SSSSSS", offer)
             await a.ping()  # every offer has been taken in and queued

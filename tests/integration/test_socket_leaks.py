@@ -10,6 +10,7 @@ from tests.conftest import make_config, start_server
 from tests.integration import _http
 from tests.integration._raw import (
     RawClient,
+    paired_sink,
     port_of,
     server_sockets,
     task_count,
@@ -67,13 +68,7 @@ async def test_a_slow_consumer_that_keeps_sending_leaves_no_socket_behind(nurser
     offer = {"sdp": "o" * 60_000}
     with trio.fail_after(60):
         async with registered(running.url, "AAAAAA") as (sender,):
-            sink = await RawClient.connect(port)
-            await sink.send({"type": "register", "pairingCode": "SSSSSS"})
-            assert (await sink.receive())["type"] == "registered"
-            await sender.send({"type": "pair_request", "targetCode": "SSSSSS"})
-            assert (await sink.receive())["type"] == "pair_incoming"
-            await sink.send({"type": "pair_response", "targetCode": "AAAAAA", "accepted": True})
-            assert (await sender.receive())["type"] == "pair_matched"
+            sink = await paired_sink(port, sender, "AAAAAA", "SSSSSS")
             # The sink stops reading; the sender's offers clog its socket until it is dropped.
             heard: list[dict] = []
             for _ in range(2_000):

@@ -6,13 +6,16 @@ the per-frame signal dispatch of Quart's WebSocket wrapper (the relay path is th
 hottest; see ``docs/architecture.md``). Everything else goes to Quart.
 
 One connection = one handler task with two children: the reader rate-limits and decodes frames
-and casts them to the endpoint's service; the writer drains the connection's bounded outgoing
-queue to the socket. The service never waits on the socket: it queues with ``send_nowait`` and
-closes the connection (1013) when the queue is full.
+and casts them to the endpoint's service; the writer drains the connection's ``Outbox`` to the
+socket. The service never waits on the socket: answers to the client's own frames always go in
+(the reader waits instead while the queue is full), and a push the outbox refuses makes the
+client a slow consumer, closed with 1013 (``zajel.web.outbox``; docs/protocol/conventions.md,
+"Back-pressure").
 
-Keep-alive is the transport's: hypercorn pings every ``ws_ping_interval`` and drops a
-connection that sent nothing, not even a pong, for ``ws_idle_timeout`` (its read timeout).
-Frames over ``ws_max_message_bytes`` are refused by hypercorn with close code 1009.
+Keep-alive is hypercorn's: it pings every ``ws_ping_interval`` and drops a connection that sent
+nothing, not even a pong, for ``ws_idle_timeout`` (its read timeout). Frames over
+``ws_max_message_bytes`` are refused by hypercorn with close code 1009. Under ``zajel serve``
+the TCP connection is also a ``zajel.web.transport.Connection``, which bounds every close.
 """
 
 from __future__ import annotations
