@@ -50,7 +50,7 @@ async def test_a_high_enough_limit_is_not_a_warning(tmp_path):
 
 
 async def test_running_out_of_descriptors_is_one_line_and_the_server_goes_on(tmp_path):
-    raise_own_fd_limit(400)
+    assert raise_own_fd_limit(400) >= 300
     env = {"ZAJEL_WS_MAX_CONNECTIONS_PER_IP": "1000"}
     clients: list[RawClient] = []
     with trio.fail_after(60):
