@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zajel.protocol.limits import KeyedWindowLimiter, SlidingWindow, TokenBucket
+from zajel.protocol.limits import (
+    KeyedSlidingWindow,
+    KeyedWindowLimiter,
+    SlidingWindow,
+    TokenBucket,
+)
 
 # Increasing times, built from small non-negative steps (powers of two keep float sums exact).
 time_steps = st.lists(
@@ -165,3 +170,56 @@ def test_keyed_limiter_bounds_admissions_and_memory(events):
         for start in times:
             assert sum(1 for t in times if start <= t < start + 60.0) <= 4
         assert sum(1 for t in times if t < times[0] + 60.0) <= 2
+
+
+# -- KeyedSlidingWindow --------------------------------------------------------------------
+
+
+def test_keyed_sliding_window_allows_the_limit_per_key_and_window():
+    windows = KeyedSlidingWindow(limit=2, window=60.0)
+    assert windows.allows("a", 0.0)  # asking records nothing
+    assert windows.allows("a", 0.0)
+    windows.record("a", 0.0)
+    windows.record("a", 30.0)
+    assert not windows.allows("a", 59.999)
+    assert windows.allows("b", 59.999)  # every key has its own window
+    assert windows.allows("a", 60.0)  # the event at 0 has left the window
+    windows.record("a", 60.0)
+    assert not windows.allows("a", 89.999)
+    assert windows.allows("a", 90.0)
+
+
+def test_keyed_sliding_window_prunes_only_what_has_left_the_window():
+    windows = KeyedSlidingWindow(limit=3, window=10.0)
+    windows.record("a", 0.0)
+    windows.record("b", 5.0)
+    windows.record("a", 6.0)  # "a" moves behind "b": keys are kept by their last event
+    assert windows.prune(14.999) == []
+    assert windows.prune(15.0) == ["b"]
+    assert windows.prune(16.0) == ["a"]
+    assert (len(windows), windows.entries()) == (0, 0)
+    assert "a" not in windows
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.floats(0.0, 5.0)), max_size=300),
+    st.integers(min_value=1, max_value=4),
+)
+def test_keyed_sliding_window_memory_is_bounded_and_no_key_exceeds_its_limit(events, limit):
+    exact = KeyedSlidingWindow(limit=limit, window=60.0)  # room for every key
+    bounded = KeyedSlidingWindow(limit=limit, window=60.0, max_keys=10)
+    now = 0.0
+    allowed: dict[str, list[float]] = {}
+    for key_number, step in events:
+        now += step
+        key = f"10.0.0.{key_number}"
+        if exact.allows(key, now):
+            exact.record(key, now)
+            allowed.setdefault(key, []).append(now)
+        assert sum(1 for t in allowed.get(key, ()) if now - t < 60.0) <= limit
+        if bounded.allows(key, now):
+            bounded.record(key, now)
+        # Past max_keys the key whose last event is oldest is forgotten (and starts afresh).
+        assert len(bounded) <= 10
+        assert bounded.entries() <= 10 * limit

@@ -27,12 +27,12 @@ from zajel.config import Config
 from zajel.protocol import errors
 from zajel.protocol.attestation import RegisterDevice
 from zajel.protocol.errors import ProtocolError
+from zajel.protocol.limits import KeyedSlidingWindow
 from zajel.services.attestation import (
     MAX_DEVICES,
     AttestationRegistry,
     AttestationState,
     Registered,
-    RegistrationLimit,
 )
 from zajel.storage import DeleteDevice, MemoryStore, PutDevice
 
@@ -120,23 +120,23 @@ def test_the_per_ip_counts_survive_a_reload_and_are_pruned_by_the_sweep():
     # A reload after a store failure replaces the records, not the allowances.
     state.load(list(state.devices.values()), [], [], None)
     assert register(state, "b", T0 + 1) == (TOO_MANY_NEW, [])
-    assert state.registrations.addresses() == 1
+    assert len(state.registrations) == 1
     state.sweep(T0 + HOUR_MS - 1)
-    assert state.registrations.addresses() == 1
+    assert len(state.registrations) == 1
     state.sweep(T0 + HOUR_MS)
-    assert state.registrations.addresses() == 0
+    assert len(state.registrations) == 0
     registered(state, "b", T0 + HOUR_MS)
 
 
 def test_the_per_ip_counts_stay_bounded_whatever_the_clients_do():
-    limit = RegistrationLimit(3, window_ms=HOUR_MS, max_addresses=100)
+    limit = KeyedSlidingWindow(3, HOUR_MS, max_keys=100)
     now = T0
     for i in range(5000):  # 5000 new devices from 1000 addresses, five each
         address = f"10.0.{i % 1000 // 256}.{i % 256}"
         now += 10
         if limit.allows(address, now):
             limit.record(address, now)
-        assert limit.addresses() <= 100
+        assert len(limit) <= 100
         assert limit.entries() <= 3 * 100
     # One address flooding keeps only its last ``limit`` times.
     for i in range(1000):
@@ -144,7 +144,7 @@ def test_the_per_ip_counts_stay_bounded_whatever_the_clients_do():
     assert limit.entries() <= 3 * 100
     assert not limit.allows("flood", now + 1000)
     limit.prune(now + 999 + HOUR_MS)
-    assert (limit.addresses(), limit.entries()) == (0, 0)
+    assert (len(limit), limit.entries()) == (0, 0)
 
 
 # -- web devices apart ---------------------------------------------------------------------------

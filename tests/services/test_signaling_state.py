@@ -359,12 +359,23 @@ def test_ip_windows_outlive_their_connections_but_not_their_minute(state):
     join(state, 1, A)
     request(state, 1, T, now=59.0)
     assert state.sizes()["ip_windows"] == 501
-    # The sweep runs at most once a minute: a minute after the first requests, they are gone.
+    # A minute after the first requests, their windows are gone.
     request(state, 1, T, now=60.0)
     assert state.sizes()["ip_windows"] == 1
     assert state.expire(119.0) == []  # the pair timers
     state.expire(200.0)
     assert state.sizes()["ip_windows"] == 0
+
+
+def test_a_refused_ip_is_forgotten_with_its_window():
+    state = SignalingState(pair_requests_per_minute_per_ip=1)
+    join(state, 9, T, ip=OTHER_IP)
+    join(state, 1, A)
+    assert request(state, 1, T, now=0.0)[0][0] == 9
+    assert request(state, 1, T, now=1.0) == [(1, TOO_MANY)]
+    assert (state.sizes()["ip_windows"], state.sizes()["refused_ips"]) == (1, 1)
+    state.expire(60.0)  # the address's only request has left its minute
+    assert (state.sizes()["ip_windows"], state.sizes()["refused_ips"]) == (0, 0)
 
 
 # -- reconnect token --------------------------------------------------------------------------
@@ -696,6 +707,7 @@ def test_every_map_is_empty_once_everyone_has_gone_and_timers_ran_out():
         "conn_codes",
         "connections",
         "ip_windows",
+        "refused_ips",
         "pending",
         "incoming",
         "outgoing",

@@ -1,9 +1,12 @@
-"""Rate limiters as pure state: each call takes ``now`` in seconds (trio's clock)."""
+"""Rate limiters as pure state: each call takes ``now`` in seconds (trio's clock), except
+``KeyedSlidingWindow``, which takes any one unit (the attestation registry counts in epoch ms)."""
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
+from array import array
+from collections import OrderedDict, deque
 
 import attrs
 
@@ -90,3 +93,65 @@ class KeyedWindowLimiter:
 
     def __len__(self) -> int:
         return len(self._windows)
+
+
+class KeyedSlidingWindow:
+    """At most ``limit`` events per key (a client IP) in any ``window``, whatever the number of
+    keys: the per-IP ``pair_request`` limit, new attestation devices per address.
+
+    ``allows`` and ``record`` are apart, so that a caller checking several limits records an
+    event only once all of them allow it. Times are numbers in one unit (seconds or epoch ms);
+    an event at ``t`` counts while ``now - t < window``.
+
+    Memory: per key, the times of its last ``limit`` events, as 8-byte floats; at most
+    ``max_keys`` keys, the one whose last event is oldest forgotten first. Keys are kept in the
+    order of their last event, so ``prune`` costs time proportional to the keys it forgets.
+    """
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 50_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._times: OrderedDict[str, array[float]] = OrderedDict()
+
+    def allows(self, key: str, now: float) -> bool:
+        """Whether ``key`` may have one more event at ``now`` (nothing is recorded)."""
+        times = self._times.get(key)
+        return times is None or self._live(times, now) < self.limit
+
+    def record(self, key: str, now: float) -> None:
+        """Count an event of ``key`` at ``now`` (times only grow)."""
+        times = self._times.get(key)
+        if times is None:
+            if len(self._times) >= self.max_keys:
+                self._times.popitem(last=False)
+            times = self._times[key] = array("d")
+        else:
+            self._times.move_to_end(key)
+        times.append(now)
+        del times[: len(times) - min(self._live(times, now), self.limit)]
+
+    def prune(self, now: float) -> list[str]:
+        """Forget the keys whose last event has left the window; returns them."""
+        forgotten = []
+        while self._times:
+            key, times = next(iter(self._times.items()))
+            if self._live(times, now):
+                break
+            del self._times[key]
+            forgotten.append(key)
+        return forgotten
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._times
+
+    def entries(self) -> int:
+        """The times held, over every key (what the memory follows)."""
+        return sum(len(times) for times in self._times.values())
+
+    def _live(self, times: array[float], now: float) -> int:
+        """How many of ``times`` (oldest first) are still inside the window at ``now``."""
+        return len(times) - bisect.bisect_right(times, now - self.window)

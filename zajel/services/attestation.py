@@ -37,7 +37,7 @@ Invariants:
   ``MAX_OPEN_CHALLENGES`` open challenges per device; a device keeps its last
   ``CHALLENGE_HISTORY`` challenge times and its web registrations of the last hour, so every
   device record is bounded. The per-IP counts keep at most ``registrations_per_ip_per_hour``
-  times for each of at most ``MAX_LIMITED_ADDRESSES`` addresses (``RegistrationLimit``).
+  times for each of at most ``MAX_LIMITED_ADDRESSES`` addresses (a ``KeyedSlidingWindow``).
 
 Timers: a challenge lives ``NONCE_TTL_MS`` (5 min); a native device unseen for ``DEVICE_TTL_MS``
 (90 days) is forgotten, a web device unseen for ``WEB_DEVICE_TTL_MS`` (24 hours); the sweep runs
@@ -52,7 +52,6 @@ import datetime
 import logging
 import random
 import secrets
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
@@ -88,6 +87,7 @@ from zajel.protocol.attestation import (
     parse_build_token_payload,
 )
 from zajel.protocol.errors import ProtocolError
+from zajel.protocol.limits import KeyedSlidingWindow
 from zajel.services._durable import DurableServiceBase, signing_key_from
 from zajel.storage import (
     DeleteChallenge,
@@ -192,65 +192,6 @@ def forbidden(message: str) -> ProtocolError:
 TOO_MANY_NEW_DEVICES: Final = "Too many new devices registered from this address. Try again later."
 
 
-class RegistrationLimit:
-    """At most ``limit`` new device ids per client address in any rolling ``window_ms``.
-
-    Pure state; times are epoch ms. Per address it keeps the times of its new registrations
-    still inside the window, at most ``limit`` of them, as 8-byte integers; at most
-    ``max_addresses`` addresses, the one whose last registration is oldest forgotten first.
-    ``prune`` forgets the addresses with nothing left in the window.
-    """
-
-    def __init__(
-        self, limit: int, *, window_ms: int = HOUR_MS, max_addresses: int = MAX_LIMITED_ADDRESSES
-    ) -> None:
-        self.limit = limit
-        self.window_ms = window_ms
-        self.max_addresses = max_addresses
-        # Ordered by last registration, oldest first: pruning and eviction start at the front.
-        self._times: OrderedDict[str, array[int]] = OrderedDict()
-
-    def allows(self, address: str, now_ms: int) -> bool:
-        """Whether ``address`` may register one more new device at ``now_ms``."""
-        times = self._times.get(address)
-        return times is None or self._live(times, now_ms) < self.limit
-
-    def record(self, address: str, now_ms: int) -> None:
-        """Count a new device registered by ``address`` at ``now_ms``."""
-        times = self._times.get(address)
-        if times is None:
-            if len(self._times) >= self.max_addresses:
-                self._times.popitem(last=False)
-            times = self._times[address] = array("q")
-        else:
-            self._times.move_to_end(address)
-        del times[: len(times) - self._live(times, now_ms)]
-        times.append(now_ms)
-        del times[: max(0, len(times) - self.limit)]
-
-    def prune(self, now_ms: int) -> None:
-        """Forget the addresses whose last new registration has left the window."""
-        while self._times:
-            address, times = next(iter(self._times.items()))
-            if self._live(times, now_ms):
-                break
-            del self._times[address]
-
-    def addresses(self) -> int:
-        return len(self._times)
-
-    def entries(self) -> int:
-        """The times held, over every address (what the memory follows)."""
-        return sum(len(times) for times in self._times.values())
-
-    def _live(self, times: array[int], now_ms: int) -> int:
-        """How many of ``times`` (oldest first) are still inside the window at ``now_ms``."""
-        count = len(times)
-        while count and now_ms - times[len(times) - count] >= self.window_ms:
-            count -= 1
-        return count
-
-
 def _too_many(message: str) -> ProtocolError:
     return ProtocolError(errors.TOO_MANY, message)
 
@@ -279,7 +220,9 @@ class AttestationState:
         self._web: OrderedDict[str, None] = OrderedDict()
         # In memory only, and kept across load(): a reload after a store failure must not give
         # every address its allowance back.
-        self.registrations = RegistrationLimit(registrations_per_ip_per_hour)
+        self.registrations = KeyedSlidingWindow(
+            registrations_per_ip_per_hour, HOUR_MS, max_keys=MAX_LIMITED_ADDRESSES
+        )
         # Web devices forgotten to make room since the service last logged it.
         self.web_evicted = 0
 

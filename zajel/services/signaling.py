@@ -21,9 +21,9 @@ Invariants the state keeps:
 Limits: ``pair_request`` is limited per connection (by default 10 in any 60 s) and per client
 IP over all of that IP's connections (by default 30 in any 60 s), so opening new connections
 buys no new probes. A request refused by either limit counts against neither. An IP's window
-outlives its connections (that is the point) but not its last minute of requests: once a minute
-the windows whose last counted request is over a minute old are dropped, so memory follows the
-IPs that asked within the last two minutes, each holding at most its limit of timestamps.
+outlives its connections (that is the point) but not its last minute of requests: memory follows
+the IPs that asked within the last minute, each holding at most its limit of timestamps
+(``KeyedSlidingWindow``).
 
 Timers (all on trio's clock): a pair request warns both sides at 90 s and times out at 120 s;
 a reservation ends 30 s after the disconnect.
@@ -31,10 +31,8 @@ a reservation ends 30 s after the disconnect.
 
 from __future__ import annotations
 
-import bisect
 import hmac
 import logging
-import math
 import secrets
 from collections.abc import Callable
 from typing import Any, Final
@@ -45,7 +43,7 @@ from zajel.config import Config
 from zajel.logs import CodeRedactor, context
 from zajel.protocol import errors
 from zajel.protocol.frames import Invalid
-from zajel.protocol.limits import SlidingWindow
+from zajel.protocol.limits import KeyedSlidingWindow, SlidingWindow
 from zajel.protocol.signaling import (
     PAIR_EXPIRING_WARNING_S,
     PAIR_REQUEST_LIFETIME_S,
@@ -113,15 +111,6 @@ class _Connection:
 
 
 @attrs.define
-class _IpWindow:
-    """One client IP's counted ``pair_request`` times within the last minute, oldest first."""
-
-    # A plain list: most IPs ask once or twice, and a deque's first block alone is ~600 bytes.
-    times: list[float] = attrs.field(factory=list)
-    refusal_logged: bool = False  # one log line per run of refusals, not one per probe
-
-
-@attrs.define
 class _Pending:
     requester: str
     target: str
@@ -151,9 +140,12 @@ class SignalingState:
         self._conn_codes: dict[ConnId, str] = {}
         # Every open connection, with its IP key and pair-request limiter.
         self._connections: dict[ConnId, _Connection] = {}
-        # Per client IP, over all its connections, open or closed: see _sweep_ip_windows.
-        self._ip_windows: dict[str, _IpWindow] = {}
-        self._next_ip_sweep = -math.inf
+        # Per client IP, over all its connections, open or closed.
+        self._ip_windows = KeyedSlidingWindow(
+            pair_requests_per_minute_per_ip, PAIR_REQUEST_WINDOW_S
+        )
+        # IPs refused since their last counted request: one log line per run of refusals.
+        self._refused_ips: set[str] = set()
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._incoming: dict[str, set[str]] = {}  # target -> requesters
         self._outgoing: dict[str, set[str]] = {}  # requester -> targets
@@ -205,7 +197,7 @@ class SignalingState:
 
     def expire(self, now: float) -> list[Out]:
         outs: list[Out] = []
-        self._sweep_ip_windows(now)
+        self._forget_quiet_ips(now)
         for kind, first, second in self._timers.pop_due(now):
             if kind == "grace":
                 entry = self._codes.get(first)
@@ -243,6 +235,7 @@ class SignalingState:
             "conn_codes": len(self._conn_codes),
             "connections": len(self._connections),
             "ip_windows": len(self._ip_windows),
+            "refused_ips": len(self._refused_ips),
             "pending": len(self._pending),
             "incoming": len(self._incoming),
             "outgoing": len(self._outgoing),
@@ -338,41 +331,23 @@ class SignalingState:
         The IP's window is checked first and written last, so that a request refused by either
         limit counts against neither.
         """
-        self._sweep_ip_windows(now)
+        self._forget_quiet_ips(now)
         connection = self._connections[conn]
         ip = connection.ip
-        window = self._ip_windows.get(ip)
-        if window is not None:
-            times = window.times
-            del times[: bisect.bisect_right(times, now - PAIR_REQUEST_WINDOW_S)]
-            if len(times) >= self._pair_requests_per_minute_per_ip:
-                if not window.refusal_logged:
-                    window.refusal_logged = True
-                    log.info("pair requests limited for an IP", extra=context(conn=conn))
-                return False
+        if not self._ip_windows.allows(ip, now):
+            if ip not in self._refused_ips:
+                self._refused_ips.add(ip)
+                log.info("pair requests limited for an IP", extra=context(conn=conn))
+            return False
         if not connection.pair_requests.allow(now):
             return False
-        if window is None:
-            window = self._ip_windows[ip] = _IpWindow()
-        window.times.append(now)
-        window.refusal_logged = False
+        self._ip_windows.record(ip, now)
+        self._refused_ips.discard(ip)
         return True
 
-    def _sweep_ip_windows(self, now: float) -> None:
-        """At most once a minute, drop the IP windows with no request in the last minute.
-
-        A sweep costs one pass over the map, so it is spread over a minute of requests rather
-        than kept exact with a timer per IP.
-        """
-        if now < self._next_ip_sweep:
-            return
-        cutoff = now - PAIR_REQUEST_WINDOW_S
-        self._ip_windows = {
-            ip: window
-            for ip, window in self._ip_windows.items()
-            if window.times and window.times[-1] > cutoff
-        }
-        self._next_ip_sweep = now + PAIR_REQUEST_WINDOW_S
+    def _forget_quiet_ips(self, now: float) -> None:
+        """Forget the IPs with no counted request in the last minute."""
+        self._refused_ips.difference_update(self._ip_windows.prune(now))
 
     def _pair_answer(self, conn: ConnId, responder: str, message: PairAnswer) -> list[Out]:
         requester = message.requester_code
