@@ -35,27 +35,22 @@ FD_CEILING = 1 << 20
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
-    """The transport settings: bind address, frame limit, keep-alive pings and idle timeout."""
+    """hypercorn's protocol settings: frame limit, keep-alive pings and idle timeout. (Where to
+    listen and the grace time are ``zajel.web.transport``'s.)"""
     hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]  # informational: zajel.web.transport listens
     hc.websocket_max_message_size = config.ws_max_message_bytes
     hc.websocket_ping_interval = config.ws_ping_interval
     # Any byte from the client (a frame or a pong) resets the read timeout: it is the
     # idle timeout of docs/protocol/conventions.md, "Keep-alive".
     hc.read_timeout = config.ws_idle_timeout  # type: ignore[assignment]
-    hc.graceful_timeout = GRACEFUL_TIMEOUT_S
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
 
 
-def raise_fd_limit(config: Config) -> tuple[int, int]:
+def raise_fd_limit(config: Config) -> None:
     """Raise the soft file-descriptor limit towards the hard one, and warn in one line when it
-    stays below what the connection caps need (docs/operations.md, "File descriptors").
-
-    Returns the (soft limit now, descriptors the caps need).
-    """
+    stays below what the connection caps need (docs/operations.md, "File descriptors")."""
     need = config.ws_max_connections + FD_HEADROOM
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = FD_CEILING if hard == resource.RLIM_INFINITY else hard
@@ -70,7 +65,6 @@ def raise_fd_limit(config: Config) -> tuple[int, int]:
             "file descriptor limit below what the connection caps need",
             extra=context(limit=soft, need=need, hint="raise LimitNOFILE or WS_MAX_CONNECTIONS"),
         )
-    return soft, need
 
 
 async def wait_for_signal() -> None:

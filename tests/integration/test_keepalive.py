@@ -79,5 +79,3 @@ def test_transport_settings_follow_the_configuration():
     assert hc.websocket_ping_interval == 15.0
     assert hc.read_timeout == 60.0
     assert hc.websocket_max_message_size == 4096
-    assert hc.bind == ["127.0.0.1:9000"]
-    assert hypercorn_config(make_config(host="::1", port=0)).bind == ["[::1]:0"]

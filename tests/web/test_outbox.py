@@ -6,6 +6,7 @@ many of its frames are in flight."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -79,7 +80,7 @@ async def test_a_burst_of_pushes_into_an_idle_queue_is_not_a_stall(autojump_cloc
     outbox = Outbox(max_frames=4, max_bytes=1 << 20, slow_after=2.0)
 
     async def writer() -> None:
-        await outbox.wait_for_frames()
+        await outbox.next_frame()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
@@ -93,13 +94,7 @@ async def test_the_writer_takes_frames_in_order_and_wakes_for_new_ones(autojump_
     taken: list[str] = []
 
     async def writer() -> None:
-        while True:
-            frame = outbox.take()
-            if frame is None:
-                if outbox.closed:
-                    return
-                await outbox.wait_for_frames()
-                continue
+        while (frame := await outbox.next_frame()) is not None:
             taken.append(frame)
             outbox.wrote()
 
@@ -115,9 +110,8 @@ async def test_the_writer_takes_frames_in_order_and_wakes_for_new_ones(autojump_
     assert outbox.bytes == 0
 
 
-async def test_the_reader_waits_while_the_queue_is_full(autojump_clock):
-    outbox = Outbox(max_frames=4, max_bytes=1 << 20, slow_after=2.0)
-    fill(outbox, 4)
+async def assert_reader_held_until(outbox: Outbox, release: Callable[[], object]) -> None:
+    """A reader waiting on ``outbox`` stays held (5 s of the mock clock) until ``release()``."""
     resumed = trio.Event()
 
     async def reader() -> None:
@@ -128,8 +122,14 @@ async def test_the_reader_waits_while_the_queue_is_full(autojump_clock):
         nursery.start_soon(reader)
         await trio.sleep(5)
         assert not resumed.is_set()
-        outbox.take()
+        release()
         await resumed.wait()
+
+
+async def test_the_reader_waits_while_the_queue_is_full(autojump_clock):
+    outbox = Outbox(max_frames=4, max_bytes=1 << 20, slow_after=2.0)
+    fill(outbox, 4)
+    await assert_reader_held_until(outbox, outbox.take)
 
 
 async def test_the_reader_waits_while_too_many_frames_are_in_flight(autojump_clock):
@@ -137,18 +137,7 @@ async def test_the_reader_waits_while_too_many_frames_are_in_flight(autojump_clo
     for _ in range(MAX_IN_FLIGHT):
         outbox.handing_over()
     assert outbox.reader_must_wait()
-    resumed = trio.Event()
-
-    async def reader() -> None:
-        await outbox.wait_until_readable()
-        resumed.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.sleep(5)
-        assert not resumed.is_set()
-        outbox.handled()
-        await resumed.wait()
+    await assert_reader_held_until(outbox, outbox.handled)
     assert outbox.in_flight == MAX_IN_FLIGHT - 1
 
 
@@ -160,7 +149,7 @@ async def test_clear_releases_everything_and_close_wakes_both_sides(autojump_clo
     woken = []
 
     async def writer() -> None:
-        await outbox.wait_for_frames()
+        assert await outbox.next_frame() is None  # closed and empty
         woken.append("writer")
 
     async with trio.open_nursery() as nursery:

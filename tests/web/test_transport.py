@@ -12,7 +12,7 @@ import math
 import trio
 
 from tests.services.fakes import captured_log
-from zajel.web.transport import AcceptWarnings, ConnectionTable
+from zajel.web.transport import AcceptWarnings, ConnectionTable, bound_url, open_listener
 
 
 def peer(n: int, ip: str = "192.0.2.1") -> tuple[str, int]:
@@ -24,9 +24,10 @@ def test_http_connections_are_capped_per_address():
     conns = [table.open(peer(n)) for n in range(3)]
     assert all(conns)
     assert table.open(peer(9)) is None
-    assert table.refused == 1
+    assert len(table) == 3  # a refused connection is not held
     assert table.open(peer(0, "192.0.2.2")) is not None  # another address
-    assert table.counts == {"http": 4, "websocket": 0}
+    assert len(table) == 4
+    assert table.sizes() == {"connections": 4, "http_keys": 2}
 
 
 def test_ipv6_peers_are_counted_by_their_64():
@@ -43,11 +44,12 @@ def test_a_websocket_leaves_the_http_count():
     assert first is not None
     assert second is not None
     table.mark_websocket(first)
-    table.mark_websocket(first)  # once only
-    assert table.counts == {"http": 1, "websocket": 1}
+    table.mark_websocket(first)  # once only: the slot is given back once
     assert table.open(peer(2)) is not None
-    table.close(first)
-    assert table.counts == {"http": 2, "websocket": 0}
+    assert table.open(peer(3)) is None  # second and peer(2) hold the two slots
+    table.close(first)  # a WebSocket closing gives back no HTTP slot
+    assert table.open(peer(4)) is None
+    assert len(table) == 2
 
 
 def test_closing_every_connection_leaves_nothing():
@@ -58,7 +60,6 @@ def test_closing_every_connection_leaves_nothing():
         table.close(conn)
     assert len(table) == 0
     assert table.sizes() == {"connections": 0, "http_keys": 0}
-    assert table.counts == {"http": 0, "websocket": 0}
 
 
 def test_trusted_proxies_are_not_capped():
@@ -108,3 +109,24 @@ async def test_the_accept_warning_is_one_line_per_ten_seconds(autojump_clock):
         "hint": "raise the file descriptor limit (LimitNOFILE)",
     }
     assert records[1].context["suppressed"] >= 98  # type: ignore[attr-defined]
+
+
+class _Bound:
+    """What ``bound_url`` reads of a listener: its socket's address."""
+
+    def __init__(self, *address: object) -> None:
+        self.socket = self
+        self._address = address
+
+    def getsockname(self) -> tuple[object, ...]:
+        return self._address
+
+
+async def test_the_listener_binds_the_configured_address_and_reports_its_url():
+    listener = open_listener("localhost", 0, 8)  # a host name is resolved
+    async with listener:
+        host, port = listener.socket.getsockname()[:2]
+        assert port > 0
+        assert bound_url(listener) == f"http://{host}:{port}"
+    assert bound_url(_Bound("::1", 8080, 0, 0)) == "http://[::1]:8080"  # type: ignore[arg-type]
+    assert bound_url(_Bound("127.0.0.1", 9000)) == "http://127.0.0.1:9000"  # type: ignore[arg-type]

@@ -49,7 +49,6 @@ class Outbox:
         self.closed = False
         # When the writer last finished a write, or last found work after having none.
         self._progress = trio.current_time()
-        self._writer_waiting = False
         self._writer = trio.lowlevel.ParkingLot()
         self._reader = trio.lowlevel.ParkingLot()
 
@@ -86,8 +85,7 @@ class Outbox:
             self._reader.unpark_all()
 
     def _append(self, text: str) -> None:
-        if self._writer_waiting:
-            self._writer_waiting = False
+        if self._writer:  # the writer waits for work: it has some from now on
             self._progress = trio.current_time()
             self._writer.unpark_all()
         self._frames.append(text)
@@ -95,8 +93,16 @@ class Outbox:
 
     # -- the writer side -----------------------------------------------------------------
 
+    async def next_frame(self) -> str | None:
+        """The next frame to write, waiting for one; ``None`` once closed and empty."""
+        while (text := self.take()) is None:
+            if self.closed:
+                return None
+            await self._writer.park()
+        return text
+
     def take(self) -> str | None:
-        """The next frame to write, or ``None`` when the queue is empty."""
+        """The next frame to write, or ``None`` when the queue is empty (never waits)."""
         if not self._frames:
             return None
         text = self._frames.popleft()
@@ -108,14 +114,6 @@ class Outbox:
     def wrote(self) -> None:
         """A frame went out to the socket."""
         self._progress = trio.current_time()
-
-    async def wait_for_frames(self) -> None:
-        """Return once a frame is queued or the outbox is closed."""
-        if self._frames or self.closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._writer_waiting = True
-        await self._writer.park()
 
     # -- the reader side -----------------------------------------------------------------
 

@@ -337,13 +337,7 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
 
 async def _write(send: ASGISend, peer: SocketPeer) -> None:
     outbox = peer.outbox
-    while True:
-        frame = outbox.take()
-        if frame is None:
-            if outbox.closed:
-                return
-            await outbox.wait_for_frames()
-            continue
+    while (frame := await outbox.next_frame()) is not None:
         await send({"type": "websocket.send", "text": frame})
         outbox.wrote()
 

@@ -24,8 +24,8 @@ things a production server needs cannot be done from inside the ASGI app alone
 Invariants:
 - Every accepted socket belongs to exactly one ``Connection`` until it is closed, and is closed
   exactly once, whatever ends it (the client, hypercorn, a stall, a drop, shutdown).
-- ``ConnectionTable`` counts exactly the open connections: per key for HTTP, and in total by
-  kind; an idle server holds no entries.
+- ``ConnectionTable`` holds exactly the open connections, and counts against each key's HTTP
+  cap exactly those holding an ``http_slot``; an idle server holds no entries.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import errno
 import logging
 import math
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import hypercorn.protocol.h11
 import trio
@@ -52,7 +53,7 @@ from wsproto.events import CloseConnection, Event
 
 from zajel.config import Network
 from zajel.logs import context
-from zajel.web.limits import ip_key, is_trusted
+from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
 
 log = logging.getLogger("zajel.transport")
 
@@ -77,7 +78,6 @@ REFUSAL = (
     b'{"error":"Too many connections"}'
 )
 
-Kind = Literal["http", "websocket"]
 # The reason sent with the close frame that answers a frame wsproto refused.
 CLOSE_REASONS = {1002: "Protocol error", 1007: "Invalid UTF-8 in a text frame", 1009: "Too big"}
 
@@ -85,11 +85,11 @@ CLOSE_REASONS = {1002: "Protocol error", 1007: "Invalid UTF-8 in a text frame", 
 class Connection:
     """One accepted TCP connection: its peer, how it is counted, and ways to end it."""
 
-    def __init__(self, peer: tuple[str, int], key: str, capped: bool) -> None:
+    def __init__(self, peer: tuple[str, int], key: str, http_slot: bool) -> None:
         self.peer = peer
         self.key = key
-        self.capped = capped  # counted against the per-IP HTTP cap (not a trusted proxy)
-        self.kind: Kind = "http"
+        # Counted against its key's HTTP cap: not from a trusted proxy, not yet a WebSocket.
+        self.http_slot = http_slot
         self.scope = trio.CancelScope()
         self.stream: GuardedStream | None = None
         self.drop_at = math.inf  # ``drop()`` when trio's clock passes this
@@ -123,14 +123,11 @@ class ConnectionTable:
         *,
         stall_timeout: float = 120.0,
     ) -> None:
-        self.max_http_per_ip = max_http_per_ip
         self.trusted_proxies = tuple(trusted_proxies)
         self.stall_timeout = stall_timeout
         self._by_peer: dict[tuple[str, int], Connection] = {}
-        self._http_per_key: dict[str, int] = {}
-        self.counts: dict[Kind, int] = {"http": 0, "websocket": 0}
-        self.refused = 0
-        self.stalled = 0
+        # HTTP connections per key: no cap in total (the WebSocket caps and the fd limit are).
+        self._http = ConnectionCaps(sys.maxsize, max_http_per_ip)
         self._emptied = trio.lowlevel.ParkingLot()
 
     def open(self, peer: tuple[str, int]) -> Connection | None:
@@ -138,21 +135,16 @@ class ConnectionTable:
         the HTTP cap."""
         key = ip_key(peer[0])
         capped = not is_trusted(peer[0], self.trusted_proxies)
-        if capped and self._http_per_key.get(key, 0) >= self.max_http_per_ip:
-            self.refused += 1
+        if capped and not self._http.try_acquire(key):
             return None
-        conn = Connection(peer, key, capped)
+        conn = Connection(peer, key, http_slot=capped)
         self._by_peer[peer] = conn
-        self._count_http(conn, +1)
-        self.counts["http"] += 1
         return conn
 
     def close(self, conn: Connection) -> None:
         if self._by_peer.get(conn.peer) is conn:
             del self._by_peer[conn.peer]
-        if conn.kind == "http":
-            self._count_http(conn, -1)
-        self.counts[conn.kind] -= 1
+        self._leave_http(conn)
         if not self._by_peer:
             self._emptied.unpark_all()
 
@@ -169,18 +161,14 @@ class ConnectionTable:
 
     def mark_websocket(self, conn: Connection) -> None:
         """``conn`` was upgraded to a WebSocket: it leaves the HTTP count."""
-        if conn.kind == "http":
-            self._count_http(conn, -1)
-            self.counts["http"] -= 1
-            conn.kind = "websocket"
-            self.counts["websocket"] += 1
+        self._leave_http(conn)
 
     def __len__(self) -> int:
         return len(self._by_peer)
 
     def sizes(self) -> dict[str, int]:
         """Entries in every internal map (all zero when no connection is open)."""
-        return {"connections": len(self._by_peer), "http_keys": len(self._http_per_key)}
+        return {"connections": len(self._by_peer), "http_keys": self._http.ips()}
 
     def drop_all(self) -> None:
         for conn in list(self._by_peer.values()):
@@ -193,21 +181,17 @@ class ConnectionTable:
             if conn.drop_at <= now:
                 conn.drop()
             elif stream is not None and stream.write_started <= now - self.stall_timeout:
-                self.stalled += 1
                 log.info(
                     "write stalled: connection dropped",
                     extra=context(seconds=self.stall_timeout),
                 )
                 conn.drop()
 
-    def _count_http(self, conn: Connection, delta: int) -> None:
-        if not conn.capped:
-            return
-        left = self._http_per_key.get(conn.key, 0) + delta
-        if left > 0:
-            self._http_per_key[conn.key] = left
-        else:
-            self._http_per_key.pop(conn.key, None)
+    def _leave_http(self, conn: Connection) -> None:
+        """``conn`` stops counting against its key's HTTP cap (once)."""
+        if conn.http_slot:
+            self._http.release(conn.key)
+            conn.http_slot = False
 
 
 class GuardedStream(trio.abc.HalfCloseableStream):
