@@ -779,22 +779,11 @@ def test_one_address_holds_at_most_its_budget_of_pending_requests():
     assert_idle(state)
 
 
-addresses = st.sampled_from(("ip-1", "ip-2"))
-budget_ops = st.lists(
-    st.one_of(
-        st.tuples(st.just("announce"), peer, st.lists(chunk, min_size=1, max_size=2)),
-        st.tuples(st.just("request"), peer, chunk, channel),
-        st.tuples(st.just("push"), peer, chunk),
-        st.tuples(st.just("remove"), peer),
-        st.tuples(st.just("wait"), st.sampled_from((1.0, 10.0, 300.0, 1800.0, 3600.0))),
-    ),
-    max_size=40,
-)
 IP_OF = {"a": "ip-1", "b": "ip-1", "c": "ip-2", "d": "ip-2"}
 
 
 @settings(deadline=None, max_examples=200)
-@given(budget_ops)
+@given(chunk_ops)
 def test_random_traffic_never_exceeds_a_budget_and_keeps_every_invariant(ops):
     state = ChunkIndexState(cache_bytes=8, sources_per_ip=2, pending_per_ip=1, pull_hedge=2)
     now = 0.0
