@@ -59,6 +59,9 @@ class Config:
 
     ws_max_message_bytes: int = 262_144
     chunk_max_bytes: int = 65_536
+    # docs/protocol/channels.md: the apps' full 64 KiB chunks, base64 in JSON, on /signal.
+    channel_chunk_max_bytes: int = 131_072
+    channel_owner_grace_s: float = 3600.0
     ws_message_rate: float = 100.0
     ws_message_burst: int = 200
     pair_requests_per_minute: int = 10
@@ -155,6 +158,10 @@ class Config:
             trusted_proxies=trusted_proxies,
             ws_max_message_bytes=reader.integer("WS_MAX_MESSAGE_BYTES", 262_144, 1024, 16 << 20),
             chunk_max_bytes=reader.integer("CHUNK_MAX_BYTES", 65_536, 1024, 16 << 20),
+            channel_chunk_max_bytes=reader.integer(
+                "CHANNEL_CHUNK_MAX_BYTES", 131_072, 1024, 16 << 20
+            ),
+            channel_owner_grace_s=reader.number("CHANNEL_OWNER_GRACE_S", 3600.0, 0.0, 7 * 86_400.0),
             ws_message_rate=reader.number("WS_MESSAGE_RATE", 100.0, 0.1, 1e9),
             ws_message_burst=reader.integer("WS_MESSAGE_BURST", 200, 1, 10**9),
             pair_requests_per_minute=reader.integer("PAIR_REQUESTS_PER_MINUTE", 10, 1, 10**6),

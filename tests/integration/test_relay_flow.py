@@ -91,6 +91,7 @@ async def test_heartbeat_ping_and_stats(server):
                     "relays",
                     "rendezvous",
                     "chunks",
+                    "channels",
                     "signaling",
                     "servers",
                     "attestation",

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 
 from tests.strategies import frames, signal_objects
+from zajel.protocol.channels import CHANNEL_TYPES
 from zajel.protocol.errors import ProtocolError
 from zajel.protocol.frames import Invalid, encode
 from zajel.protocol.signaling import (
@@ -46,13 +47,26 @@ def test_the_known_types_are_those_of_the_contract():
         "call_offer",
         "call_reject",
     ]
-    assert sorted(KNOWN_TYPES - RELAY_TYPES) == [
+    assert sorted(KNOWN_TYPES - RELAY_TYPES - CHANNEL_TYPES) == [
         "pair_accept",
         "pair_reject",
         "pair_request",
         "pair_response",
         "ping",
         "register",
+    ]
+    # docs/protocol/channels.md, "Client → server"
+    assert sorted(CHANNEL_TYPES) == [
+        "channel-owner-register",
+        "channel-subscribe",
+        "channel-unsubscribe",
+        "chunk_announce",
+        "chunk_push",
+        "chunk_request",
+        "stream-end",
+        "stream-frame",
+        "stream-start",
+        "upstream-message",
     ]
 
 

@@ -20,6 +20,7 @@ class FakePeer:
         self.closed: list[int] = []
         self.handled_count = 0
         self.answers = 0
+        self.identity = None
 
     def send_nowait(self, frame: str) -> bool:
         if len(self.frames) >= self.capacity:
@@ -39,6 +40,9 @@ class FakePeer:
 
     def close(self, code: int) -> None:
         self.closed.append(code)
+
+    def identify(self, identity: Any) -> None:
+        self.identity = identity
 
     def types(self) -> list[str]:
         return [frame["type"] for frame in self.frames]

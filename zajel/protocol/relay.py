@@ -18,6 +18,13 @@ from typing import Any, Final
 import attrs
 
 from zajel.protocol import errors, fields
+from zajel.protocol.chunks import (
+    CHUNK_ID_MAX,
+    ChunkAnnounce,
+    ChunkPush,
+    ChunkRequest,
+    is_chunk_id,
+)
 from zajel.protocol.frames import Invalid, decode_message, encode
 
 PEER_ID_MAX: Final = fields.PEER_ID_MAX_LENGTH
@@ -36,9 +43,6 @@ CONNECTED_COUNT_MAX: Final = 1_000_000
 # (docs/protocol/relay.md, "Limits of rendezvous").
 MAX_ITEMS_DEFAULT: Final = 50
 
-# Chunk ids, routing hashes and channel ids
-# (docs/protocol/chunks.md, "Identifiers and field rules").
-CHUNK_ID_MAX: Final = 256
 CHUNK_ANNOUNCE_MAX_DEFAULT: Final = 100
 CHUNK_MAX_BYTES_DEFAULT: Final = 65_536
 
@@ -104,41 +108,6 @@ class RegisterRendezvous:
     def dead_drop_for(self, point: str) -> str:
         """The dead drop the caller leaves at ``point``."""
         return self.dead_drops.get(point, self.dead_drop)
-
-
-@attrs.frozen
-class ChunkAnnounce:
-    """``chunk_announce``: the valid ``(chunkId, routingHash)`` entries; invalid ones are
-    skipped and not counted (docs/protocol/chunks.md, "chunk_announce")."""
-
-    peer_id: str | None
-    chunks: tuple[tuple[str, str], ...]
-    channel_id: str | None
-    needs_registration: bool = attrs.field(default=True, init=False)
-
-
-@attrs.frozen
-class ChunkRequest:
-    peer_id: str | None
-    chunk_id: str
-    channel_id: str | None
-    needs_registration: bool = attrs.field(default=True, init=False)
-
-
-@attrs.frozen
-class ChunkPush:
-    """``chunk_push``: ``data_json`` is ``data`` as compact JSON with raw UTF-8, in bytes,
-    already checked against the size limit.
-
-    The decoded value is not kept: a small text of nested lists decodes to objects many times
-    its size, so the cache and the ``chunk_data`` frames use these bytes as they are
-    (docs/protocol/chunks.md, "Cache").
-    """
-
-    peer_id: str | None
-    chunk_id: str
-    data_json: bytes = attrs.field(repr=False)
-    needs_registration: bool = attrs.field(default=True, init=False)
 
 
 RelayMessage = (
@@ -228,8 +197,8 @@ def _decode_chunk(
             (entry["chunkId"], entry["routingHash"])
             for entry in entries
             if isinstance(entry, dict)
-            and _is_chunk_id(entry.get("chunkId"))
-            and _is_chunk_id(entry.get("routingHash"))
+            and is_chunk_id(entry.get("chunkId"))
+            and is_chunk_id(entry.get("routingHash"))
         )
         return ChunkAnnounce(peer_id, valid, channel_id)
     chunk_id = fields.optional_bounded_string(obj, "chunkId", min_length=1, max_length=CHUNK_ID_MAX)
@@ -247,10 +216,6 @@ def _decode_chunk(
     if len(data_json) > limits.chunk_max_bytes:
         raise errors.chunk_too_large(len(data_json), limits.chunk_max_bytes)
     return ChunkPush(peer_id, chunk_id, data_json)
-
-
-def _is_chunk_id(value: object) -> bool:
-    return isinstance(value, str) and 1 <= len(value) <= CHUNK_ID_MAX
 
 
 def _decode_rendezvous(

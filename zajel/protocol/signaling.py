@@ -15,7 +15,8 @@ from typing import Any, Final
 
 import attrs
 
-from zajel.protocol import errors, fields
+from zajel.protocol import channels, errors, fields
+from zajel.protocol.chunks import ChunkMessage
 from zajel.protocol.frames import Invalid, decode_message
 
 PROPOSED_NAME_MAX = 64
@@ -34,7 +35,9 @@ CALL_TYPES: Final = frozenset(
 )
 RELAY_TYPES: Final = WEBRTC_TYPES | CALL_TYPES
 PAIR_ANSWER_TYPES: Final = frozenset({"pair_response", "pair_accept", "pair_reject"})
-KNOWN_TYPES: Final = RELAY_TYPES | PAIR_ANSWER_TYPES | {"register", "pair_request", "ping"}
+KNOWN_TYPES: Final = (
+    RELAY_TYPES | PAIR_ANSWER_TYPES | {"register", "pair_request", "ping"} | channels.CHANNEL_TYPES
+)
 # Types that an unregistered connection may send.
 OPEN_TYPES: Final = frozenset({"register", "ping"})
 
@@ -81,17 +84,39 @@ class Ping:
     needs_registration: bool = attrs.field(default=False, init=False)
 
 
-SignalMessage = Register | PairRequest | PairAnswer | Relay | Ping | Invalid
+SignalMessage = (
+    Register
+    | PairRequest
+    | PairAnswer
+    | Relay
+    | Ping
+    | channels.ChannelMessage
+    | ChunkMessage
+    | Invalid
+)
 
 
-def decode(data: str | bytes) -> SignalMessage:
-    """Decode one ``/signal`` frame. Never raises: failures come back as ``Invalid``."""
+def decode(data: str | bytes, *, limits: channels.Limits | None = None) -> SignalMessage:
+    """Decode one ``/signal`` frame. Never raises: failures come back as ``Invalid``.
+
+    ``limits``: those of the channel dialect (docs/protocol/channels.md); the defaults if not
+    given.
+    """
+    limits = limits if limits is not None else _DEFAULT_LIMITS
     return decode_message(
-        data, known_types=KNOWN_TYPES, open_types=OPEN_TYPES, decode_fields=_decode_fields
+        data,
+        known_types=KNOWN_TYPES,
+        open_types=OPEN_TYPES,
+        decode_fields=lambda type_, obj: _decode_fields(type_, obj, limits),
     )
 
 
-def _decode_fields(type_: str, obj: dict[str, Any]) -> SignalMessage:
+_DEFAULT_LIMITS: Final = channels.Limits()
+
+
+def _decode_fields(type_: str, obj: dict[str, Any], limits: channels.Limits) -> SignalMessage:
+    if type_ in channels.CHANNEL_TYPES:
+        return channels.decode_fields(type_, obj, limits)
     if type_ in RELAY_TYPES:
         target = fields.require_pairing_code(obj, "target", "target code")
         payload = fields.require_object(obj, "payload")

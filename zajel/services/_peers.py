@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -43,6 +43,23 @@ class Peer(Protocol):
     def close(self, code: int) -> None:
         """Close the connection with ``code``; the front end then sends ``Detach``."""
 
+    def identify(self, identity: Identity) -> None:
+        """The connection registered as ``identity``: the front end quotes it on the frames it
+        hands to the other service of its endpoint (docs/architecture.md, "Identity")."""
+
+
+@attrs.frozen
+class Identity:
+    """Who a connection registered as, set by the service that owns its endpoint's identity.
+
+    ``dialect`` is the endpoint: ``signal`` (``peer_id`` is the pairing code) or ``relay``
+    (``peer_id`` is the bound ``peerId``); ``public_key`` is the one the registration gave.
+    """
+
+    dialect: Literal["signal", "relay"]
+    peer_id: str
+    public_key: str | None
+
 
 @attrs.frozen
 class Attach:
@@ -59,10 +76,13 @@ class Attach:
 
 @attrs.frozen
 class Inbound:
-    """A decoded frame from ``conn_id`` (possibly an ``Invalid`` one)."""
+    """A decoded frame from ``conn_id`` (possibly an ``Invalid`` one); ``identity`` is what the
+    connection had registered as when the frame was read, for a service that does not own the
+    registration itself (``None`` before any)."""
 
     conn_id: ConnId
     message: Any
+    identity: Identity | None = None
 
 
 @attrs.frozen
@@ -91,6 +111,12 @@ class PeerTable:
     def detach(self, conn: ConnId) -> None:
         self._peers.pop(conn, None)
 
+    def identify(self, conn: ConnId, identity: Identity) -> None:
+        """Tell ``conn``'s front end who it registered as."""
+        peer = self._peers.get(conn)
+        if peer is not None:
+            peer.identify(identity)
+
     def __contains__(self, conn: ConnId) -> bool:
         return conn in self._peers
 
@@ -104,17 +130,19 @@ class PeerTable:
         sender: ConnId | None = None,
     ) -> None:
         """Queue every frame of ``outs``; never waits. ``sender``: the connection whose frame
-        produced them (``None`` for timers); it is told its frame has been handled."""
+        produced them (``None`` for timers): frames to it are answers."""
         index = 0
         while index < len(outs):
             conn, frame = outs[index]
             index += 1
             if not self._send(conn, encode(frame), sender):
                 outs.extend(drop(conn))
-        if sender is not None:
-            peer = self._peers.get(sender)
-            if peer is not None:
-                peer.handled()
+
+    def handled(self, sender: ConnId) -> None:
+        """Tell ``sender`` that its frame has been handled: every answer to it is queued."""
+        peer = self._peers.get(sender)
+        if peer is not None:
+            peer.handled()
 
     def multicast(
         self,

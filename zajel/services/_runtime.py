@@ -12,6 +12,7 @@ from zajel.config import Config
 from zajel.services._durable import start_durable_service
 from zajel.services._mailbox import Address, start_service
 from zajel.services.attestation import AttestationRegistry
+from zajel.services.chunk_index import ChunkIndex
 from zajel.services.relay import RelayService
 from zajel.services.servers import ServerRegistry
 from zajel.services.signaling import SignalingRoom
@@ -27,6 +28,7 @@ class Services:
 
     signaling: Address
     relay: Address
+    chunks: Address
     servers: Address
     attestation: Address
 
@@ -44,6 +46,7 @@ async def open_services(config: Config, store: Store) -> AsyncIterator[Services]
     async with trio.open_nursery() as nursery:
         signaling = start_service(nursery, SignalingRoom.from_config(config), inbox_size=INBOX_SIZE)
         relay = start_service(nursery, RelayService.from_config(config), inbox_size=INBOX_SIZE)
+        chunks = start_service(nursery, ChunkIndex.from_config(config), inbox_size=INBOX_SIZE)
         servers = await start_durable_service(
             nursery, ServerRegistry.from_config(config), store, inbox_size=INBOX_SIZE
         )
@@ -52,7 +55,11 @@ async def open_services(config: Config, store: Store) -> AsyncIterator[Services]
         )
         try:
             yield Services(
-                signaling=signaling, relay=relay, servers=servers, attestation=attestation
+                signaling=signaling,
+                relay=relay,
+                chunks=chunks,
+                servers=servers,
+                attestation=attestation,
             )
         finally:
             nursery.cancel_scope.cancel()

@@ -48,8 +48,8 @@ once. Work per message is proportional to the message (and to the frames it caus
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, Final, Literal
+from collections.abc import Hashable, Sequence
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import attrs
 
@@ -78,6 +78,12 @@ PENDING_PER_IP: Final = 2_000
 TOO_MANY_PENDING: Final = "Too many pending chunk requests"
 
 NOT_FOUND_MESSAGE: Final = "No online sources available. You will be notified when available."
+# The channel dialect of /signal (docs/protocol/channels.md, "chunk_request" and "Rules").
+NO_SOURCE_MESSAGE: Final = "No source available for chunk"
+OTHER_CHANNEL_MESSAGE: Final = "Chunk belongs to another channel"
+
+# A peer as the index knows it: the service's connection id (any hashable key in tests).
+P = TypeVar("P", bound=Hashable)
 
 
 @attrs.frozen
@@ -89,25 +95,27 @@ class Announced:
 
 
 @attrs.frozen
-class ChunkOut:
+class ChunkOut(Generic[P]):
     """One frame to one peer."""
 
-    peer_id: str
+    peer_id: P
     frame: dict[str, Any]
 
 
 @attrs.frozen
-class Delivery:
+class Delivery(Generic[P]):
     """One encoded ``chunk_data`` frame to send, unchanged, to every peer in ``peer_ids``."""
 
     text: str
-    peer_ids: tuple[str, ...]
+    peer_ids: tuple[P, ...]
 
 
 @attrs.frozen
-class ChunkResult:
-    outs: list[ChunkOut] = attrs.field(factory=list)
-    deliveries: list[Delivery] = attrs.field(factory=list)
+class ChunkResult(Generic[P]):
+    outs: list[ChunkOut[P]] = attrs.field(factory=list)
+    deliveries: list[Delivery[P]] = attrs.field(factory=list)
+    # The chunk ids a ``chunk_announce`` registered, in its order (for ``chunk_available``).
+    registered: list[str] = attrs.field(factory=list)
 
 
 class ChunkError(Exception):
@@ -125,6 +133,8 @@ class _Source:
     expires_at: float
     ip: str
     withheld: bool = False  # let a pull of this chunk time out: never pulled for it again
+    # The channel a /signal announce named: what a pull to it names when no requester did.
+    channel_id: str | None = None
 
 
 @attrs.define
@@ -132,22 +142,32 @@ class _Pending:
     channel_id: str | None
     expires_at: float
     ip: str
+    # A /signal request: served only a chunk of its own channel (docs/protocol/channels.md).
+    strict: bool = False
 
 
 @attrs.define
 class _Cached:
     data_json: bytes  # compact JSON, raw UTF-8: what the byte bound counts
     expires_at: float
+    channel_id: str | None  # the channel it was first pushed for, if known
     hits: int = 0
 
 
 # Deadline keys: ("source", chunk, peer), ("pending", chunk, peer), ("pull", chunk, peer),
-# ("cache", chunk, "").
-_Key = tuple[Literal["source", "pending", "pull", "cache"], str, str]
+# ("cache", chunk, None).
+_Key = tuple[Literal["source", "pending", "pull", "cache"], str, Any]
 
 
-class ChunkIndexState:
-    """Sources, pending requests, pulls in flight and the cache of chunks. No I/O."""
+class ChunkIndexState(Generic[P]):
+    """Sources, pending requests, pulls in flight and the cache of chunks. No I/O.
+
+    Both WebSocket dialects share it. A call with ``signal=True`` follows the channel dialect
+    of ``/signal`` (docs/protocol/channels.md): a request with no source is refused at once
+    (``chunk_error``) instead of waiting, a waiting request is told ``chunk_pulling``, a cached
+    chunk is served only to requests naming its channel, an unasked push is cached, and the
+    push's acknowledgement says whether the chunk is cached and how many it served.
+    """
 
     def __init__(
         self,
@@ -167,15 +187,17 @@ class ChunkIndexState:
         self._sources_per_ip = sources_per_ip
         self._pending_per_ip = pending_per_ip
         self._pull_hedge = max(pull_hedge, 1)
-        self._sources: dict[str, dict[str, _Source]] = {}  # chunk -> peer -> source (by announce)
-        self._candidates: dict[str, OrderedDict[str, None]] = {}  # chunk -> pullable sources
-        self._pending: dict[str, dict[str, _Pending]] = {}  # chunk -> peer -> request (by arrival)
-        self._pulls: dict[str, set[str]] = {}  # chunk -> peers with an outstanding pull
+        self._sources: dict[str, dict[P, _Source]] = {}  # chunk -> peer -> source (by announce)
+        self._candidates: dict[str, OrderedDict[P, None]] = {}  # chunk -> pullable sources
+        self._pending: dict[str, dict[P, _Pending]] = {}  # chunk -> peer -> request (by arrival)
+        self._pulls: dict[str, set[P]] = {}  # chunk -> peers with an outstanding pull
         self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
         self._cache_bytes = 0
-        self._peer_sources: dict[str, set[str]] = {}  # peer -> chunks it is a source of
-        self._peer_pending: dict[str, set[str]] = {}  # peer -> chunks it waits for
-        self._peer_pulls: dict[str, set[str]] = {}  # peer -> chunks it was pulled for
+        # channel -> its cached chunks, in the order they were cached (oldest first)
+        self._channel_cache: dict[str, dict[str, None]] = {}
+        self._peer_sources: dict[P, set[str]] = {}  # peer -> chunks it is a source of
+        self._peer_pending: dict[P, set[str]] = {}  # peer -> chunks it waits for
+        self._peer_pulls: dict[P, set[str]] = {}  # peer -> chunks it was pulled for
         self._ip_sources: dict[str, int] = {}  # client address -> its sources
         self._ip_pending: dict[str, int] = {}  # client address -> its pending requests
         self._deadlines: Deadlines[_Key] = Deadlines()
@@ -189,24 +211,28 @@ class ChunkIndexState:
 
     def announce(
         self,
-        peer_id: str,
+        peer_id: P,
         chunks: Sequence[Announced],
         channel_id: str | None,
         now: float,
         *,
         ip: str,
-    ) -> ChunkResult:
+        signal: bool = False,
+    ) -> ChunkResult[P]:
         """``peer_id`` (from client address ``ip``) holds ``chunks`` (docs/protocol/chunks.md,
         ``chunk_announce``).
 
         The ack comes first; then a ``chunk_pull`` to ``peer_id`` for each chunk that has
         waiting requesters, no cached copy and no outstanding pull, unless ``peer_id`` let a pull
         of it time out before. Entries past the per-peer or per-IP budget (for chunks the peer
-        does not already hold) are skipped and not counted. ``channel_id`` is the announce's own
-        and does not change which channel a pull echoes.
+        does not already hold) are skipped and not counted; the result's ``registered`` lists
+        the others. On ``/relay`` ``channel_id`` does not change which channel a pull echoes;
+        a ``/signal`` announce's channel is named by a pull to it that no requester named.
         """
         ack: dict[str, Any] = {"type": "chunk_announce_ack", "registered": 0}
         outs = [ChunkOut(peer_id, ack)]
+        registered: list[str] = []
+        source_channel = channel_id if signal else None
         held = self._peer_sources.get(peer_id, set())
         for chunk in chunks:
             chunk_id = chunk.chunk_id
@@ -218,11 +244,14 @@ class ChunkIndexState:
             ):
                 continue  # over a budget: skipped and not counted, like an invalid entry
             ack["registered"] += 1
+            registered.append(chunk_id)
             expires_at = now + SOURCE_TTL_S
             if old is not None:  # the withheld mark outlives a re-announce
-                source = _Source(chunk.routing_hash, expires_at, old.ip, old.withheld)
+                source = _Source(
+                    chunk.routing_hash, expires_at, old.ip, old.withheld, source_channel
+                )
             else:
-                source = _Source(chunk.routing_hash, expires_at, ip)
+                source = _Source(chunk.routing_hash, expires_at, ip, channel_id=source_channel)
                 self._source_count += 1
                 self._ip_sources[ip] = self._ip_sources.get(ip, 0) + 1
             # Re-inserted: the latest announce is the most recent.
@@ -246,21 +275,35 @@ class ChunkIndexState:
                 outs.append(
                     self._start_pull(chunk_id, peer_id, self._pull_frame(chunk_id, now), now)
                 )
-        return ChunkResult(outs)
+        return ChunkResult(outs, registered=registered)
 
     def request(
-        self, peer_id: str, chunk_id: str, channel_id: str | None, now: float, *, ip: str
-    ) -> ChunkResult:
+        self,
+        peer_id: P,
+        chunk_id: str,
+        channel_id: str | None,
+        now: float,
+        *,
+        ip: str,
+        signal: bool = False,
+    ) -> ChunkResult[P]:
         """``peer_id`` (from client address ``ip``) wants ``chunk_id`` (docs/protocol/chunks.md,
-        ``chunk_request``).
+        ``chunk_request``; docs/protocol/channels.md for ``signal``).
 
-        A live cached copy is delivered at once. Otherwise the peer waits, and unless a pull is
-        outstanding the most recently announced source it may go to is pulled; with no such
-        source the peer is told ``chunk_not_found`` and keeps waiting. A request for a new chunk
-        past the per-peer or per-IP budget gets ``rate_limited`` and changes nothing.
+        A live cached copy is delivered at once (on ``/signal`` only to a request naming the
+        chunk's channel; another channel gets ``chunk_error``). Otherwise the peer waits, and
+        unless a pull is outstanding the most recently announced source it may go to is pulled.
+        With no such source a ``/relay`` peer is told ``chunk_not_found`` and keeps waiting; a
+        ``/signal`` peer gets ``chunk_error`` and does not wait. A waiting ``/signal`` peer is
+        told ``chunk_pulling``. A request for a new chunk past the per-peer or per-IP budget
+        gets ``rate_limited`` and changes nothing.
         """
         cached = self._live_cached(chunk_id, now)
         if cached is not None:
+            if signal and cached.channel_id not in (None, channel_id):
+                return ChunkResult(
+                    [ChunkOut(peer_id, _chunk_error(chunk_id, OTHER_CHANNEL_MESSAGE))]
+                )
             cached.hits += 1
             self._cache.move_to_end(chunk_id)
             self._cache_hits += 1
@@ -279,7 +322,7 @@ class ChunkIndexState:
         expires_at = now + PENDING_TTL_S
         if entry is None:
             self._pending[chunk_id] = pending
-            pending[peer_id] = _Pending(channel_id, expires_at, ip)
+            pending[peer_id] = _Pending(channel_id, expires_at, ip, signal)
             self._peer_pending.setdefault(peer_id, set()).add(chunk_id)
             self._pending_count += 1
             self._ip_pending[ip] = self._ip_pending.get(ip, 0) + 1
@@ -287,32 +330,45 @@ class ChunkIndexState:
         else:  # keeps its place in arrival order
             entry.channel_id = channel_id
             entry.expires_at = expires_at
+            entry.strict = signal
         self._deadlines.schedule(("pending", chunk_id, peer_id), expires_at)
 
+        pulling = [ChunkOut(peer_id, {"type": "chunk_pulling", "chunkId": chunk_id})]
         if chunk_id in self._pulls:
-            return ChunkResult()
+            return ChunkResult(pulling if signal else [])
         pulls = self._pull_round(chunk_id, 1, now)
-        if not pulls:
-            not_found = {
-                "type": "chunk_not_found",
-                "chunkId": chunk_id,
-                "message": NOT_FOUND_MESSAGE,
-            }
-            return ChunkResult([ChunkOut(peer_id, not_found)])
-        return ChunkResult(pulls)
+        if pulls:
+            return ChunkResult(pulling + pulls if signal else pulls)
+        if signal:
+            self._drop_pending(chunk_id, peer_id)
+            return ChunkResult([ChunkOut(peer_id, _chunk_error(chunk_id, NO_SOURCE_MESSAGE))])
+        not_found = {"type": "chunk_not_found", "chunkId": chunk_id, "message": NOT_FOUND_MESSAGE}
+        return ChunkResult([ChunkOut(peer_id, not_found)])
 
-    def push(self, peer_id: str, chunk_id: str, data_json: bytes, now: float) -> ChunkResult:
-        """``peer_id`` sends ``chunk_id`` (docs/protocol/chunks.md, ``chunk_push``); ``data_json``
-        is the compact UTF-8 JSON of ``data``, whose size the caller checked.
+    def push(
+        self,
+        peer_id: P,
+        chunk_id: str,
+        data_json: bytes,
+        now: float,
+        *,
+        channel_id: str | None = None,
+        signal: bool = False,
+    ) -> ChunkResult[P]:
+        """``peer_id`` sends ``chunk_id`` (docs/protocol/chunks.md, ``chunk_push``;
+        docs/protocol/channels.md for ``signal``); ``data_json`` is the compact UTF-8 JSON of
+        ``data``, whose size the caller checked.
 
         Always acknowledged. The push is *accepted* when no live copy is cached and either a
         pull of the chunk to ``peer_id`` is outstanding, or ``peer_id`` is a live source and
-        other peers wait for the chunk. Then the chunk is cached (if it fits the byte bound) and
-        every waiting requester but the pusher gets ``chunk_data`` (one ``Delivery`` per
-        distinct ``channelId``, in arrival order of each group's first requester); the pusher's
-        own pending request, if any, is dropped. Otherwise it changes nothing but the pusher's
-        own outstanding pull: a cached copy is never replaced, and a push nobody asked for is
-        not stored.
+        other peers wait for the chunk, or (on ``/signal``) ``peer_id`` is a live source at
+        all. Then the chunk is cached (if it fits the byte bound) for ``channel_id``, or else
+        for the channel its requesters named, and every waiting requester but the pusher gets
+        ``chunk_data`` (one ``Delivery`` per distinct ``channelId``, in arrival order of each
+        group's first requester); a ``/signal`` requester that named another channel than the
+        chunk's gets ``chunk_error`` instead; the pusher's own pending request, if any, is
+        dropped. Otherwise it changes nothing but the pusher's own outstanding pull: a cached
+        copy is never replaced, and on ``/relay`` a push nobody asked for is not stored.
 
         Raises:
             ChunkError: ``not_a_source`` unless ``peer_id`` is a live source of the chunk or
@@ -322,33 +378,41 @@ class ChunkIndexState:
         pulled = peer_id in self._pulls.get(chunk_id, ())
         if not (pulled or (source is not None and now < source.expires_at)):
             raise ChunkError("not_a_source", "Not a source for this chunk")
-        ack = ChunkOut(peer_id, {"type": "chunk_push_ack", "chunkId": chunk_id})
         if pulled:
             self._end_pull(chunk_id, peer_id)
             self._refresh_candidate(chunk_id, peer_id)
         if self._live_cached(chunk_id, now) is not None:
-            return ChunkResult([ack])  # never replaces a cached copy
+            return ChunkResult([_push_ack(peer_id, chunk_id, signal, True, 0)])  # never replaced
         pending = self._pending.get(chunk_id, {})
         waiting = any(
             requester != peer_id and now < entry.expires_at for requester, entry in pending.items()
         )
-        if not (pulled or waiting):
-            return ChunkResult([ack])  # unasked, and nobody waits: not stored
+        if not (pulled or waiting or signal):
+            return ChunkResult([_push_ack(peer_id, chunk_id, False, False, 0)])  # not stored
 
-        self._store(chunk_id, data_json, now)
-        groups: dict[str | None, list[str]] = {}
+        if channel_id is None:
+            channel_id = self._requested_channel(chunk_id, now)
+        cached = self._store(chunk_id, data_json, channel_id, now)
+        groups: dict[str | None, list[P]] = {}
+        refused: list[ChunkOut[P]] = []
         for requester, entry in list(pending.items()):
             live = now < entry.expires_at
             self._drop_pending(chunk_id, requester)
-            if requester != peer_id and live:
+            if requester == peer_id or not live:
+                continue
+            if entry.strict and channel_id not in (None, entry.channel_id):
+                refused.append(ChunkOut(requester, _chunk_error(chunk_id, OTHER_CHANNEL_MESSAGE)))
+            else:
                 groups.setdefault(entry.channel_id, []).append(requester)
         deliveries = [
             Delivery(_chunk_data(chunk_id, data_json, "relay", channel), tuple(peers))
             for channel, peers in groups.items()
         ]
-        return ChunkResult([ack], deliveries)
+        served = sum(len(peers) for peers in groups.values())
+        ack = _push_ack(peer_id, chunk_id, signal, cached, served)
+        return ChunkResult([ack, *refused], deliveries)
 
-    def remove_peer(self, peer_id: str, now: float) -> ChunkResult:
+    def remove_peer(self, peer_id: P, now: float) -> ChunkResult[P]:
         """``peer_id`` disconnected (docs/protocol/chunks.md, "Disconnect"); unknown peer: no-op.
 
         Its sources and pending requests go; a chunk left with no outstanding pull by its
@@ -359,7 +423,7 @@ class ChunkIndexState:
             self._drop_source(chunk_id, peer_id)
         for chunk_id in list(self._peer_pending.get(peer_id, ())):
             self._drop_pending(chunk_id, peer_id)
-        outs: list[ChunkOut] = []
+        outs: list[ChunkOut[P]] = []
         for chunk_id in sorted(self._peer_pulls.get(peer_id, ())):
             self._end_pull(chunk_id, peer_id)
             if chunk_id not in self._pulls:
@@ -372,14 +436,14 @@ class ChunkIndexState:
         """The earliest pull time-out or source, request or cache expiry (``inf`` if none)."""
         return self._deadlines.next_deadline()
 
-    def expire(self, now: float) -> ChunkResult:
+    def expire(self, now: float) -> ChunkResult[P]:
         """Fire every deadline at or before ``now``, earliest first.
 
         A timed-out pull marks its peer ``withheld`` for that chunk; once no pull of the chunk
         is outstanding and requesters still wait, up to ``PULL_HEDGE`` sources are pulled at
         once. Expired sources, pending requests and cached chunks are removed.
         """
-        outs: list[ChunkOut] = []
+        outs: list[ChunkOut[P]] = []
         for kind, chunk_id, peer_id in self._deadlines.pop_due(now):
             if kind == "source":
                 self._drop_source(chunk_id, peer_id, scheduled=False)
@@ -424,6 +488,7 @@ class ChunkIndexState:
             "pull_entries": sum(len(peers) for peers in self._pulls.values()),
             "cache": len(self._cache),
             "cache_bytes": self._cache_bytes,
+            "channel_cache": len(self._channel_cache),
             "peer_sources": len(self._peer_sources),
             "peer_pending": len(self._peer_pending),
             "peer_pulls": len(self._peer_pulls),
@@ -444,6 +509,15 @@ class ChunkIndexState:
         entry = self._cache.get(chunk_id)
         return None if entry is None else entry.data_json
 
+    def cached_ids(self, channel_id: str, now: float) -> list[str]:
+        """The live cached chunks of ``channel_id``, oldest first (in the order they were
+        cached; docs/protocol/channels.md, ``channel-subscribe``)."""
+        return [
+            chunk_id
+            for chunk_id in self._channel_cache.get(channel_id, ())
+            if now < self._cache[chunk_id].expires_at
+        ]
+
     # -- internals -----------------------------------------------------------------------
 
     def _live_cached(self, chunk_id: str, now: float) -> _Cached | None:
@@ -454,32 +528,37 @@ class ChunkIndexState:
             return None
         return entry
 
-    def _store(self, chunk_id: str, data_json: bytes, now: float) -> None:
-        """Cache ``data_json`` for 30 min as the most recently used entry (no live copy is
-        held), evicting the least recently used past either bound. A text larger than the
-        whole byte bound is not cached."""
+    def _store(self, chunk_id: str, data_json: bytes, channel_id: str | None, now: float) -> bool:
+        """Cache ``data_json`` of ``channel_id`` for 30 min as the most recently used entry (no
+        live copy is held), evicting the least recently used past either bound. A text larger
+        than the whole byte bound is not cached. True when it was cached."""
         size = len(data_json)
         if size > self._cache_limit or self._cache_max <= 0:
-            return
+            return False
         expires_at = now + CACHE_TTL_S
-        self._cache[chunk_id] = _Cached(data_json, expires_at)
+        self._cache[chunk_id] = _Cached(data_json, expires_at, channel_id)
         self._cache_bytes += size
-        self._deadlines.schedule(("cache", chunk_id, ""), expires_at)
+        if channel_id is not None:
+            self._channel_cache.setdefault(channel_id, {})[chunk_id] = None
+        self._deadlines.schedule(("cache", chunk_id, None), expires_at)
         while len(self._cache) > self._cache_max or self._cache_bytes > self._cache_limit:
             self._uncache(next(iter(self._cache)))
+        return True
 
     def _uncache(self, chunk_id: str, *, scheduled: bool = True) -> None:
         entry = self._cache.pop(chunk_id)
         self._cache_bytes -= len(entry.data_json)
+        if entry.channel_id is not None:
+            _remove(self._channel_cache, entry.channel_id, chunk_id)
         if scheduled:
-            self._deadlines.cancel(("cache", chunk_id, ""))
+            self._deadlines.cancel(("cache", chunk_id, None))
 
     def _has_waiters(self, chunk_id: str, now: float) -> bool:
         # Expired requests are swept when they expire, so this stops at the first entry but
         # for those few still due.
         return any(now < entry.expires_at for entry in self._pending.get(chunk_id, {}).values())
 
-    def _refresh_candidate(self, chunk_id: str, peer_id: str) -> None:
+    def _refresh_candidate(self, chunk_id: str, peer_id: P) -> None:
         """Keep ``_candidates`` exact for one (chunk, peer) after its state changed: a source
         that may be pulled is (re-)inserted as the most recent; any other is taken out."""
         source = self._sources.get(chunk_id, {}).get(peer_id)
@@ -497,7 +576,7 @@ class ChunkIndexState:
         elif candidates is not None and not candidates:
             del self._candidates[chunk_id]
 
-    def _pull_round(self, chunk_id: str, count: int, now: float) -> list[ChunkOut]:
+    def _pull_round(self, chunk_id: str, count: int, now: float) -> list[ChunkOut[P]]:
         """Pull ``chunk_id`` from up to ``count`` candidates, if requesters wait for it.
 
         Taken alternately from the most recently announced end (the likeliest to be online)
@@ -508,7 +587,7 @@ class ChunkIndexState:
         if not self._has_waiters(chunk_id, now):
             return []
         candidates = self._candidates.get(chunk_id)
-        chosen: list[str] = []
+        chosen: list[P] = []
         while candidates and len(chosen) < count:
             peer_id, _ = candidates.popitem(last=len(chosen) % 2 == 0)
             if now < self._sources[chunk_id][peer_id].expires_at:
@@ -519,33 +598,44 @@ class ChunkIndexState:
         frame = self._pull_frame(chunk_id, now) if chosen else {}
         return [self._start_pull(chunk_id, peer_id, frame, now) for peer_id in chosen]
 
+    def _requested_channel(self, chunk_id: str, now: float) -> str | None:
+        """The ``channelId`` of the first live requester of ``chunk_id`` that named one."""
+        for entry in self._pending.get(chunk_id, {}).values():
+            if entry.channel_id is not None and now < entry.expires_at:
+                return entry.channel_id
+        return None
+
     def _pull_frame(self, chunk_id: str, now: float) -> dict[str, Any]:
         """``chunk_pull``, echoing the ``channelId`` of the first live requester that had one."""
         frame: dict[str, Any] = {"type": "chunk_pull", "chunkId": chunk_id}
-        for entry in self._pending.get(chunk_id, {}).values():
-            if entry.channel_id is not None and now < entry.expires_at:
-                frame["channelId"] = entry.channel_id
-                break
+        channel_id = self._requested_channel(chunk_id, now)
+        if channel_id is not None:
+            frame["channelId"] = channel_id
         return frame
 
     def _start_pull(
-        self, chunk_id: str, peer_id: str, frame: dict[str, Any], now: float
-    ) -> ChunkOut:
+        self, chunk_id: str, peer_id: P, frame: dict[str, Any], now: float
+    ) -> ChunkOut[P]:
         """Record an outstanding pull of ``chunk_id`` to ``peer_id`` (already taken out of the
-        candidates) and return its ``frame``."""
+        candidates) and return its ``frame``; a pull to a ``/signal`` source always names a
+        channel (its announce's, when no requester named one)."""
+        if "channelId" not in frame:
+            announced = self._sources[chunk_id][peer_id].channel_id
+            if announced is not None:
+                frame = {**frame, "channelId": announced}
         self._pulls.setdefault(chunk_id, set()).add(peer_id)
         self._peer_pulls.setdefault(peer_id, set()).add(chunk_id)
         self._deadlines.schedule(("pull", chunk_id, peer_id), now + PULL_TIMEOUT_S)
         self._pulls_sent += 1
         return ChunkOut(peer_id, frame)
 
-    def _end_pull(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+    def _end_pull(self, chunk_id: str, peer_id: P, *, scheduled: bool = True) -> None:
         _discard(self._pulls, chunk_id, peer_id)
         _discard(self._peer_pulls, peer_id, chunk_id)
         if scheduled:
             self._deadlines.cancel(("pull", chunk_id, peer_id))
 
-    def _drop_source(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+    def _drop_source(self, chunk_id: str, peer_id: P, *, scheduled: bool = True) -> None:
         source = self._sources[chunk_id][peer_id]
         _remove(self._sources, chunk_id, peer_id)
         _discard(self._peer_sources, peer_id, chunk_id)
@@ -555,7 +645,7 @@ class ChunkIndexState:
         if scheduled:
             self._deadlines.cancel(("source", chunk_id, peer_id))
 
-    def _drop_pending(self, chunk_id: str, peer_id: str, *, scheduled: bool = True) -> None:
+    def _drop_pending(self, chunk_id: str, peer_id: P, *, scheduled: bool = True) -> None:
         """Remove ``peer_id``'s request for ``chunk_id``, if any; a source that waited for its
         own chunk may be pulled again."""
         entry = self._pending.get(chunk_id, {}).get(peer_id)
@@ -577,6 +667,18 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         del counts[key]
+
+
+def _chunk_error(chunk_id: str, message: str) -> dict[str, Any]:
+    return {"type": "chunk_error", "chunkId": chunk_id, "error": message}
+
+
+def _push_ack(peer_id: P, chunk_id: str, signal: bool, cached: bool, served: int) -> ChunkOut[P]:
+    """``chunk_push_ack``; on ``/signal`` with ``cached`` and ``servedCount``."""
+    frame: dict[str, Any] = {"type": "chunk_push_ack", "chunkId": chunk_id}
+    if signal:
+        frame.update(cached=cached, servedCount=served)
+    return ChunkOut(peer_id, frame)
 
 
 def _chunk_data(

@@ -57,7 +57,7 @@ from zajel.protocol.signaling import (
 )
 from zajel.services._deadlines import Deadlines
 from zajel.services._index import discard as _discard
-from zajel.services._peers import Attach, ConnId, Detach, Inbound, Out, PeerTable
+from zajel.services._peers import Attach, ConnId, Detach, Identity, Inbound, Out, PeerTable
 
 log = logging.getLogger("zajel.signaling")
 
@@ -220,6 +220,13 @@ class SignalingState:
         return outs
 
     # -- queries -------------------------------------------------------------------------
+
+    def identity(self, conn: ConnId) -> Identity | None:
+        """Who ``conn`` is registered as: its pairing code and the public key it gave."""
+        code = self._conn_codes.get(conn)
+        if code is None:
+            return None
+        return Identity("signal", code, self._codes[code].public_key)
 
     def statistics(self) -> SignalingStats:
         return SignalingStats(
@@ -479,6 +486,11 @@ class SignalingRoom:
                 log.exception("message failed", extra=context(conn=request.conn_id))
                 outs = [(request.conn_id, errors.internal_error().to_frame())]
             self._deliver(outs, now, sender=request.conn_id)
+            if type(request.message) is Register:
+                identity = self._state.identity(request.conn_id)
+                if identity is not None:
+                    self._peers.identify(request.conn_id, identity)
+            self._peers.handled(request.conn_id)
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
             self._state.connect(request.conn_id, request.ip)

@@ -20,11 +20,14 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from zajel.config import Config
 from zajel.logs import context
+from zajel.protocol import channels as channels_protocol
+from zajel.protocol import chunks as chunks_protocol
 from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Address, CheckStore, Services, StoreOk
 from zajel.services.attestation import GetAttestationStats
+from zajel.services.chunk_index import ChunkStats, GetChunkStats
 from zajel.services.relay import GetRelayStats, RelayStats
 from zajel.services.servers import GetServerStats
 from zajel.services.signaling import GetStats, SignalingStats
@@ -66,6 +69,7 @@ FEATURES = [
     "relay-registry",
     "rendezvous",
     "chunk-distribution",
+    "channels",
     "server-registry",
     "signed-bootstrap",
     "device-attestation",
@@ -118,7 +122,20 @@ def create_app(
     caps = ConnectionCaps(config.ws_max_connections, config.ws_max_connections_per_ip)
     http_limiter = KeyedWindowLimiter(config.http_rate_per_minute, 60.0)
     endpoints = [
-        Endpoint("signal", "/signal", signaling_protocol.decode, services.signaling),
+        Endpoint(
+            "signal",
+            "/signal",
+            functools.partial(
+                signaling_protocol.decode,
+                limits=channels_protocol.Limits(
+                    announce_max=config.chunk_announce_max,
+                    chunk_max_bytes=config.channel_chunk_max_bytes,
+                ),
+            ),
+            services.signaling,
+            side=services.chunks,
+            side_types=channels_protocol.ROUTED,
+        ),
         Endpoint(
             "relay",
             "/relay",
@@ -131,6 +148,12 @@ def create_app(
                 ),
             ),
             services.relay,
+            side=services.chunks,
+            side_types=(
+                chunks_protocol.ChunkAnnounce,
+                chunks_protocol.ChunkRequest,
+                chunks_protocol.ChunkPush,
+            ),
         ),
     ]
     app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
@@ -216,6 +239,7 @@ def create_app(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask, "signaling", services.signaling, GetStats())
             nursery.start_soon(ask, "relay", services.relay, GetRelayStats())
+            nursery.start_soon(ask, "chunks", services.chunks, GetChunkStats())
             nursery.start_soon(ask, "servers", services.servers, GetServerStats())
             nursery.start_soon(ask, "attestation", services.attestation, GetAttestationStats())
             # Both durable services share the store, and each knows whether its own last
@@ -226,9 +250,14 @@ def create_app(
         failing: list[str] = []
         relay = replies.get("relay")
         if isinstance(relay, RelayStats):
-            sections.update(relays=relay.relays, rendezvous=relay.rendezvous, chunks=relay.chunks)
+            sections.update(relays=relay.relays, rendezvous=relay.rendezvous)
         else:
             failing.append("relay")
+        chunks = replies.get("chunks")
+        if isinstance(chunks, ChunkStats):
+            sections.update(chunks=chunks.chunks, channels=chunks.channels)
+        else:
+            failing.append("chunks")
         signaling = replies.get("signaling")
         if isinstance(signaling, SignalingStats):
             sections["signaling"] = signaling.to_json()

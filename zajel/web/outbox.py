@@ -81,7 +81,7 @@ class Outbox:
         """One frame the reader handed over has been handled."""
         if self.in_flight:
             self.in_flight -= 1
-        if self._reader and not self.reader_must_wait():
+        if self._reader and (not self.in_flight or not self.reader_must_wait()):
             self._reader.unpark_all()
 
     def _append(self, text: str) -> None:
@@ -127,6 +127,11 @@ class Outbox:
     async def wait_until_readable(self) -> None:
         """Return once the queue is under its soft bound and few frames are in flight."""
         while self.reader_must_wait() and not self.closed:
+            await self._reader.park()
+
+    async def wait_until_settled(self) -> None:
+        """Return once every frame handed over has been handled (or the queue is closed)."""
+        while self.in_flight and not self.closed:
             await self._reader.park()
 
     def handing_over(self) -> None:

@@ -7,7 +7,14 @@ hottest; see ``docs/architecture.md``). Everything else goes to Quart.
 
 One connection = one handler task with two children: the reader rate-limits and decodes frames
 and casts them to the endpoint's service; the writer drains the connection's ``Outbox`` to the
-socket. The service never waits on the socket: answers to the client's own frames always go in
+socket. An endpoint may have a second service for some of its messages (the ChunkIndex takes
+the channel and chunk messages of both endpoints): those frames carry the ``Identity`` the
+endpoint's own service gave the connection, and before the reader switches from one service
+to the other it waits until the frames it handed over are handled, so each service sees the
+connection's frames in order and every frame sees the identity its predecessors made
+(docs/architecture.md, "Identity").
+
+The service never waits on the socket: answers to the client's own frames always go in
 (the reader waits instead while the queue is full), and a push the outbox refuses makes the
 client a slow consumer, closed with 1013 (``zajel.web.outbox``; docs/protocol/conventions.md,
 "Back-pressure").
@@ -43,6 +50,7 @@ from zajel.services._peers import (
     Attach,
     ConnId,
     Detach,
+    Identity,
     Inbound,
 )
 from zajel.web.headers import SECURITY_HEADERS
@@ -86,6 +94,7 @@ class SocketPeer:
         )
         self.close_code: int | None = None
         self.scope = trio.CancelScope()
+        self.identity: Identity | None = None
 
     def send_nowait(self, frame: str) -> bool:
         """Queue a frame pushed by others; False when this client is a slow consumer."""
@@ -97,6 +106,9 @@ class SocketPeer:
 
     def handled(self) -> None:
         self.outbox.handled()
+
+    def identify(self, identity: Identity) -> None:
+        self.identity = identity
 
     def close(self, code: int) -> None:
         if self.close_code is None:
@@ -110,12 +122,23 @@ class SocketPeer:
 
 @attrs.frozen
 class Endpoint:
-    """A WebSocket endpoint: the paths it serves, how frames decode, which service gets them."""
+    """A WebSocket endpoint: the paths it serves, how frames decode, which service gets them.
+
+    Decoded messages of the ``side_types`` go to ``side`` with the connection's identity;
+    every other frame (invalid ones included) goes to ``service``, which owns the
+    registrations of the endpoint.
+    """
 
     name: str
     path: str
     decode: Callable[[str | bytes], Any]
     service: Address
+    side: Address | None = None
+    side_types: tuple[type, ...] = ()
+
+    @property
+    def services(self) -> tuple[Address, ...]:
+        return (self.service,) if self.side is None else (self.service, self.side)
 
     def matches(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path + "/")
@@ -249,7 +272,8 @@ async def serve_connection(
     server it is ``None`` and these bounds are that server's (docs/operations.md).
     """
     peer = SocketPeer(next(_conn_ids), config)
-    await endpoint.service.cast(Attach(peer.conn_id, peer, ip))
+    for service in endpoint.services:
+        await service.cast(Attach(peer.conn_id, peer, ip))
     log.debug("connected", extra=context(endpoint=endpoint.name, conn=peer.conn_id))
     try:
         with peer.scope:
@@ -263,7 +287,8 @@ async def serve_connection(
             peer.outbox.close()
             # The service may already be gone when the whole server is being torn down.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await endpoint.service.cast(Detach(peer.conn_id))
+                for service in endpoint.services:
+                    await service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
                 await _close(receive, send, peer, conn)
         log.debug(
@@ -302,12 +327,15 @@ async def _close(
 async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
     bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
     refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
-    decode, service, conn_id, outbox = (
+    decode, main, side, side_types, conn_id, outbox = (
         endpoint.decode,
         endpoint.service,
+        endpoint.side,
+        endpoint.side_types,
         peer.conn_id,
         peer.outbox,
     )
+    last = main
     while True:
         if outbox.reader_must_wait():
             # Answers are never refused; instead this client's frames wait (TCP slows it down).
@@ -327,7 +355,13 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
             log.warning("flood: connection closed", extra=context(conn=conn_id))
             peer.close(CLOSE_POLICY_VIOLATION)
             return
-        inbound = Inbound(conn_id, message)
+        service = side if side is not None and isinstance(message, side_types) else main
+        if service is not last:
+            # The other service may still be handling frames that come before this one (a
+            # register whose identity this frame needs): let them finish first.
+            last = service
+            await outbox.wait_until_settled()
+        inbound = Inbound(conn_id, message, peer.identity if service is side else None)
         outbox.handing_over()
         try:
             service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
