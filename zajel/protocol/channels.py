@@ -31,7 +31,6 @@ ANNOUNCE_MAX_DEFAULT: Final = 100
 # The apps cut 64 KiB chunks and send them base64 in JSON, about 88 KB.
 CHANNEL_CHUNK_MAX_BYTES_DEFAULT: Final = 131_072
 
-OWNER_TYPES: Final = frozenset({"channel-owner-register"})
 CHANNEL_TYPES: Final = frozenset(
     {
         "channel-owner-register",
@@ -127,7 +126,8 @@ ROUTED: Final = (
 
 @attrs.frozen
 class Limits:
-    """The per-message limits of this dialect, all of them settings (docs/operations.md)."""
+    """The per-message limits of this dialect: ``announce_max`` and ``chunk_max_bytes`` are
+    settings (docs/operations.md), ``upstream_max_bytes`` a fixed value."""
 
     announce_max: int = ANNOUNCE_MAX_DEFAULT
     chunk_max_bytes: int = CHANNEL_CHUNK_MAX_BYTES_DEFAULT

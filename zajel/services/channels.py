@@ -74,7 +74,7 @@ class ChannelResult:
 @attrs.define
 class _Queued:
     frame: dict[str, Any]  # the upstream-message as the owner will get it
-    size: int  # its encoded length, what the byte bound counts
+    size: int  # its bytes as UTF-8 JSON, what the byte bound counts
     expires_at: float
 
 
@@ -446,7 +446,7 @@ class ChannelState:
     ) -> None:
         """Queue an upstream message for the absent owner; a full queue (or a full byte
         budget) drops it, as the original dropped what a full queue could not take."""
-        size = len(encode(frame))
+        size = len(encode(frame).encode("utf-8"))
         if (
             len(channel.queue) >= self._upstream_queue_max
             or self._queued_bytes + size > self._upstream_queue_bytes
