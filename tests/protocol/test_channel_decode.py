@@ -87,9 +87,7 @@ VALID = [
         Upstream(CHANNEL, {}, "k"),
     ),
     (
-        frame(
-            type="upstream-message", channelId=CHANNEL, message={}, ephemeralPublicKey="k" * 256
-        ),
+        frame(type="upstream-message", channelId=CHANNEL, message={}, ephemeralPublicKey="k" * 256),
         Upstream(CHANNEL, {}, "k" * 256),
     ),
     (
@@ -481,7 +479,9 @@ def test_the_field_rules_come_before_the_payload_size():
 
 
 def upstream_frame(message: dict[str, Any]) -> str:
-    return frame(type="upstream-message", channelId=CHANNEL, message=message, ephemeralPublicKey="k")
+    return frame(
+        type="upstream-message", channelId=CHANNEL, message=message, ephemeralPublicKey="k"
+    )
 
 
 @pytest.mark.parametrize("char", ["a", "€", "😀"])
@@ -502,9 +502,9 @@ def test_an_upstream_message_of_exactly_its_limit_is_accepted_one_byte_more_refu
 def test_the_announce_limit_is_a_setting():
     entries = [{"chunkId": f"c{index}"} for index in range(3)]
     limits = Limits(announce_max=3)
-    assert isinstance(decode(frame(type="chunk_announce", chunks=entries), limits=limits), (
-        ChunkAnnounce
-    ))
+    assert isinstance(
+        decode(frame(type="chunk_announce", chunks=entries), limits=limits), (ChunkAnnounce)
+    )
     error = decoded_error(
         frame(type="chunk_announce", chunks=entries), limits=Limits(announce_max=2)
     )
@@ -535,9 +535,9 @@ def test_the_upstream_limit_is_a_setting():
 def test_the_limits_of_one_setting_leave_the_others_at_their_default():
     limits = Limits(chunk_max_bytes=10)
     entries = [{"chunkId": f"c{index}"} for index in range(100)]
-    assert isinstance(decode(frame(type="chunk_announce", chunks=entries), limits=limits), (
-        ChunkAnnounce
-    ))
+    assert isinstance(
+        decode(frame(type="chunk_announce", chunks=entries), limits=limits), (ChunkAnnounce)
+    )
     assert isinstance(decode(upstream_frame({"p": "x" * 1000}), limits=limits), Upstream)
 
 
