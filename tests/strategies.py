@@ -13,6 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from zajel.protocol.channels import CHANNEL_TYPES
 from zajel.protocol.fields import PAIRING_CODE_ALPHABET
 from zajel.protocol.relay import KNOWN_TYPES as RELAY_KNOWN_TYPES
 from zajel.protocol.signaling import KNOWN_TYPES
@@ -180,4 +181,66 @@ relay_objects: st.SearchStrategy[dict[str, Any]] = st.builds(
 
 relay_frames: st.SearchStrategy[str | bytes] = (
     st.builds(_dumps, relay_objects, st.booleans()) | frame_texts | st.binary(max_size=64)
+)
+
+# -- the channel dialect of /signal --------------------------------------------------------
+
+channel_message_types = st.sampled_from(sorted(CHANNEL_TYPES))
+
+# Identifiers around their bounds (1 to 256 characters), multi-byte ones, and wrong types.
+bounded_ids = (
+    st.text(min_size=1, max_size=8)
+    | st.sampled_from(["", "c" * 256, "c" * 257, "é" * 256, "😀" * 257])
+    | json_scalars
+)
+
+chunk_entries = (
+    st.fixed_dictionaries({}, optional={"chunkId": bounded_ids, "routingHash": bounded_ids})
+    | json_values
+)
+
+channel_field_values = {
+    "channelId": bounded_ids,
+    "streamId": bounded_ids,
+    "title": st.text(max_size=10) | st.just("t" * 1025) | json_values,
+    "frame": json_values,
+    "message": json_objects | json_values,
+    "ephemeralPublicKey": public_keys | bounded_ids,
+    "peerId": pairing_codes | bounded_ids,
+    "chunkId": bounded_ids,
+    "chunks": st.lists(chunk_entries, max_size=5) | json_values,
+    "data": json_objects | st.text(max_size=40) | json_values,
+}
+
+# Every field of the dialect with a valid value, so that most draws decode to a message.
+valid_channel_fields = st.fixed_dictionaries(
+    {
+        "channelId": st.text(min_size=1, max_size=8),
+        "streamId": st.text(min_size=1, max_size=8),
+        "frame": json_values.filter(lambda value: value is not None),
+        "message": json_objects,
+        "ephemeralPublicKey": public_keys,
+        "chunkId": st.text(min_size=1, max_size=8),
+        "chunks": st.lists(
+            st.fixed_dictionaries(
+                {"chunkId": st.text(min_size=1, max_size=8)},
+                optional={"routingHash": st.text(min_size=1, max_size=8)},
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        "data": json_objects | st.text(max_size=40),
+    },
+    optional={"title": st.text(max_size=10), "peerId": pairing_codes},
+)
+
+_some_channel_fields = st.fixed_dictionaries({}, optional=channel_field_values)
+
+channel_objects: st.SearchStrategy[dict[str, Any]] = st.builds(
+    lambda extra, known, type_: {**extra, **known, "type": type_},
+    json_objects,
+    _some_channel_fields
+    | valid_channel_fields
+    | st.builds(lambda valid, junk: {**valid, **junk}, valid_channel_fields, _some_channel_fields),
+    channel_message_types,
 )
