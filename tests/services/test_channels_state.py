@@ -582,7 +582,7 @@ def test_an_announce_by_the_owner_tells_the_other_subscribers(state):
     state.own(1, who(), CH, 0.0)
     for conn in (1, 2, 3):
         state.subscribe(conn, CH, [])
-    result = state.announced(1, who(), CH, ["c1", "c2"])
+    result = state.announced(1, who(), CH, ["c1", "c2"], 0.0)
     assert multicasts(result) == [(available(["c1", "c2"]), [2, 3])]
     assert result.outs == []
 
@@ -592,17 +592,17 @@ def test_an_announce_by_anyone_else_tells_nobody(state):
     for conn in (2, 3):
         state.subscribe(conn, CH, [])
     for identity in (STRANGER, KEYLESS):
-        assert state.announced(2, identity, CH, ["c1"]) == ChannelResult()
-        assert state.announced(4, identity, CH, ["c1"]) == ChannelResult()
-    assert state.announced(1, who(), "nowhere", ["c1"]) == ChannelResult()
-    assert state.announced(1, who(), CH, []) == ChannelResult()
+        assert state.announced(2, identity, CH, ["c1"], 0.0) == ChannelResult()
+        assert state.announced(4, identity, CH, ["c1"], 0.0) == ChannelResult()
+    assert state.announced(1, who(), "nowhere", ["c1"], 0.0) == ChannelResult()
+    assert state.announced(1, who(), CH, [], 0.0) == ChannelResult()
 
 
 def test_a_keyless_owner_is_recognised_by_its_connection_only(state):
     state.own(1, KEYLESS, CH, 0.0)
     state.subscribe(2, CH, [])
-    assert multicasts(state.announced(1, KEYLESS, CH, ["c1"])) == [(available(["c1"]), [2])]
-    assert state.announced(3, who(None, "ZZZ234"), CH, ["c1"]) == ChannelResult()
+    assert multicasts(state.announced(1, KEYLESS, CH, ["c1"], 0.0)) == [(available(["c1"]), [2])]
+    assert state.announced(3, who(None, "ZZZ234"), CH, ["c1"], 0.0) == ChannelResult()
 
 
 def test_an_announce_with_the_owners_key_tells_the_subscribers(state):
@@ -610,23 +610,24 @@ def test_an_announce_with_the_owners_key_tells_the_subscribers(state):
     state.subscribe(2, CH, [])
     # Another connection with the owner's key (another device, or the owner back before it
     # registers the channel again), while the owner is live and while the channel is held.
-    assert multicasts(state.announced(3, who(KEY, "NEW234"), CH, ["c1"])) == [
+    assert multicasts(state.announced(3, who(KEY, "NEW234"), CH, ["c1"], 0.0)) == [
         (available(["c1"]), [2])
     ]
     state.disconnect(1, 10.0)
-    assert multicasts(state.announced(3, who(KEY, "NEW234"), CH, ["c2"])) == [
+    assert multicasts(state.announced(3, who(KEY, "NEW234"), CH, ["c2"], 11.0)) == [
         (available(["c2"]), [2])
     ]
-    # Once the hold is over, the key is nobody's.
-    state.expire(10.0 + OWNER_GRACE_S)
-    assert state.announced(3, who(KEY, "NEW234"), CH, ["c3"]) == ChannelResult()
+    # Once the hold is over, the key is nobody's, even before the timer fires.
+    assert state.announced(3, who(KEY, "NEW234"), CH, ["c3"], 10.0 + OWNER_GRACE_S) == (
+        ChannelResult()
+    )
 
 
 def test_an_announce_with_no_other_subscriber_tells_nobody(state):
     state.own(1, who(), CH, 0.0)
-    assert state.announced(1, who(), CH, ["c1"]) == ChannelResult()
+    assert state.announced(1, who(), CH, ["c1"], 0.0) == ChannelResult()
     state.subscribe(1, CH, [])
-    assert state.announced(1, who(), CH, ["c1"]) == ChannelResult()
+    assert state.announced(1, who(), CH, ["c1"], 0.0) == ChannelResult()
 
 
 # -- limits --------------------------------------------------------------------------------
@@ -768,7 +769,7 @@ def test_memory_returns_to_nothing_once_everyone_left_and_every_timer_fired():
         for channel in (conn % 10 + 1, 99):
             state.subscribe(conn, f"ch-{channel}", ["c"])
             up(state, conn, {"id": conn}, float(conn), channel=f"ch-{channel}")
-        state.announced(conn, who(), f"ch-{conn % 10 + 1}", ["c"])
+        state.announced(conn, who(), f"ch-{conn % 10 + 1}", ["c"], float(conn))
     for conn in conns:
         state.disconnect(conn, 100.0)
     assert state.statistics()["queuedUpstream"] > 0
@@ -874,7 +875,7 @@ def test_random_traffic_keeps_every_invariant_and_leaves_nothing_behind(ops):
         elif op == "end":
             result = state.stream_end(conn, args[1])
         else:
-            result = state.announced(conn, IDENTITIES[slot], args[1], ["x"])
+            result = state.announced(conn, IDENTITIES[slot], args[1], ["x"], now)
         for target, frame in result.outs:
             assert target in live.values()
             assert frame["type"] != "error" or frame["code"] in {

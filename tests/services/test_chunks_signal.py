@@ -140,13 +140,24 @@ def test_the_requester_itself_is_never_pulled(state):
     assert request(state, "s", "c2", now=22.0).outs == [pulling("s", "c2"), pull("s2", "c2")]
 
 
-def test_a_request_after_a_pull_timed_out_with_no_other_source_is_chunk_error(state):
+def test_a_pull_timed_out_with_no_other_source_ends_the_wait_with_chunk_error(state):
     announce(state, "s", "c1")
     request(state, "r", "c1")
-    assert state.expire(PULL_TIMEOUT_S).outs == []  # s withheld it; nobody else holds it
+    request(state, "old", "c1", channel=None, signal=False)  # a /relay requester keeps waiting
+    # s withheld it and nobody else holds it: the /signal requester is told at once, as it
+    # would have been had no source been online when it asked.
+    assert state.expire(PULL_TIMEOUT_S).outs == [chunk_error("r", "c1", NO_SOURCE)]
+    assert state.statistics()["pendingRequests"] == 1
     assert request(state, "r", "c1", now=PULL_TIMEOUT_S + 1).outs == [
         chunk_error("r", "c1", NO_SOURCE)
     ]
+    assert state.statistics()["pendingRequests"] == 1
+
+
+def test_the_only_source_leaving_mid_pull_ends_the_wait_with_chunk_error(state):
+    announce(state, "s", "c1")
+    request(state, "r", "c1")
+    assert state.remove_peer("s", 1.0).outs == [chunk_error("r", "c1", NO_SOURCE)]
     assert state.statistics()["pendingRequests"] == 0
 
 

@@ -186,7 +186,7 @@ class ChannelState:
         """``channel-owner-register``: the queued upstream messages (oldest first), then
         ``channel-owner-registered``; or ``channel_owned`` while another connection owns the
         channel or it is held for another key."""
-        channel = self._channels.get(channel_id)
+        channel = self._live_channel(channel_id, now)
         if channel is not None and channel.owner is not None and channel.owner != conn:
             return _fail(conn, CHANNEL_OWNED, "Channel already has an active owner")
         if (
@@ -334,12 +334,17 @@ class ChannelState:
         return result
 
     def announced(
-        self, conn: ConnId, identity: Identity, channel_id: str, chunk_ids: list[str]
+        self,
+        conn: ConnId,
+        identity: Identity,
+        channel_id: str,
+        chunk_ids: list[str],
+        now: float,
     ) -> ChannelResult:
         """A ``chunk_announce`` for ``channel_id`` registered ``chunk_ids``: if ``conn`` owns the
-        channel, or has the owner's public key, every other subscriber gets ``chunk_available``
-        (hardened: the original let anyone trigger it)."""
-        channel = self._channels.get(channel_id)
+        channel, or has the public key of its live or held owner, every other subscriber gets
+        ``chunk_available`` (hardened: the original let anyone trigger it)."""
+        channel = self._live_channel(channel_id, now)
         if channel is None or not chunk_ids:
             return ChannelResult()
         is_owner = channel.owner == conn or (
@@ -396,6 +401,23 @@ class ChannelState:
         }
 
     # -- internals -----------------------------------------------------------------------
+
+    def _live_channel(self, channel_id: str, now: float) -> _Channel | None:
+        """The channel, with a hold that has run out released even before its timer fires (the
+        service may handle a frame past a deadline before it fires the timer)."""
+        channel = self._channels.get(channel_id)
+        if (
+            channel is not None
+            and channel.owner is None
+            and channel.held_until is not None
+            and now >= channel.held_until
+        ):
+            self._deadlines.cancel(("hold", channel_id))
+            self._release_hold(channel)
+            if channel.idle():
+                del self._channels[channel_id]
+                return None
+        return channel
 
     def _ownership_refusal(self, conn: ConnId, ip: str, channel: _Channel | None) -> str | None:
         """Why ``conn`` (from ``ip``) may not own one more channel, or ``None``."""

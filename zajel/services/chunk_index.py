@@ -170,7 +170,9 @@ class ChunkIndex:
             self._deliver_chunks(result)
             if message.channel_id is not None and result.registered:
                 self._deliver_channels(
-                    self.channels.announced(conn, identity, message.channel_id, result.registered)
+                    self.channels.announced(
+                        conn, identity, message.channel_id, result.registered, now
+                    )
                 )
         elif isinstance(message, ChunkPush):
             try:

@@ -417,7 +417,8 @@ class ChunkIndexState(Generic[P]):
 
         Its sources and pending requests go; a chunk left with no outstanding pull by its
         departure, whose requesters still wait, is pulled from up to ``PULL_HEDGE`` sources at
-        once (``chunk_pull`` frames in ``outs``).
+        once (``chunk_pull`` frames in ``outs``); with no source left, its ``/signal``
+        requesters get ``chunk_error``.
         """
         for chunk_id in list(self._peer_sources.get(peer_id, ())):
             self._drop_source(chunk_id, peer_id)
@@ -427,7 +428,7 @@ class ChunkIndexState(Generic[P]):
         for chunk_id in sorted(self._peer_pulls.get(peer_id, ())):
             self._end_pull(chunk_id, peer_id)
             if chunk_id not in self._pulls:
-                outs.extend(self._pull_round(chunk_id, self._pull_hedge, now))
+                outs.extend(self._retry(chunk_id, now))
         return ChunkResult(outs)
 
     # -- timers --------------------------------------------------------------------------
@@ -441,7 +442,8 @@ class ChunkIndexState(Generic[P]):
 
         A timed-out pull marks its peer ``withheld`` for that chunk; once no pull of the chunk
         is outstanding and requesters still wait, up to ``PULL_HEDGE`` sources are pulled at
-        once. Expired sources, pending requests and cached chunks are removed.
+        once (with none, ``/signal`` requesters get ``chunk_error``). Expired sources, pending
+        requests and cached chunks are removed.
         """
         outs: list[ChunkOut[P]] = []
         for kind, chunk_id, peer_id in self._deadlines.pop_due(now):
@@ -457,7 +459,7 @@ class ChunkIndexState(Generic[P]):
                 if source is not None:
                     source.withheld = True  # and it is not a candidate: it was pulled
                 if chunk_id not in self._pulls:
-                    outs.extend(self._pull_round(chunk_id, self._pull_hedge, now))
+                    outs.extend(self._retry(chunk_id, now))
         return ChunkResult(outs)
 
     # -- queries -------------------------------------------------------------------------
@@ -597,6 +599,20 @@ class ChunkIndexState(Generic[P]):
             del self._candidates[chunk_id]
         frame = self._pull_frame(chunk_id, now) if chosen else {}
         return [self._start_pull(chunk_id, peer_id, frame, now) for peer_id in chosen]
+
+    def _retry(self, chunk_id: str, now: float) -> list[ChunkOut[P]]:
+        """After a failed pull: pull up to ``PULL_HEDGE`` sources at once; with none left, the
+        ``/signal`` requesters are told ``chunk_error`` and stop waiting, as they would have
+        been had no source been online when they asked (``/relay`` ones keep waiting)."""
+        outs = self._pull_round(chunk_id, self._pull_hedge, now)
+        if outs:
+            return outs
+        for requester, entry in list(self._pending.get(chunk_id, {}).items()):
+            if entry.strict:
+                self._drop_pending(chunk_id, requester)
+                if now < entry.expires_at:
+                    outs.append(ChunkOut(requester, _chunk_error(chunk_id, NO_SOURCE_MESSAGE)))
+        return outs
 
     def _requested_channel(self, chunk_id: str, now: float) -> str | None:
         """The ``channelId`` of the first live requester of ``chunk_id`` that named one."""
