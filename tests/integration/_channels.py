@@ -83,6 +83,14 @@ async def peer(
 
 
 @asynccontextmanager
+async def keyless_peer(url: str) -> AsyncIterator[SignalClient]:
+    """A ``/signal`` connection registered without a public key (an older client)."""
+    async with connect_signal(url) as client:
+        await client.register(random_pairing_code())
+        yield client
+
+
+@asynccontextmanager
 async def peers(url: str, count: int) -> AsyncIterator[list[SignalClient]]:
     """``count`` registered ``/signal`` connections, each with its own code and key."""
     async with AsyncExitStack() as stack:

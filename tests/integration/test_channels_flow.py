@@ -357,6 +357,42 @@ async def test_a_late_subscriber_gets_the_cached_ids_oldest_first_and_the_cache_
                 await assert_quiet(elsewhere)
 
 
+async def test_a_subscriber_joining_a_live_stream_with_cached_chunks_is_told_both_in_order(
+    server,
+):
+    start = {"type": "stream-start", "streamId": "s1", "channelId": CHANNEL, "title": "Live"}
+    with trio.fail_after(10):
+        async with peers(server.url, 2) as (owner, late):
+            await own(owner, CHANNEL)
+            await announce(owner, CHANNEL, ["c1", "c2"])
+            await push(owner, CHANNEL, "c2", data(2))
+            await push(owner, CHANNEL, "c1", data(1))
+            await owner.send(start)
+            await owner.expect("stream-started")
+            await subscribe(late, CHANNEL, start, available(CHANNEL, ["c2", "c1"]))
+            await assert_quiet(owner, late)
+
+
+async def test_a_pull_that_times_out_moves_to_the_next_source(server, clock):
+    with trio.fail_after(11 + 10):  # 11 s of it are a clock jump
+        async with peers(server.url, 3) as (first, second, asker):
+            await announce(first, CHANNEL, ["c1"])
+            await announce(second, CHANNEL, ["c1"])
+            await request(asker, CHANNEL, "c1")
+            await expect(asker, {"type": "chunk_pulling", "chunkId": "c1"})
+            # The most recently announced source first.
+            await expect(second, {"type": "chunk_pull", "chunkId": "c1", "channelId": CHANNEL})
+            await assert_quiet(first)
+            clock.jump(11)  # the pull time-out is 10 s
+            await expect(first, {"type": "chunk_pull", "chunkId": "c1", "channelId": CHANNEL})
+            await push(first, CHANNEL, "c1", DATA, served=1)
+            await expect(asker, chunk_data("c1", DATA, "relay", CHANNEL))
+            # The late push of the source that timed out changes nothing.
+            await push(second, CHANNEL, "c1", data(9))
+            await assert_quiet(first, second, asker)
+            assert (await stats(server.url))["chunks"]["pullsSent"] == 2
+
+
 # -- chunks between /signal and /relay ----------------------------------------------------
 
 
@@ -484,3 +520,43 @@ async def test_a_peer_id_other_than_the_pairing_code_is_refused(server):
             await expect(holder, {"type": "chunk_announce_ack", "registered": 1})
             await holder.send({**VALID[-1], "peerId": holder.code})
             await expect(holder, push_ack("c", 0))
+
+
+async def test_the_field_rules_of_the_channel_messages(server):
+    with trio.fail_after(10):
+        async with peers(server.url, 1) as (client,):
+            bad_frames = [
+                {"type": "chunk_announce", "channelId": CHANNEL, "chunks": []},
+                {
+                    "type": "chunk_announce",
+                    "channelId": CHANNEL,
+                    "chunks": [{"chunkId": f"c{n}"} for n in range(101)],
+                },
+                {"type": "chunk_announce", "channelId": CHANNEL, "chunks": "c1"},
+                {"type": "chunk_request", "chunkId": "", "channelId": CHANNEL},
+                {"type": "chunk_request", "chunkId": "c" * 257, "channelId": CHANNEL},
+                {"type": "chunk_push", "chunkId": "c", "channelId": CHANNEL, "data": 5},
+                {"type": "chunk_push", "chunkId": "c", "channelId": CHANNEL, "data": None},
+                {"type": "chunk_push", "chunkId": "c", "channelId": CHANNEL},
+                {"type": "upstream-message", "channelId": CHANNEL, "ephemeralPublicKey": "k"},
+                {
+                    "type": "upstream-message",
+                    "channelId": CHANNEL,
+                    "message": "text",
+                    "ephemeralPublicKey": "k",
+                },
+                {"type": "upstream-message", "channelId": CHANNEL, "message": {"id": "u"}},
+                {"type": "stream-start", "channelId": CHANNEL, "title": "t"},
+                {"type": "stream-frame", "streamId": "s", "channelId": CHANNEL},
+                {"type": "stream-end", "streamId": 7, "channelId": CHANNEL},
+                {"type": "chunk_request", "chunkId": "c", "channelId": CHANNEL, "peerId": 5},
+            ]
+            for frame in bad_frames:
+                await client.send(frame)
+                reply = await client.receive()
+                assert reply["type"] == "error", (frame, reply)
+                assert reply["code"] == "invalid_field", (frame, reply)
+            await assert_quiet(client)
+            counts = await stats(server.url)
+            assert counts["chunks"]["totalSources"] == 0
+            assert counts["channels"]["liveStreams"] == 0
