@@ -11,9 +11,13 @@ from typing import Any
 import trio
 
 from tests.integration._channels import (
+    CHANNEL_OWNED,
     INVALID_CHANNEL,
     NOT_A_SOURCE,
+    NOT_OWNER_END,
+    NOT_OWNER_START,
     NOT_REGISTERED,
+    NOT_SUBSCRIBED,
     PEER_ID_MISMATCH,
     announce,
     available,
@@ -54,14 +58,7 @@ async def test_channel_owner_register_confirms_and_a_second_live_owner_is_refuse
             await own(owner, CHANNEL)
             await own(owner, CHANNEL)  # its own channel again: confirmed again
             await other.send({"type": "channel-owner-register", "channelId": CHANNEL})
-            await expect(
-                other,
-                {
-                    "type": "error",
-                    "code": "channel_owned",
-                    "message": "Channel already has an active owner",
-                },
-            )
+            await expect(other, CHANNEL_OWNED)
             await assert_quiet(owner, other)
             assert (await stats(server.url))["channels"]["owned"] == 1
 
@@ -89,14 +86,7 @@ async def test_channel_unsubscribe_leaves_the_channel(server):
             # No longer told of the owner's chunks, and no longer allowed upstream.
             await announce(owner, CHANNEL, ["c1"])
             await subscriber.send(upstream_frame(CHANNEL, {"id": "up_1"}, "eph"))
-            await expect(
-                subscriber,
-                {
-                    "type": "error",
-                    "code": "not_subscribed",
-                    "message": "Not subscribed to this channel",
-                },
-            )
+            await expect(subscriber, NOT_SUBSCRIBED)
             await assert_quiet(owner, subscriber)
 
 
@@ -195,29 +185,17 @@ async def test_stream_start_and_end_by_a_non_owner_are_refused(server):
             await subscriber.send(
                 {"type": "stream-start", "streamId": "s", "channelId": CHANNEL, "title": "t"}
             )
-            await expect(
-                subscriber,
-                {
-                    "type": "error",
-                    "code": "not_owner",
-                    "message": "Only the channel owner can start a stream",
-                },
-            )
+            await expect(subscriber, NOT_OWNER_START)
             # No live stream: even the owner cannot end one.
-            end_error = {
-                "type": "error",
-                "code": "not_owner",
-                "message": "Cannot end stream: not the owner or no active stream",
-            }
             await owner.send({"type": "stream-end", "streamId": "s", "channelId": CHANNEL})
-            await expect(owner, end_error)
+            await expect(owner, NOT_OWNER_END)
             await owner.send(
                 {"type": "stream-start", "streamId": "s", "channelId": CHANNEL, "title": ""}
             )
             await owner.expect("stream-started")
             await subscriber.expect("stream-start")
             await subscriber.send({"type": "stream-end", "streamId": "s", "channelId": CHANNEL})
-            await expect(subscriber, end_error)
+            await expect(subscriber, NOT_OWNER_END)
             await assert_quiet(owner, subscriber)
 
 
