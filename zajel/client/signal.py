@@ -286,8 +286,8 @@ class SignalClient(JsonSocket):
         the data follows, ``wait_chunk_data`` returns it).
 
         It waits for that answer (one short round trip) so that a refusal is raised here, at
-        the request it concerns. To have many requests in flight at once, send the
-        ``chunk_request`` frames with ``send`` and read the answers with ``wait_chunk_data``.
+        the request it concerns. To have many requests in flight at once, as the apps do, send
+        the ``chunk_request`` frames with ``send`` and read every answer with ``receive``.
 
         Raises:
             ChunkUnavailable: ``chunk_error``: no source online, or the cached chunk belongs
