@@ -7,8 +7,10 @@ Run from the repository root (``make bench`` does)::
 Scenarios: the signaling benchmark (10 pairs, 2,000 messages each way, window 32), the transport
 floor, and the chunk multicast at N = 10, 100 and 500 subscribers for S = 16 KiB and
 S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks,
-each subscriber keeping 4 requests unanswered; and once with every request sent at once; then
-the server registry with 1000 entries (50 clients, 100 heartbeats each, 200 signed lists).
+each subscriber keeping 4 requests unanswered; and once with every request sent at once; the
+same multicast on ``/signal`` as a channel (N = 100, K = 64, S = 16 KiB: window 4, all at
+once, and with the owner pushing each chunk proactively); then the server registry with 1000
+entries (50 clients, 100 heartbeats each, 200 signed lists).
 Each scenario runs as its own process with its own server, as the single benchmarks do; their
 JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
 (``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
@@ -40,6 +42,7 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
             ("signaling", ["signaling.py", "--pairs=2", "--messages=20", "--window=4"]),
             ("floor", ["transport_floor.py", "--connections=2", "--frames=50", "--window=4"]),
             ("chunks", ["chunk_multicast.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
+            ("channels", ["channels.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
             (
                 "registry",
                 ["registry.py", "--clients=2", "--heartbeats=5", "--servers=6", "--lists=4"],
@@ -69,6 +72,11 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
                     ],
                 )
             )
+    # The same multicast as a channel on /signal (docs/benchmarks.md, "Channels on /signal").
+    channel = ["channels.py", "--subscribers=100", f"--chunks={CHUNKS}", "--size=16384"]
+    runs.append(("channels", channel))
+    runs.append(("channels-burst", [*channel, "--window=0"]))
+    runs.append(("channels-proactive", [*channel, "--proactive"]))
     # The server registry at its cap: heartbeats committed to the store, the signed list.
     runs.append(
         (

@@ -77,6 +77,41 @@ def test_chunk_multicast_benchmark_pulls_each_chunk_once_and_delivers_everything
     assert result["server_peak_rss_mb"] > 0
 
 
+def test_channels_benchmark_pulls_each_chunk_once_and_delivers_everything(tmp_path):
+    subscribers, chunks = 3, 5
+    result = reported(
+        "channels.py",
+        tmp_path / "channels.jsonl",
+        f"--subscribers={subscribers}",
+        f"--chunks={chunks}",
+        "--size=2000",
+        "--batch=2",
+    )
+    assert result["benchmark"] == "channels"
+    assert (result["subscribers"], result["chunks"], result["batch"]) == (subscribers, chunks, 2)
+    assert result["deliveries"] == subscribers * chunks
+    assert result["pulls_per_chunk"] == 1.0
+    assert result["max_pulls_of_one_chunk"] == 1
+    assert result["errors"] == 0
+    assert result["p50_ms"] <= result["p99_ms"]
+    assert result["server_cpu_s"] is not None
+
+
+def test_channels_benchmark_with_proactive_pushes_needs_no_pull(tmp_path):
+    result = reported(
+        "channels.py",
+        tmp_path / "channels.jsonl",
+        "--subscribers=2",
+        "--chunks=3",
+        "--size=2000",
+        "--proactive",
+    )
+    assert result["deliveries"] == 2 * 3
+    assert result["errors"] == 0
+    # A request can cross a push (the server then pulls once), never more.
+    assert result["max_pulls_of_one_chunk"] <= 1
+
+
 def test_transport_floor_benchmark_echoes_every_frame(tmp_path):
     result = reported(
         "transport_floor.py",
@@ -110,6 +145,6 @@ def test_run_all_writes_latest_json_with_every_scenario(tmp_path):
     run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
     summary = json.loads((tmp_path / "latest.json").read_text())
     kinds = [result["benchmark"] for result in summary["results"]]
-    assert kinds == ["signaling", "transport_floor", "chunk_multicast", "registry"]
+    assert kinds == ["signaling", "transport_floor", "chunk_multicast", "channels", "registry"]
     assert all(result["exit"] == 0 for result in summary["results"])
     assert summary["machine"]["cpus"] >= 1

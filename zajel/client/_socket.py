@@ -106,15 +106,25 @@ class JsonSocket:
             ServerError: a frame that is neither the awaited one nor a push (an ``error``).
             ReplyTimeout: none came within ``timeout`` (the client's unless given).
         """
-        for index, frame in enumerate(self.set_aside):
-            if _matches(frame, (frame_type,), fields):
-                del self.set_aside[index]
-                return frame
-        return await self._reply((frame_type,), fields, self._limit(timeout))
+        return await self._wait((frame_type,), fields, timeout)
 
     async def ping(self) -> None:
         await self.send({"type": "ping"})
         await self._reply(("pong",))
+
+    async def _wait(
+        self,
+        types: tuple[str, ...],
+        fields: dict[str, Any],
+        timeout: float | None = None,  # noqa: ASYNC109 (see the module docstring)
+    ) -> dict[str, Any]:
+        """``wait_for`` for a frame of any of ``types``: the oldest match set aside, else the
+        next match read (pushes read meanwhile are set aside)."""
+        for index, frame in enumerate(self.set_aside):
+            if _matches(frame, types, fields):
+                del self.set_aside[index]
+                return frame
+        return await self._reply(types, fields, self._limit(timeout))
 
     async def _reply(
         self,
