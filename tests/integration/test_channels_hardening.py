@@ -245,10 +245,11 @@ async def test_a_cached_chunk_is_served_only_to_its_own_channel(server):
             await expect(asker, chunk_error("c1", OTHER_CHANNEL))
             await request(asker, CHANNEL, "c1")
             await expect(asker, chunk_data("c1", DATA, "cache", CHANNEL))
-            # A requester waiting in another channel's name is refused when the push comes.
+            # A requester waiting in another channel's name is refused when the push comes; the
+            # pull names the channel the owner announced, not the one the requester made up.
             await request(asker, OTHER, "c2")
             await expect(asker, {"type": "chunk_pulling", "chunkId": "c2"})
-            await expect(owner, {"type": "chunk_pull", "chunkId": "c2", "channelId": OTHER})
+            await expect(owner, {"type": "chunk_pull", "chunkId": "c2", "channelId": CHANNEL})
             await push(owner, CHANNEL, "c2", DATA)
             await expect(asker, chunk_error("c2", OTHER_CHANNEL))
             await assert_quiet(owner, asker)

@@ -349,11 +349,10 @@ def test_a_pull_to_a_signal_source_always_names_a_channel(state):
     announce(state, "s", "c1")
     result = request(state, "q", "c1", channel=None, signal=False)
     assert result.outs == [pull("s", "c1", CH)]
-    # A requester's channel comes first.
+    # The announced channel wins over a requester's: a request naming another channel must not
+    # move the chunk out of its own (the apps push under the pull's channel).
     announce(state, "s", "c2")
-    assert request(state, "q", "c2", channel="asked", signal=False).outs == [
-        pull("s", "c2", "asked")
-    ]
+    assert request(state, "q", "c2", channel="asked", signal=False).outs == [pull("s", "c2", CH)]
     # A /relay source's pull stays as it was: no channel unless a requester named one.
     announce(state, "t", "c3", channel="announced", signal=False)
     assert request(state, "q", "c3", channel=None, signal=False).outs == [pull("t", "c3", None)]

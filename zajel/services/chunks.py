@@ -133,7 +133,7 @@ class _Source:
     expires_at: float
     ip: str
     withheld: bool = False  # let a pull of this chunk time out: never pulled for it again
-    # The channel a /signal announce named: what a pull to it names when no requester did.
+    # The channel a /signal announce named: what a pull to this source names.
     channel_id: str | None = None
 
 
@@ -227,7 +227,7 @@ class ChunkIndexState(Generic[P]):
         of it time out before. Entries past the per-peer or per-IP budget (for chunks the peer
         does not already hold) are skipped and not counted; the result's ``registered`` lists
         the others. On ``/relay`` ``channel_id`` does not change which channel a pull echoes;
-        a ``/signal`` announce's channel is named by a pull to it that no requester named.
+        a pull to a ``/signal`` announcer names the channel of its announce.
         """
         ack: dict[str, Any] = {"type": "chunk_announce_ack", "registered": 0}
         outs = [ChunkOut(peer_id, ack)]
@@ -633,12 +633,13 @@ class ChunkIndexState(Generic[P]):
         self, chunk_id: str, peer_id: P, frame: dict[str, Any], now: float
     ) -> ChunkOut[P]:
         """Record an outstanding pull of ``chunk_id`` to ``peer_id`` (already taken out of the
-        candidates) and return its ``frame``; a pull to a ``/signal`` source always names a
-        channel (its announce's, when no requester named one)."""
-        if "channelId" not in frame:
-            announced = self._sources[chunk_id][peer_id].channel_id
-            if announced is not None:
-                frame = {**frame, "channelId": announced}
+        candidates) and return its ``frame``. A pull to a ``/signal`` source that announced the
+        chunk for a channel names that channel, whatever a requester named: the apps push
+        what they are pulled for under the pull's channel, and a request naming another
+        channel must not move the chunk out of its own (docs/protocol/channels.md, "Rules")."""
+        announced = self._sources[chunk_id][peer_id].channel_id
+        if announced is not None and frame.get("channelId") != announced:
+            frame = {**frame, "channelId": announced}
         self._pulls.setdefault(chunk_id, set()).add(peer_id)
         self._peer_pulls.setdefault(peer_id, set()).add(chunk_id)
         self._deadlines.schedule(("pull", chunk_id, peer_id), now + PULL_TIMEOUT_S)
