@@ -16,6 +16,7 @@ from zajel.protocol.frames import encode
 from zajel.services.chunks import (
     CACHE_TTL_S,
     PULL_TIMEOUT_S,
+    PULLING_NOTICE_S,
     SOURCE_TTL_S,
     Announced,
     ChunkError,
@@ -85,28 +86,39 @@ def state() -> ChunkIndexState:
 # -- requests ------------------------------------------------------------------------------
 
 
-def test_a_request_with_a_source_is_told_chunk_pulling_and_one_pull_goes_out(state):
+def test_a_request_with_a_source_is_owed_chunk_pulling_and_one_pull_goes_out(state):
     announce(state, "s", "c1")
     result = request(state, "r", "c1")
-    assert result.outs == [pulling("r", "c1"), pull("s", "c1")]
+    assert result.outs == [pull("s", "c1")]
     assert result.deliveries == []
     stats = state.statistics()
     assert (stats["pendingRequests"], stats["pullsSent"], stats["cacheMisses"]) == (1, 1, 1)
+    # The chunk has not come within PULLING_NOTICE_S: the requester is told it waits.
+    assert state.next_deadline() == PULLING_NOTICE_S
+    assert state.expire(PULLING_NOTICE_S).outs == [pulling("r", "c1")]
+    # Told once: the push then brings the chunk alone.
+    result = push(state, "s", "c1", now=2.0)
+    assert delivered(result) == [(data_frame("c1", "relay"), ("r",))]
 
 
-def test_a_request_while_a_pull_is_in_flight_is_told_chunk_pulling_only(state):
+def test_chunk_pulling_goes_just_before_a_chunk_that_comes_in_time(state):
     announce(state, "s1", "c1")
     announce(state, "s2", "c1")
     request(state, "r1", "c1")
-    assert request(state, "r2", "c1").outs == [pulling("r2", "c1")]
-    assert request(state, "r1", "c1").outs == [pulling("r1", "c1")]  # asking again
+    assert request(state, "r2", "c1").outs == []  # a pull is in flight: it waits too
+    assert request(state, "r1", "c1").outs == []  # asking again: still owed one notice
     assert state.statistics()["pullsSent"] == 1
     assert state.statistics()["pendingRequests"] == 2
-    # One push serves both, framed once.
-    result = push(state, "s2", "c1", now=1.0)
+    # One push serves both, framed once, each told chunk_pulling first (in the same turn, so
+    # both frames leave in one write).
+    result = push(state, "s2", "c1", now=PULLING_NOTICE_S / 2)
     assert result.outs == [push_ack("s2", "c1", True, 2)]
-    assert delivered(result) == [(data_frame("c1", "relay"), ("r1", "r2"))]
+    assert delivered(result) == [
+        ({"type": "chunk_pulling", "chunkId": "c1"}, ("r1", "r2")),
+        (data_frame("c1", "relay"), ("r1", "r2")),
+    ]
     assert state.statistics()["pendingRequests"] == 0
+    assert state.expire(PULLING_NOTICE_S).outs == []  # no notice is left over
 
 
 def test_no_source_is_chunk_error_and_the_request_is_not_kept(state):
@@ -131,19 +143,20 @@ def test_the_requester_itself_is_never_pulled(state):
     announce(state, "s", "c1")
     assert request(state, "s", "c1").outs == [chunk_error("s", "c1", NO_SOURCE)]
     # Still a source for the others.
-    assert request(state, "r", "c1", now=1.0).outs == [pulling("r", "c1"), pull("s", "c1")]
+    assert request(state, "r", "c1", now=1.0).outs == [pull("s", "c1")]
     state.remove_peer("r", 2.0)
     state.expire(2.0 + PULL_TIMEOUT_S)
     # With another source, that one is pulled, never the requester.
     announce(state, "s2", "c2", now=20.0)
     announce(state, "s", "c2", now=21.0)  # the most recent source
-    assert request(state, "s", "c2", now=22.0).outs == [pulling("s", "c2"), pull("s2", "c2")]
+    assert request(state, "s", "c2", now=22.0).outs == [pull("s2", "c2")]
 
 
 def test_a_pull_timed_out_with_no_other_source_ends_the_wait_with_chunk_error(state):
     announce(state, "s", "c1")
     request(state, "r", "c1")
     request(state, "old", "c1", channel=None, signal=False)  # a /relay requester keeps waiting
+    assert state.expire(PULLING_NOTICE_S).outs == [pulling("r", "c1")]
     # s withheld it and nobody else holds it: the /signal requester is told at once, as it
     # would have been had no source been online when it asked.
     assert state.expire(PULL_TIMEOUT_S).outs == [chunk_error("r", "c1", NO_SOURCE)]
@@ -157,8 +170,13 @@ def test_a_pull_timed_out_with_no_other_source_ends_the_wait_with_chunk_error(st
 def test_the_only_source_leaving_mid_pull_ends_the_wait_with_chunk_error(state):
     announce(state, "s", "c1")
     request(state, "r", "c1")
-    assert state.remove_peer("s", 1.0).outs == [chunk_error("r", "c1", NO_SOURCE)]
+    # Told it waits, then that the wait is over (the notice was still owed).
+    assert state.remove_peer("s", PULLING_NOTICE_S / 2).outs == [
+        pulling("r", "c1"),
+        chunk_error("r", "c1", NO_SOURCE),
+    ]
     assert state.statistics()["pendingRequests"] == 0
+    assert_idle(state)
 
 
 # -- pushes --------------------------------------------------------------------------------
@@ -211,9 +229,12 @@ def test_the_ack_counts_the_requesters_served_and_says_whether_it_cached(state):
     announce(small, "s", "c1")
     request(small, "r1", "c1")
     request(small, "r2", "c1")
-    result = push(small, "s", "c1", now=1.0)  # larger than the whole cache: served, not cached
+    result = push(small, "s", "c1", now=2.0)  # larger than the whole cache: served, not cached
     assert result.outs == [push_ack("s", "c1", False, 2)]
-    assert delivered(result) == [(data_frame("c1", "relay"), ("r1", "r2"))]
+    assert delivered(result) == [
+        ({"type": "chunk_pulling", "chunkId": "c1"}, ("r1", "r2")),  # its timer never ran
+        (data_frame("c1", "relay"), ("r1", "r2")),
+    ]
     assert small.cached_data("c1") is None
     assert small.cached_ids(CH, 1.0) == []
     # The pusher's own request is dropped, not served.
@@ -242,8 +263,8 @@ def test_a_cached_copy_is_never_replaced(state):
 def test_a_pulled_push_after_another_source_cached_the_chunk_ends_the_pull(state):
     announce(state, "s1", "c1")
     announce(state, "s2", "c1")
-    assert request(state, "r", "c1").outs == [pulling("r", "c1"), pull("s2", "c1")]
-    early = push(state, "s1", "c1", data={"from": "s1"}, now=1.0)  # unasked, first
+    assert request(state, "r", "c1").outs == [pull("s2", "c1")]
+    early = push(state, "s1", "c1", data={"from": "s1"}, now=0.5)  # unasked, first
     assert early.outs == [push_ack("s1", "c1", True, 1)]
     late = push(state, "s2", "c1", data={"from": "s2"}, now=2.0)
     assert late.outs == [push_ack("s2", "c1", True, 0)]
@@ -284,10 +305,12 @@ def test_waiting_signal_requesters_of_another_channel_get_chunk_error_at_push_ti
     request(state, "r1", "c1")
     request(state, "r2", "c1", channel="channel-2")
     request(state, "q", "c1", channel="channel-3", signal=False)  # /relay: not bound to one
-    request(state, "r3", "c1", now=1.0)
-    result = push(state, "s", "c1", now=2.0)
-    assert result.outs == [push_ack("s", "c1", True, 3), chunk_error("r2", "c1", OTHER_CHANNEL)]
+    request(state, "r3", "c1", now=0.5)
+    result = push(state, "s", "c1", now=0.75)  # before any notice was due: each goes now
+    assert result.outs == [push_ack("s", "c1", True, 3)]
     assert delivered(result) == [
+        ({"type": "chunk_pulling", "chunkId": "c1"}, ("r1", "r2", "r3")),
+        ({"type": "chunk_error", "chunkId": "c1", "error": OTHER_CHANNEL}, ("r2",)),
         (data_frame("c1", "relay"), ("r1", "r3")),
         (data_frame("c1", "relay", "channel-3"), ("q",)),
     ]
@@ -299,11 +322,15 @@ def test_a_push_with_no_channel_takes_the_first_requesters_and_refuses_the_other
     # A /relay source pushes without a channel: the chunk is cached for the channel the first
     # waiting requester named, and a /signal requester of another channel is refused.
     announce(state, "s", "c1", channel=None, signal=False)
-    assert request(state, "r1", "c1").outs == [pulling("r1", "c1"), pull("s", "c1")]
+    assert request(state, "r1", "c1").outs == [pull("s", "c1")]
     request(state, "r2", "c1", channel="channel-2")
-    result = push(state, "s", "c1", channel=None, signal=False, now=1.0)
-    assert result.outs == [relay_ack("s", "c1"), chunk_error("r2", "c1", OTHER_CHANNEL)]
-    assert delivered(result) == [(data_frame("c1", "relay"), ("r1",))]
+    assert state.expire(PULLING_NOTICE_S).outs == [pulling("r1", "c1"), pulling("r2", "c1")]
+    result = push(state, "s", "c1", channel=None, signal=False, now=2.0)
+    assert result.outs == [relay_ack("s", "c1")]
+    assert delivered(result) == [
+        ({"type": "chunk_error", "chunkId": "c1", "error": OTHER_CHANNEL}, ("r2",)),
+        (data_frame("c1", "relay"), ("r1",)),
+    ]
     assert state.cached_ids(CH, 1.0) == ["c1"]
 
 
@@ -385,10 +412,13 @@ def test_after_a_time_out_each_signal_source_is_pulled_with_its_own_channel(stat
 def test_a_relay_source_serves_a_signal_requester(state):
     announce(state, "relay-src", "c1", channel=None, signal=False)
     result = request(state, "r", "c1")
-    assert result.outs == [pulling("r", "c1"), pull("relay-src", "c1", CH)]
+    assert result.outs == [pull("relay-src", "c1", CH)]
     pushed = push(state, "relay-src", "c1", channel=None, signal=False, now=1.0)
     assert pushed.outs == [relay_ack("relay-src", "c1")]
-    assert delivered(pushed) == [(data_frame("c1", "relay"), ("r",))]
+    assert delivered(pushed) == [
+        ({"type": "chunk_pulling", "chunkId": "c1"}, ("r",)),
+        (data_frame("c1", "relay"), ("r",)),
+    ]
     assert state.cached_ids(CH, 1.0) == ["c1"]
     # Both dialects read the one cached copy.
     assert delivered(request(state, "q", "c1", channel=None, now=2.0, signal=False)) == [
@@ -401,10 +431,11 @@ def test_a_relay_source_serves_a_signal_requester(state):
 def test_a_signal_source_serves_relay_and_signal_requesters_with_one_pull(state):
     announce(state, "s", "c1")
     assert request(state, "q", "c1", channel=None, signal=False).outs == [pull("s", "c1", CH)]
-    assert request(state, "r", "c1", now=1.0).outs == [pulling("r", "c1")]
-    result = push(state, "s", "c1", now=2.0)
+    assert request(state, "r", "c1", now=1.0).outs == []  # owed chunk_pulling
+    result = push(state, "s", "c1", now=1.5)
     assert result.outs == [push_ack("s", "c1", True, 2)]
     assert delivered(result) == [
+        ({"type": "chunk_pulling", "chunkId": "c1"}, ("r",)),
         (data_frame("c1", "relay", None), ("q",)),
         (data_frame("c1", "relay"), ("r",)),
     ]
@@ -475,9 +506,9 @@ def test_mixed_traffic_keeps_each_dialects_rules_and_leaves_nothing_behind(ops):
                 asked[peer_id, chunk_id] = channel_id
             result = request(state, peer_id, chunk_id, channel=channel_id, now=now, signal=signal)
             kinds = [out.frame["type"] for out in result.outs if out.peer_id == peer_id]
-            if signal:  # exactly one answer: data, pulling or an error; never left unanswered
-                assert len(kinds) + len(result.deliveries) == 1
-                assert kinds in ([], ["chunk_pulling"], ["chunk_error"], ["error"])
+            if signal:  # at most one answer now: data or an error; else a notice is owed
+                assert len(kinds) + len(result.deliveries) <= 1
+                assert kinds in ([], ["chunk_error"], ["error"])
         elif op == "push":
             peer_id, chunk_id, channel_id = args
             pushed_channel = channel_id if signal else None
@@ -496,6 +527,8 @@ def test_mixed_traffic_keeps_each_dialects_rules_and_leaves_nothing_behind(ops):
                 assert "channelId" in out.frame
         for delivery in (delivery for each in results for delivery in each.deliveries):
             frame = json.loads(delivery.text)
+            if frame["type"] != "chunk_data":
+                continue
             for target in delivery.peer_ids:
                 if target in SIGNAL_PEERS:  # served only its own channel's chunk
                     assert frame["channelId"] == asked[target, frame["chunkId"]]

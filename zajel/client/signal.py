@@ -281,12 +281,13 @@ class SignalClient(JsonSocket):
         return registered
 
     async def request_chunk(self, chunk_id: str, channel_id: str) -> dict[str, Any]:
-        """Ask for a chunk of ``channel_id``; the server's immediate answer, which is either the
+        """Ask for a chunk of ``channel_id``; the server's first answer, which is either the
         ``chunk_data`` itself (``"source": "cache"``) or ``chunk_pulling`` (a source is asked:
-        the data follows, ``wait_chunk_data`` returns it).
+        the data follows, ``wait_chunk_data`` returns it). ``chunk_pulling`` comes just before
+        the data, or a second after the request if the data takes longer.
 
-        It waits for that answer (one short round trip) so that a refusal is raised here, at
-        the request it concerns. To have many requests in flight at once, as the apps do, send
+        It waits for that answer so that a refusal is raised here, at the request it
+        concerns. To have many requests in flight at once, as the apps do, send
         the ``chunk_request`` frames with ``send`` and read every answer with ``receive``.
 
         Raises:

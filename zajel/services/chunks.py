@@ -28,15 +28,17 @@ Invariants the state keeps:
 - Per-peer indexes (``_peer_sources``, ``_peer_pending``, ``_peer_pulls``) and per-IP counters
   (``_ip_sources``, ``_ip_pending``) are exact, so ``remove_peer`` costs time proportional to
   that peer's entries and the budgets cost O(1). No map or set is ever left empty, and every
-  entry has exactly one deadline in ``_deadlines``, so every map is empty once every peer is
+  entry has exactly one deadline in ``_deadlines`` (a ``/signal`` request still owed its
+  ``chunk_pulling`` has a second, its notice), so every map is empty once every peer is
   removed and every entry has expired and been swept.
 - The counts behind ``statistics`` are kept as entries come and go: no call scans the index.
 
 TTLs: a source lives ``SOURCE_TTL_S`` (1 h) from its latest announce; a pending request
-``PENDING_TTL_S`` (5 min) from its latest request; a cached chunk ``CACHE_TTL_S`` (30 min) from
-the push that stored it (a hit refreshes its LRU recency, not its expiry); a pull
-``PULL_TIMEOUT_S`` (10 s). Lookups treat an entry as live while ``now < expires_at``, even
-before ``expire`` sweeps it.
+``PENDING_TTL_S`` (5 min) from its latest request, and a ``/signal`` one's ``chunk_pulling``
+notice is due ``PULLING_NOTICE_S`` (1 s) after it unless the chunk comes sooner; a cached
+chunk ``CACHE_TTL_S`` (30 min) from the push that stored it (a hit refreshes its LRU recency,
+not its expiry); a pull ``PULL_TIMEOUT_S`` (10 s). Lookups treat an entry as live while
+``now < expires_at``, even before ``expire`` sweeps it.
 
 Memory: the cache is bounded in entries and bytes. A peer is a source of at most
 ``max_sources_per_peer`` chunks and waits for at most ``max_pending_per_peer``; one client
@@ -78,6 +80,10 @@ PENDING_PER_IP: Final = 2_000
 TOO_MANY_PENDING: Final = "Too many pending chunk requests"
 
 NOT_FOUND_MESSAGE: Final = "No online sources available. You will be notified when available."
+# A waiting /signal requester is told chunk_pulling with the chunk, or this long after its
+# request if the chunk has not come by then (docs/protocol/channels.md, "chunk_request"): the
+# two frames then leave in one write, not two.
+PULLING_NOTICE_S: Final = 1.0
 # The channel dialect of /signal (docs/protocol/channels.md, "chunk_request" and "Rules").
 NO_SOURCE_MESSAGE: Final = "No source available for chunk"
 OTHER_CHANNEL_MESSAGE: Final = "Chunk belongs to another channel"
@@ -144,6 +150,8 @@ class _Pending:
     ip: str
     # A /signal request: served only a chunk of its own channel (docs/protocol/channels.md).
     strict: bool = False
+    # A /signal request still owed its chunk_pulling (a "notice" deadline is set for it).
+    owed_notice: bool = False
 
 
 @attrs.define
@@ -155,8 +163,8 @@ class _Cached:
 
 
 # Deadline keys: ("source", chunk, peer), ("pending", chunk, peer), ("pull", chunk, peer),
-# ("cache", chunk, None).
-_Key = tuple[Literal["source", "pending", "pull", "cache"], str, Any]
+# ("notice", chunk, peer), ("cache", chunk, None).
+_Key = tuple[Literal["source", "pending", "pull", "notice", "cache"], str, Any]
 
 
 class ChunkIndexState(Generic[P]):
@@ -295,8 +303,9 @@ class ChunkIndexState(Generic[P]):
         unless a pull is outstanding the most recently announced source it may go to is pulled.
         With no such source a ``/relay`` peer is told ``chunk_not_found`` and keeps waiting; a
         ``/signal`` peer gets ``chunk_error`` and does not wait. A waiting ``/signal`` peer is
-        told ``chunk_pulling``. A request for a new chunk past the per-peer or per-IP budget
-        gets ``rate_limited`` and changes nothing.
+        owed ``chunk_pulling``: it goes just before the chunk, or ``PULLING_NOTICE_S`` after
+        the request if the chunk has not come by then (``expire``). A request for a new chunk
+        past the per-peer or per-IP budget gets ``rate_limited`` and changes nothing.
         """
         cached = self._live_cached(chunk_id, now)
         if cached is not None:
@@ -333,12 +342,13 @@ class ChunkIndexState(Generic[P]):
             entry.strict = signal
         self._deadlines.schedule(("pending", chunk_id, peer_id), expires_at)
 
-        pulling = [ChunkOut(peer_id, {"type": "chunk_pulling", "chunkId": chunk_id})]
         if chunk_id in self._pulls:
-            return ChunkResult(pulling if signal else [])
+            self._owe_notice(chunk_id, peer_id, signal, now)
+            return ChunkResult()
         pulls = self._pull_round(chunk_id, 1, now)
         if pulls:
-            return ChunkResult(pulling + pulls if signal else pulls)
+            self._owe_notice(chunk_id, peer_id, signal, now)
+            return ChunkResult(pulls)
         if signal:
             self._drop_pending(chunk_id, peer_id)
             return ChunkResult([ChunkOut(peer_id, _chunk_error(chunk_id, NO_SOURCE_MESSAGE))])
@@ -394,23 +404,31 @@ class ChunkIndexState(Generic[P]):
             channel_id = self._requested_channel(chunk_id, now)
         cached = self._store(chunk_id, data_json, channel_id, now)
         groups: dict[str | None, list[P]] = {}
-        refused: list[ChunkOut[P]] = []
+        owed: list[P] = []  # told chunk_pulling now, just before what ends their wait
+        refused: list[P] = []
         for requester, entry in list(pending.items()):
             live = now < entry.expires_at
             self._drop_pending(chunk_id, requester)
             if requester == peer_id or not live:
                 continue
+            if entry.owed_notice:
+                owed.append(requester)
             if entry.strict and channel_id not in (None, entry.channel_id):
-                refused.append(ChunkOut(requester, _chunk_error(chunk_id, OTHER_CHANNEL_MESSAGE)))
+                refused.append(requester)
             else:
                 groups.setdefault(entry.channel_id, []).append(requester)
-        deliveries = [
+        deliveries: list[Delivery[P]] = []
+        if owed:
+            deliveries.append(Delivery(encode(_pulling(chunk_id)), tuple(owed)))
+        if refused:
+            error = encode(_chunk_error(chunk_id, OTHER_CHANNEL_MESSAGE))
+            deliveries.append(Delivery(error, tuple(refused)))
+        deliveries += [
             Delivery(_chunk_data(chunk_id, data_json, "relay", channel), tuple(peers))
             for channel, peers in groups.items()
         ]
         served = sum(len(peers) for peers in groups.values())
-        ack = _push_ack(peer_id, chunk_id, signal, cached, served)
-        return ChunkResult([ack, *refused], deliveries)
+        return ChunkResult([_push_ack(peer_id, chunk_id, signal, cached, served)], deliveries)
 
     def remove_peer(self, peer_id: P, now: float) -> ChunkResult[P]:
         """``peer_id`` disconnected (docs/protocol/chunks.md, "Disconnect"); unknown peer: no-op.
@@ -447,7 +465,12 @@ class ChunkIndexState(Generic[P]):
         """
         outs: list[ChunkOut[P]] = []
         for kind, chunk_id, peer_id in self._deadlines.pop_due(now):
-            if kind == "source":
+            if kind == "notice":
+                entry = self._pending.get(chunk_id, {}).get(peer_id)
+                if entry is not None and entry.owed_notice:
+                    entry.owed_notice = False
+                    outs.append(ChunkOut(peer_id, _pulling(chunk_id)))
+            elif kind == "source":
                 self._drop_source(chunk_id, peer_id, scheduled=False)
             elif kind == "pending":
                 self._drop_pending(chunk_id, peer_id, scheduled=False)
@@ -611,8 +634,18 @@ class ChunkIndexState(Generic[P]):
             if entry.strict:
                 self._drop_pending(chunk_id, requester)
                 if now < entry.expires_at:
+                    if entry.owed_notice:
+                        outs.append(ChunkOut(requester, _pulling(chunk_id)))
                     outs.append(ChunkOut(requester, _chunk_error(chunk_id, NO_SOURCE_MESSAGE)))
         return outs
+
+    def _owe_notice(self, chunk_id: str, peer_id: P, signal: bool, now: float) -> None:
+        """A waiting ``/signal`` requester is owed ``chunk_pulling`` (see ``request``)."""
+        if signal:
+            entry = self._pending[chunk_id][peer_id]
+            if not entry.owed_notice:
+                entry.owed_notice = True
+                self._deadlines.schedule(("notice", chunk_id, peer_id), now + PULLING_NOTICE_S)
 
     def _requested_channel(self, chunk_id: str, now: float) -> str | None:
         """The ``channelId`` of the first live requester of ``chunk_id`` that named one."""
@@ -673,6 +706,8 @@ class ChunkIndexState(Generic[P]):
         self._pending_count -= 1
         _decrement(self._ip_pending, entry.ip)
         self._refresh_candidate(chunk_id, peer_id)
+        if entry.owed_notice:
+            self._deadlines.cancel(("notice", chunk_id, peer_id))
         if scheduled:
             self._deadlines.cancel(("pending", chunk_id, peer_id))
 
@@ -684,6 +719,10 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         del counts[key]
+
+
+def _pulling(chunk_id: str) -> dict[str, Any]:
+    return {"type": "chunk_pulling", "chunkId": chunk_id}
 
 
 def _chunk_error(chunk_id: str, message: str) -> dict[str, Any]:

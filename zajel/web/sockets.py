@@ -56,7 +56,7 @@ from zajel.services._peers import (
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.outbox import Outbox
-from zajel.web.transport import Connection, ConnectionTable
+from zajel.web.transport import Connection, ConnectionTable, GuardedStream
 
 log = logging.getLogger("zajel.web")
 
@@ -67,6 +67,9 @@ FLOOD_WINDOW_S = 10.0
 # How long a closing connection gets to take what was queued before the close, the close frame,
 # and to answer it, before its socket is dropped.
 CLOSE_TIMEOUT_S = 5.0
+# The most text one write of the writer takes from the queue (it goes on past one frame only
+# while under this).
+WRITE_BATCH_BYTES = 256 * 1024
 
 # ASGI callables, kept loose: hypercorn's precise event unions add nothing at this layer.
 ASGIReceive = Callable[[], Awaitable[Any]]
@@ -278,7 +281,8 @@ async def serve_connection(
     try:
         with peer.scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write, send, peer)
+                stream = conn.stream if conn is not None else None
+                nursery.start_soon(_write, send, peer, stream)
                 nursery.start_soon(_close_on_shutdown, peer, shutdown)
                 await _read(receive, peer, endpoint, config)
                 nursery.cancel_scope.cancel()
@@ -369,10 +373,26 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
             await service.cast(inbound)
 
 
-async def _write(send: ASGISend, peer: SocketPeer) -> None:
+async def _write(send: ASGISend, peer: SocketPeer, stream: GuardedStream | None) -> None:
+    """Drain the outbox to the client. Under ``zajel serve`` every frame queued when the writer
+    wakes goes out in one write (up to ``WRITE_BATCH_BYTES``), straight to the socket; under
+    another ASGI server, one ASGI message per frame."""
     outbox = peer.outbox
+    if stream is None:
+        while (frame := await outbox.next_frame()) is not None:
+            await send({"type": "websocket.send", "text": frame})
+            outbox.wrote()
+        return
     while (frame := await outbox.next_frame()) is not None:
-        await send({"type": "websocket.send", "text": frame})
+        batch = [frame]
+        size = len(frame)
+        while size < WRITE_BATCH_BYTES and (more := outbox.take()) is not None:
+            batch.append(more)
+            size += len(more)
+        try:
+            await stream.write_frames(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the socket is gone; hypercorn reports the disconnect to the reader
         outbox.wrote()
 
 

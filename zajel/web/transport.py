@@ -35,6 +35,7 @@ import errno
 import logging
 import math
 import socket
+import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -208,13 +209,35 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._conn = conn
         self.socket = stream.socket
         self.write_started = math.inf
+        # hypercorn (its own lock held) and the WebSocket writer (``write_frames``) both write
+        # here: one write at a time, each whole.
+        self._write_lock = trio.Lock()
+        # hypercorn has written a WebSocket close frame: no data frame may follow it.
+        self.close_sent = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.write_started = trio.current_time()
-        try:
-            await self._stream.send_all(data)
-        finally:
-            self.write_started = math.inf
+        if data[:1] == CLOSE_FRAME_FIRST_BYTE:
+            self.close_sent = True
+        async with self._write_lock:
+            self.write_started = trio.current_time()
+            try:
+                await self._stream.send_all(data)
+            finally:
+                self.write_started = math.inf
+
+    async def write_frames(self, texts: Sequence[str]) -> None:
+        """Write ``texts`` as WebSocket text frames, all in one write, whole: shielded like
+        hypercorn's own writes (a cancelled write would leave half a frame on the wire); a
+        stalled one is ended by the stall deadline, which closes the socket under it. Nothing
+        is written once hypercorn has sent a close frame.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
+        data = b"".join([text_frame(text.encode("utf-8")) for text in texts])
+        with trio.CancelScope(shield=True):
+            if not self.close_sent:
+                await self.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -244,6 +267,21 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     def close_socket(self) -> None:
         """Close the socket now; a write blocked on it fails with ``ClosedResourceError``."""
         self._stream.socket.close()
+
+
+# A WebSocket close frame (FIN and opcode 8) starts with this byte (RFC 6455, section 5.2).
+CLOSE_FRAME_FIRST_BYTE = b"\x88"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455, section 5.2) carrying ``payload``:
+    what a server sends, valid whatever extension was agreed (RSV1 clear: not compressed)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 class AcceptWarnings:
