@@ -74,6 +74,7 @@ from zajel.client._socket import (
 )
 from zajel.protocol.channels import ANNOUNCE_MAX_DEFAULT
 from zajel.protocol.fields import PAIRING_CODE_ALPHABET, PAIRING_CODE_LENGTH
+from zajel.protocol.signaling import RELAY_TYPES
 
 # The frames of a live stream, as a subscriber gets them.
 STREAM_EVENTS = ("stream-start", "stream-frame", "stream-end")
@@ -123,14 +124,7 @@ class SignalClient(JsonSocket):
             "pair_error",
             "peer_left",
             "peer_joined",
-            "offer",
-            "answer",
-            "ice_candidate",
-            "call_offer",
-            "call_answer",
-            "call_reject",
-            "call_hangup",
-            "call_ice",
+            *RELAY_TYPES,  # offer, answer, ice_candidate and the call_* signals
             # channels (docs/protocol/channels.md)
             "upstream-message",
             *STREAM_EVENTS,

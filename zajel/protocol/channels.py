@@ -109,18 +109,19 @@ class StreamEnd:
 ChannelMessage = (
     OwnChannel | Subscribe | Unsubscribe | Upstream | StreamStart | StreamFrame | StreamEnd
 )
-# Every message of this dialect goes to the ChunkIndex service (docs/architecture.md).
+# Every message of this dialect goes to the ChunkIndex service (docs/architecture.md); the
+# most frequent first, since the front end tests each frame against them in order.
 ROUTED: Final = (
-    OwnChannel,
-    Subscribe,
-    Unsubscribe,
-    Upstream,
-    StreamStart,
-    StreamFrame,
-    StreamEnd,
-    ChunkAnnounce,
     ChunkRequest,
     ChunkPush,
+    ChunkAnnounce,
+    StreamFrame,
+    Upstream,
+    Subscribe,
+    Unsubscribe,
+    OwnChannel,
+    StreamStart,
+    StreamEnd,
 )
 
 
