@@ -26,6 +26,7 @@ from tests.integration._channels import (
     peer,
     peers,
     push,
+    push_ack,
     request,
     stats,
     subscribe,
@@ -279,6 +280,31 @@ async def test_a_push_never_replaces_a_cached_copy(server):
             await expect(asker, chunk_error("c1", OTHER_CHANNEL))
             await assert_quiet(owner, mallory, asker)
             assert (await stats(server.url))["chunks"]["cachedChunks"] == 1
+
+
+async def test_the_owner_is_pulled_before_a_stranger_who_announced_its_chunk_later(server):
+    """A stranger who saw the ids in ``chunk_available`` announces them too, and is then the
+    most recently announced source: the owner is pulled all the same, and its data cached."""
+    forged = {"sealed": "Zm9yZ2Vk", "signature": "forged"}
+    with trio.fail_after(10):
+        async with peers(server.url, 3) as (owner, mallory, asker):
+            await own(owner, CHANNEL)
+            await subscribe(mallory, CHANNEL)
+            await announce(owner, CHANNEL, ["c1"])
+            await expect(mallory, available(CHANNEL, ["c1"]))
+            await announce(mallory, CHANNEL, ["c1"])
+            await request(asker, CHANNEL, "c1")
+            await expect(owner, {"type": "chunk_pull", "chunkId": "c1", "channelId": CHANNEL})
+            await push(owner, CHANNEL, "c1", DATA, served=1)
+            await expect(asker, {"type": "chunk_pulling", "chunkId": "c1"})
+            await expect(asker, chunk_data("c1", DATA, "relay", CHANNEL))
+            await mallory.send(
+                {"type": "chunk_push", "chunkId": "c1", "channelId": CHANNEL, "data": forged}
+            )
+            await expect(mallory, push_ack("c1", 0))
+            await assert_quiet(owner, mallory, asker)
+            await request(asker, CHANNEL, "c1")
+            await expect(asker, chunk_data("c1", DATA, "cache", CHANNEL))
 
 
 # -- streams ----------------------------------------------------------------------------------

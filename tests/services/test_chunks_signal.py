@@ -139,6 +139,25 @@ def test_a_source_whose_announce_expired_is_no_source(state):
     assert state.statistics()["pendingRequests"] == 0
 
 
+def test_a_source_that_speaks_for_the_owner_is_pulled_first(state):
+    # The owner announced first; a stranger who saw the ids announces them after it and would
+    # be the most recent source: the owner is pulled all the same.
+    state.announce("owner", [Announced("c1", "")], CH, 0.0, ip=IP, signal=True, trusted=True)
+    announce(state, "stranger", "c1", now=1.0)
+    assert request(state, "r", "c1", now=2.0).outs == [pull("owner", "c1")]
+    # Its pull timed out: the next round takes the others.
+    assert state.expire(2.0 + PULL_TIMEOUT_S).outs == [
+        pulling("r", "c1"),
+        pull("stranger", "c1"),
+    ]
+    # Announcing again without speaking for the owner takes the mark away.
+    state.announce("owner", [Announced("c2", "")], CH, 20.0, ip=IP, signal=True, trusted=True)
+    assert state.sizes()["trusted"] == 2
+    announce(state, "owner", "c2", now=21.0)
+    assert state.sizes()["trusted"] == 1  # c1 only
+    check_invariants(state, 21.0)
+
+
 def test_the_requester_itself_is_never_pulled(state):
     announce(state, "s", "c1")
     assert request(state, "s", "c1").outs == [chunk_error("s", "c1", NO_SOURCE)]

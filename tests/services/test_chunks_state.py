@@ -93,6 +93,9 @@ def assert_idle(state):
 
 def check_invariants(state, now):
     """The module's invariants, checked on the internals."""
+    for chunk_id, trusted in state._trusted.items():
+        assert trusted, chunk_id
+        assert trusted <= set(state._sources[chunk_id]), chunk_id
     for chunk_id, candidates in state._candidates.items():
         assert candidates, chunk_id
         for peer_id in candidates:

@@ -333,6 +333,17 @@ class ChannelState:
         result.outs.append((conn, ended))
         return result
 
+    def speaks_for_owner(
+        self, conn: ConnId, identity: Identity, channel_id: str, now: float
+    ) -> bool:
+        """Whether ``conn`` owns ``channel_id`` or has the public key of its live or held owner
+        (the owner's device, as after a reconnect)."""
+        channel = self._live_channel(channel_id, now)
+        return channel is not None and (
+            channel.owner == conn
+            or (identity.public_key is not None and identity.public_key == channel.owner_key)
+        )
+
     def announced(
         self,
         conn: ConnId,
@@ -341,17 +352,14 @@ class ChannelState:
         chunk_ids: list[str],
         now: float,
     ) -> ChannelResult:
-        """A ``chunk_announce`` for ``channel_id`` registered ``chunk_ids``: if ``conn`` owns the
-        channel, or has the public key of its live or held owner, every other subscriber gets
-        ``chunk_available`` (hardened: the original let anyone trigger it)."""
-        channel = self._live_channel(channel_id, now)
-        if channel is None or not chunk_ids:
+        """A ``chunk_announce`` for ``channel_id`` registered ``chunk_ids``: if ``conn`` speaks
+        for the owner (``speaks_for_owner``), every other subscriber gets ``chunk_available``
+        (hardened: the original let anyone trigger it)."""
+        if not chunk_ids or not self.speaks_for_owner(conn, identity, channel_id, now):
             return ChannelResult()
-        is_owner = channel.owner == conn or (
-            identity.public_key is not None and identity.public_key == channel.owner_key
-        )
+        channel = self._channels[channel_id]
         subscribers = [other for other in channel.subscribers if other != conn]
-        if not is_owner or not subscribers:
+        if not subscribers:
             return ChannelResult()
         return ChannelResult(multicasts=[(encode(_available(channel_id, chunk_ids)), subscribers)])
 

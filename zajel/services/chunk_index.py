@@ -164,15 +164,17 @@ class ChunkIndex:
             self._deliver_chunks(result)
         elif isinstance(message, ChunkAnnounce):
             announced = [Announced(chunk_id, routing) for chunk_id, routing in message.chunks]
+            channel_id = message.channel_id
+            trusted = channel_id is not None and self.channels.speaks_for_owner(
+                conn, identity, channel_id, now
+            )
             result = self.chunks.announce(
-                conn, announced, message.channel_id, now, ip=ip, signal=signal
+                conn, announced, channel_id, now, ip=ip, signal=signal, trusted=trusted
             )
             self._deliver_chunks(result)
-            if message.channel_id is not None and result.registered:
+            if channel_id is not None and trusted and result.registered:
                 self._deliver_channels(
-                    self.channels.announced(
-                        conn, identity, message.channel_id, result.registered, now
-                    )
+                    self.channels.announced(conn, identity, channel_id, result.registered, now)
                 )
         elif isinstance(message, ChunkPush):
             try:

@@ -15,6 +15,8 @@ Invariants the state keeps:
 - ``_candidates[c]`` holds, in announce order, exactly the sources of ``c`` that a pull may go
   to: not withheld, not waiting for ``c`` themselves, and without an outstanding pull of ``c``.
   Picking a source is therefore O(1) (expired entries not yet swept are dropped as met).
+- ``_trusted[c]`` holds the sources of ``c`` whose latest announce spoke for the owner of the
+  channel it named; a pull round takes them first.
 - ``_pulls[c]`` holds the peers asked to push ``c`` that have neither pushed, left nor timed out
   (each with its own ``PULL_TIMEOUT_S`` deadline). A new pull starts only when none is
   outstanding: a round's first pull goes to one source; after a failure (a time-out or the
@@ -197,6 +199,8 @@ class ChunkIndexState(Generic[P]):
         self._pull_hedge = max(pull_hedge, 1)
         self._sources: dict[str, dict[P, _Source]] = {}  # chunk -> peer -> source (by announce)
         self._candidates: dict[str, OrderedDict[P, None]] = {}  # chunk -> pullable sources
+        # chunk -> its sources whose latest announce spoke for the channel's owner
+        self._trusted: dict[str, set[P]] = {}
         self._pending: dict[str, dict[P, _Pending]] = {}  # chunk -> peer -> request (by arrival)
         self._pulls: dict[str, set[P]] = {}  # chunk -> peers with an outstanding pull
         self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
@@ -226,9 +230,11 @@ class ChunkIndexState(Generic[P]):
         *,
         ip: str,
         signal: bool = False,
+        trusted: bool = False,
     ) -> ChunkResult[P]:
         """``peer_id`` (from client address ``ip``) holds ``chunks`` (docs/protocol/chunks.md,
-        ``chunk_announce``).
+        ``chunk_announce``); ``trusted`` when it speaks for the owner of the announce's channel
+        (such sources are pulled first: docs/protocol/channels.md, "Rules").
 
         The ack comes first; then a ``chunk_pull`` to ``peer_id`` for each chunk that has
         waiting requesters, no cached copy and no outstanding pull, unless ``peer_id`` let a pull
@@ -264,6 +270,10 @@ class ChunkIndexState(Generic[P]):
                 self._ip_sources[ip] = self._ip_sources.get(ip, 0) + 1
             # Re-inserted: the latest announce is the most recent.
             self._sources.setdefault(chunk_id, {})[peer_id] = source
+            if trusted:
+                self._trusted.setdefault(chunk_id, set()).add(peer_id)
+            else:
+                _discard(self._trusted, chunk_id, peer_id)
             held = self._peer_sources.setdefault(peer_id, held)
             held.add(chunk_id)
             self._deadlines.schedule(("source", chunk_id, peer_id), expires_at)
@@ -507,6 +517,7 @@ class ChunkIndexState(Generic[P]):
             "source_entries": sum(len(sources) for sources in self._sources.values()),
             "candidate_chunks": len(self._candidates),
             "candidate_entries": sum(len(peers) for peers in self._candidates.values()),
+            "trusted": len(self._trusted),
             "pending_chunks": len(self._pending),
             "pending_entries": sum(len(pending) for pending in self._pending.values()),
             "pulls": len(self._pulls),
@@ -604,15 +615,23 @@ class ChunkIndexState(Generic[P]):
     def _pull_round(self, chunk_id: str, count: int, now: float) -> list[ChunkOut[P]]:
         """Pull ``chunk_id`` from up to ``count`` candidates, if requesters wait for it.
 
-        Taken alternately from the most recently announced end (the likeliest to be online)
-        and the longest-standing end (which sources that leave and announce again cannot
-        hold): withholding sources pay one time-out each, and churning ones cannot keep the
-        others from being pulled.
+        Sources that speak for the channel's owner come first: anyone may announce a chunk id
+        it saw in a ``chunk_available``, and the first push of a chunk is the one cached. The
+        others are taken alternately from the most recently announced end (the likeliest to be
+        online) and the longest-standing end (which sources that leave and announce again
+        cannot hold): withholding sources pay one time-out each, and churning ones cannot keep
+        the others from being pulled.
         """
         if not self._has_waiters(chunk_id, now):
             return []
         candidates = self._candidates.get(chunk_id)
         chosen: list[P] = []
+        for peer_id in self._trusted.get(chunk_id, ()):
+            if len(chosen) >= count or not candidates:
+                break
+            if peer_id in candidates and now < self._sources[chunk_id][peer_id].expires_at:
+                del candidates[peer_id]
+                chosen.append(peer_id)
         while candidates and len(chosen) < count:
             peer_id, _ = candidates.popitem(last=len(chosen) % 2 == 0)
             if now < self._sources[chunk_id][peer_id].expires_at:
@@ -688,6 +707,7 @@ class ChunkIndexState(Generic[P]):
     def _drop_source(self, chunk_id: str, peer_id: P, *, scheduled: bool = True) -> None:
         source = self._sources[chunk_id][peer_id]
         _remove(self._sources, chunk_id, peer_id)
+        _discard(self._trusted, chunk_id, peer_id)
         _discard(self._peer_sources, peer_id, chunk_id)
         self._source_count -= 1
         _decrement(self._ip_sources, source.ip)
