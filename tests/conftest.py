@@ -56,11 +56,15 @@ async def start_server(nursery: trio.Nursery, config: Config) -> RunningServer:
     return RunningServer(url=url, config=config, stop=stop)
 
 
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
-    """The real app under hypercorn on 127.0.0.1:0, in-process. Idle timeout is long so that
-    clock jumps over protocol timers do not close idle test connections."""
-    running = await start_server(nursery, make_config(ws_idle_timeout=86_400.0))
+@pytest.fixture(params=["hypercorn", "fast"])
+async def server(
+    nursery: trio.Nursery, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """The real app on 127.0.0.1:0, in-process, once with each WebSocket transport of
+    ``zajel serve`` (hypercorn's and our own). Idle timeout is long so that clock jumps over
+    protocol timers do not close idle test connections."""
+    config = make_config(ws_idle_timeout=86_400.0, ws_transport=request.param)
+    running = await start_server(nursery, config)
     yield running
     running.stop.set()
 

@@ -96,6 +96,9 @@ def test_every_setting_from_the_environment():
         "ZAJEL_WS_OUTBOUND_QUEUE": "12",
         "ZAJEL_WS_PING_INTERVAL": "15",
         "ZAJEL_WS_IDLE_TIMEOUT": "60.5",
+        "ZAJEL_WS_TRANSPORT": "fast",
+        "ZAJEL_CHANNEL_CHUNK_MAX_BYTES": "262144",
+        "ZAJEL_CHANNEL_OWNER_GRACE_S": "600",
         **SECRETS,
     }
     config = Config.from_env(environ)
@@ -138,6 +141,9 @@ def test_every_setting_from_the_environment():
     assert config.ws_outbound_queue == 12
     assert config.ws_ping_interval == 15.0
     assert config.ws_idle_timeout == 60.5
+    assert config.ws_transport == "fast"
+    assert config.channel_chunk_max_bytes == 262_144
+    assert config.channel_owner_grace_s == 600.0
     assert config.bootstrap_signing_key == "b" * 64
     assert config.attestation_signing_key == "a" * 64
     assert config.build_token_verify_key == SECRETS["ZAJEL_BUILD_TOKEN_VERIFY_KEY"]
@@ -214,6 +220,9 @@ def test_log_levels(environ, level):
         ("LOG_LEVEL", "critical"),
         ("LOG_FORMAT", "xml"),
         ("METRICS", "yes"),
+        ("WS_TRANSPORT", "asgi"),
+        ("CHANNEL_CHUNK_MAX_BYTES", "100"),
+        ("CHANNEL_OWNER_GRACE_S", "-1"),
         ("TRUST_PROXY", "X-Real-IP"),
         ("WS_MESSAGE_RATE", "NaN"),
         ("WS_MESSAGE_RATE", "nan"),

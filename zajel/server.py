@@ -18,7 +18,13 @@ from zajel.logs import context
 from zajel.services import open_services
 from zajel.storage import Store, open_store
 from zajel.web import create_app
-from zajel.web.transport import ConnectionTable, bound_url, open_listener, serve_tcp
+from zajel.web.transport import (
+    ConnectionTable,
+    WebSocketPaths,
+    bound_url,
+    open_listener,
+    serve_tcp,
+)
 
 log = logging.getLogger("zajel.server")
 
@@ -125,6 +131,11 @@ async def serve(
                             listener,
                             shutdown=shutdown,
                             grace=GRACEFUL_TIMEOUT_S,
+                            websockets=(
+                                WebSocketPaths(("/signal", "/relay"), config)
+                                if config.ws_transport == "fast"
+                                else None
+                            ),
                         )
                     )
                     url = bound_url(listener)

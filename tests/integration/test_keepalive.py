@@ -4,6 +4,7 @@ by jumps of the mock clock that the in-process server shares, never by waiting."
 
 from __future__ import annotations
 
+import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
@@ -50,8 +51,9 @@ class SilentClient:
                     return seen
 
 
-async def test_server_pings_and_closes_a_silent_connection(nursery, clock):
-    server = await start_server(nursery, make_config())
+@pytest.mark.parametrize("transport", ["hypercorn", "fast"])
+async def test_server_pings_and_closes_a_silent_connection(nursery, clock, transport):
+    server = await start_server(nursery, make_config(ws_transport=transport))
     port = int(server.url.rsplit(":", 1)[1])
     with trio.fail_after(200):
         silent = await SilentClient.connect(port)

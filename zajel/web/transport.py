@@ -40,6 +40,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 import hypercorn.protocol.h11
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -52,6 +53,7 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Event
 
+from zajel.config import Config as ZajelConfig
 from zajel.config import Network
 from zajel.logs import context
 from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
@@ -214,6 +216,12 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._write_lock = trio.Lock()
         # hypercorn has written a WebSocket close frame: no data frame may follow it.
         self.close_sent = False
+        # Bytes read to choose the transport, handed back to hypercorn first.
+        self._unread = b""
+
+    def unread(self, data: bytes) -> None:
+        """Give ``data`` back: the next ``receive_some`` returns it first."""
+        self._unread = data + self._unread
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if data[:1] == CLOSE_FRAME_FIRST_BYTE:
@@ -243,6 +251,9 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            return data
         try:
             data = await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:
@@ -282,6 +293,14 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+@attrs.frozen
+class WebSocketPaths:
+    """Where our own WebSocket transport serves: the endpoint paths, and its settings."""
+
+    paths: tuple[str, ...]
+    config: ZajelConfig
 
 
 class AcceptWarnings:
@@ -391,9 +410,13 @@ async def serve_tcp(
     *,
     shutdown: trio.Event,
     grace: float,
+    websockets: WebSocketPaths | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``listener`` until ``shutdown`` is set, then wind down within ``grace``.
+
+    ``websockets``: handshakes on these paths are served by our own WebSocket transport
+    (``zajel.web.fastws``) instead of hypercorn's.
 
     Shutdown stops accepting, tells hypercorn to close idle keep-alive connections, lets open
     connections finish (the app closes its WebSockets itself), and drops whatever is still open
@@ -411,7 +434,9 @@ async def serve_tcp(
             connections.start_soon(_watch_deadlines, table)
 
             async def handle(stream: trio.SocketStream) -> None:
-                await _serve_connection(stream, wrapped, hypercorn_config, context_, state, table)
+                await _serve_connection(
+                    stream, wrapped, hypercorn_config, context_, state, table, websockets, app
+                )
 
             async with trio.open_nursery() as acceptor:
                 acceptor.start_soon(_accept_loop, listener, handle, connections)
@@ -455,6 +480,8 @@ async def _serve_connection(
     context_: WorkerContext,
     state: dict[str, Any],
     table: ConnectionTable,
+    websockets: WebSocketPaths | None = None,
+    asgi_app: Any = None,
 ) -> None:
     try:
         peer = stream.socket.getpeername()
@@ -470,6 +497,14 @@ async def _serve_connection(
     conn.stream = guarded
     try:
         with conn.scope:
+            if websockets is not None:
+                from zajel.web import fastws  # it builds on this module
+
+                head = await fastws.read_head(guarded)
+                if fastws.is_endpoint_handshake(head, websockets.paths):
+                    await fastws.serve_websocket(asgi_app, guarded, conn, head, websockets.config)
+                    return
+                guarded.unread(head)
             await TCPServer(app, hypercorn_config, context_, state, guarded)  # type: ignore[arg-type]
     finally:
         table.close(conn)
