@@ -103,3 +103,24 @@ async def test_a_frame_with_reserved_bits_closes_1002(fast):
         await stream.aclose()
     assert data[:1] == b"\x88"  # a close frame
     assert int.from_bytes(data[2:4], "big") == 1002
+
+
+def masked_text(text: str) -> bytes:
+    """A client's text frame (masked with a zero key, which leaves the payload as it is)."""
+    payload = text.encode()
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+async def test_a_frame_sent_right_behind_the_handshake_is_not_lost(fast):
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(fast.url))
+        request = head("/signal", f"Sec-WebSocket-Key: {KEY}")
+        await stream.send_all(request + masked_text('{"type":"ping"}'))
+        reply = b""
+        while b'{"type":"pong"}' not in reply:
+            chunk = await stream.receive_some(65536)
+            assert chunk, reply
+            reply += chunk
+        await stream.aclose()
+    assert reply.startswith(b"HTTP/1.1 101")

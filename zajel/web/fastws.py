@@ -111,6 +111,8 @@ class FastWebSocket:
             for event in self.protocol.events_received():
                 if isinstance(event, Request):
                     self.request = event
+                else:  # a frame the client sent right behind its handshake
+                    self._take(event)
             if self.request is not None:
                 break
             if self.protocol.state is not State.CONNECTING or self.protocol.handshake_exc:
