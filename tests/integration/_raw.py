@@ -1,14 +1,17 @@
 """Raw clients and resource counts for the hardening tests: a wsproto client that can send a
-burst without reading and hang up without a close handshake, and what the server holds (its
-TCP sockets by state, its trio tasks)."""
+burst without reading and hang up without a close handshake, WebSocket frames built byte by byte
+(to break any rule of RFC 6455) and read back from the server's bytes, and what the server holds
+(its TCP sockets by state, its trio tasks)."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from collections import Counter
 from typing import Any
 
+import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -212,3 +215,75 @@ async def paired_sink(port: int, partner: Any, partner_code: str, code: str) -> 
     await sink.send({"type": "pair_response", "targetCode": partner_code, "accepted": True})
     assert (await partner.receive())["type"] == "pair_matched"
     return sink
+
+
+# WebSocket opcodes (RFC 6455, section 5.2).
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+MASK = b"\x37\xfa\x21\x3d"
+
+
+def client_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = MASK,
+) -> bytes:
+    """One client frame, built byte by byte so that it can break any rule: any opcode (0-15),
+    reserved bits ``rsv`` (0-7), ``mask=None`` for an unmasked frame, any payload size."""
+    first = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode & 0x0F
+    masked = 0x80 if mask is not None else 0
+    size = len(payload)
+    if size < 126:
+        head = bytes((first, masked | size))
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", first, masked | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, masked | 127, size)
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def close_payload(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
+@attrs.frozen
+class ServerFrame:
+    """A frame the server sent (servers never mask)."""
+
+    fin: bool
+    opcode: int
+    payload: bytes
+
+    @property
+    def close_code(self) -> int:
+        """The code of a close frame (1005: it carries none)."""
+        assert self.opcode == CLOSE, self
+        return struct.unpack("!H", self.payload[:2])[0] if self.payload else 1005
+
+
+def server_frames(data: bytes) -> list[ServerFrame]:
+    """The frames in ``data``, which must hold only whole, unmasked frames with no reserved bit.
+
+    Raises:
+        AssertionError: ``data`` is not such a sequence of frames.
+    """
+    frames = []
+    at = 0
+    while at < len(data):
+        assert len(data) >= at + 2, f"a truncated frame: {data[at:]!r}"
+        first, second = data[at], data[at + 1]
+        assert first & 0x70 == 0, f"reserved bits set: {data[at:]!r}"
+        assert second & 0x80 == 0, f"a masked server frame: {data[at:]!r}"
+        size, at = second & 0x7F, at + 2
+        if size == 126:
+            (size,), at = struct.unpack("!H", data[at : at + 2]), at + 2
+        elif size == 127:
+            (size,), at = struct.unpack("!Q", data[at : at + 8]), at + 8
+        assert len(data) >= at + size, f"a truncated frame: {data!r}"
+        frames.append(ServerFrame(bool(first & 0x80), first & 0x0F, data[at : at + size]))
+        at += size
+    return frames
