@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Final
 
 import trio
+from websockets import http11
 from websockets.datastructures import Headers
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
@@ -44,6 +45,10 @@ log = logging.getLogger("zajel.web")
 HEAD_MAX: Final = 16 * 1024
 HEAD_TIMEOUT_S: Final = 10.0
 RECEIVE_MAX: Final = 256 * 1024
+# A header line may be as long as the head we read (websockets' default is 8 KiB, less than
+# hypercorn takes: a browser's cookies can exceed it). Its documented knob is an environment
+# variable read once at import; the head is bounded by HEAD_MAX either way.
+http11.MAX_LINE_LENGTH = max(http11.MAX_LINE_LENGTH, HEAD_MAX)
 # websockets logs every connection at INFO; ours are logged by the front end.
 _QUIET = logging.getLogger("zajel.web.websockets")
 _QUIET.setLevel(logging.WARNING)
@@ -94,6 +99,7 @@ class FastWebSocket:
         self.config = config
         self.protocol = ServerProtocol(max_size=config.ws_max_message_bytes, logger=_QUIET)
         self.request: Request | None = None
+        self._accepting: Response | None = None  # the 101 to send when the app accepts
         self.events: deque[dict[str, Any]] = deque()
         self.connected = False
         self.disconnected = False
@@ -116,14 +122,22 @@ class FastWebSocket:
             if self.request is not None:
                 break
             if self.protocol.state is not State.CONNECTING or self.protocol.handshake_exc:
-                await self._flush()
+                await self._refuse_unparsed()
                 return None
             data = await read_head(self.stream)
             if not data:
                 self.protocol.receive_eof()
-                await self._flush()
+                await self._refuse_unparsed()
                 return None
             self.protocol.receive_data(data)
+        # A request that is no valid handshake is refused here, before the app sees it: it never
+        # becomes a WebSocket (websockets' answer: 400, or 426 without an upgrade).
+        response = self.protocol.accept(self.request)
+        if response.status_code != 101:
+            self.protocol.send_response(response)
+            await self._flush()
+            return None
+        self._accepting = response
         path, _, query = self.request.path.partition("?")
         peer = self.conn.peer
         return {
@@ -161,10 +175,9 @@ class FastWebSocket:
         kind = message["type"]
         protocol = self.protocol
         if kind == "websocket.accept":
-            assert self.request is not None
-            response = protocol.accept(self.request)
-            # No extension, no subprotocol: the handshake response as websockets builds it.
-            protocol.send_response(response)
+            # No extension, no subprotocol: the handshake response as websockets built it.
+            assert self._accepting is not None
+            protocol.send_response(self._accepting)
         elif kind == "websocket.send":
             if protocol.state is State.OPEN:
                 text = message.get("text")
@@ -223,6 +236,8 @@ class FastWebSocket:
         else:
             self.protocol.receive_eof()
         for frame in self.protocol.events_received():
+            if self.disconnected:
+                break  # nothing after a close, or after a frame that failed the connection
             self._take(frame)
         await self._flush()
         if self.protocol.state is State.CLOSED or self.protocol.parser_exc is not None:
@@ -258,6 +273,17 @@ class FastWebSocket:
             return
         self.events.append({"type": "websocket.receive", "text": decoded})
 
+    async def _refuse_unparsed(self) -> None:
+        """A head websockets could not take as a request: its answer (414 or 431 for lines too
+        long or too many), or else 400 where it would only close."""
+        answer = b"".join(self.protocol.data_to_send()) or BAD_REQUEST
+        with trio.CancelScope(shield=True):
+            try:
+                await self.stream.send_all(answer)
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
     async def _flush(self) -> None:
         """Write what the protocol has to send, in one write; half-close when it says so."""
         writes = self.protocol.data_to_send()
@@ -281,6 +307,10 @@ class FastWebSocket:
         return close.code if close is not None else 1006
 
 
+BAD_REQUEST: Final = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
+    b"connection: close\r\n\r\nBad Request\n"
+)
 _REASONS: Final = {
     400: "Bad Request",
     403: "Forbidden",

@@ -267,7 +267,8 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         return data
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        async with self._write_lock:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         # hypercorn is done with the connection: end whatever it still runs for it (its
