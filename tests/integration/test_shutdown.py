@@ -14,12 +14,15 @@ from tests.integration._process import clean_environment, zajel_serve
 from tests.integration._raw import paired_sink, port_of
 from tests.integration._signal import open_socket, pair, read_until_closed
 
+TRANSPORTS = ["hypercorn", "fast"]  # ZAJEL_WS_TRANSPORT: every WebSocket stack of zajel serve
 
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-async def test_a_signal_closes_websockets_with_1001_and_exits_0(tmp_path, signum):
+async def test_a_signal_closes_websockets_with_1001_and_exits_0(tmp_path, signum, transport):
     with trio.fail_after(30):
         async with (
-            zajel_serve(tmp_path) as (process, url),
+            zajel_serve(tmp_path, env={"ZAJEL_WS_TRANSPORT": transport}) as (process, url),
             open_socket(url) as a,
             open_socket(url) as b,
             open_socket(url) as idle,
@@ -97,7 +100,8 @@ async def test_a_shutdown_soon_after_a_close_does_not_wait_the_grace_time(tmp_pa
             assert trio.current_time() - start < 3
 
 
-async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path, transport):
     """Its partner fills its socket with offers until the server's write to it blocks; the
     slow-consumer rule is set far away, so only the shutdown can end it, within the grace time
     (hypercorn's writes are shielded: this used to hang for ever)."""
@@ -105,6 +109,7 @@ async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path):
         "ZAJEL_WS_SLOW_CONSUMER_MS": "3600000",
         "ZAJEL_WS_OUTBOUND_BYTES": str(1 << 30),
         "ZAJEL_WS_OUTBOUND_QUEUE": "100000",
+        "ZAJEL_WS_TRANSPORT": transport,
     }
     offer = {"sdp": "o" * 200_000}
     with trio.fail_after(60):

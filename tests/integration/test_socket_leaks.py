@@ -4,6 +4,7 @@ nothing for it: no TCP socket (CLOSE_WAIT was the symptom), no task, no cap slot
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.conftest import make_config, start_server
@@ -38,8 +39,11 @@ async def flood_keep_sending_and_hang_up(port: int, path: str) -> None:
     await client.hang_up()
 
 
-async def test_clients_that_flood_and_keep_sending_leave_no_socket_behind(nursery):
-    running = await start_server(nursery, make_config(ws_idle_timeout=86_400.0))
+@pytest.mark.parametrize("transport", ["hypercorn", "fast"])
+async def test_clients_that_flood_and_keep_sending_leave_no_socket_behind(nursery, transport):
+    running = await start_server(
+        nursery, make_config(ws_idle_timeout=86_400.0, ws_transport=transport)
+    )
     port = port_of(running.url)
     assert await connections(running.url) == 0
     baseline = task_count()
@@ -59,9 +63,11 @@ async def test_clients_that_flood_and_keep_sending_leave_no_socket_behind(nurser
     running.stop.set()
 
 
-async def test_a_slow_consumer_that_keeps_sending_leaves_no_socket_behind(nursery):
+@pytest.mark.parametrize("transport", ["hypercorn", "fast"])
+async def test_a_slow_consumer_that_keeps_sending_leaves_no_socket_behind(nursery, transport):
     running = await start_server(
-        nursery, make_config(ws_idle_timeout=86_400.0, ws_slow_consumer_ms=200)
+        nursery,
+        make_config(ws_idle_timeout=86_400.0, ws_slow_consumer_ms=200, ws_transport=transport),
     )
     port = port_of(running.url)
     baseline = task_count()
@@ -91,8 +97,11 @@ async def test_a_slow_consumer_that_keeps_sending_leaves_no_socket_behind(nurser
     running.stop.set()
 
 
-async def test_closed_websockets_leave_no_tasks_behind(nursery):
-    running = await start_server(nursery, make_config(ws_idle_timeout=86_400.0))
+@pytest.mark.parametrize("transport", ["hypercorn", "fast"])
+async def test_closed_websockets_leave_no_tasks_behind(nursery, transport):
+    running = await start_server(
+        nursery, make_config(ws_idle_timeout=86_400.0, ws_transport=transport)
+    )
     assert await connections(running.url) == 0
     baseline = task_count()
     with trio.fail_after(30):
