@@ -100,6 +100,7 @@ class FastWebSocket:
         self.protocol = ServerProtocol(max_size=config.ws_max_message_bytes, logger=_QUIET)
         self.request: Request | None = None
         self._accepting: Response | None = None  # the 101 to send when the app accepts
+        self._response: dict[str, Any] = {}  # a refusal's start, until its body comes
         self.events: deque[dict[str, Any]] = deque()
         self.connected = False
         self.disconnected = False
