@@ -11,6 +11,9 @@ each subscriber keeping 4 requests unanswered; and once with every request sent 
 same multicast on ``/signal`` as a channel (N = 100, K = 64, S = 16 KiB: window 4, all at
 once, and with the owner pushing each chunk proactively); then the server registry with 1000
 entries (50 clients, 100 heartbeats each, 200 signed lists).
+Every WebSocket scenario runs once on each WebSocket transport of ``zajel serve``
+(``ZAJEL_WS_TRANSPORT``: hypercorn's stack and our own), its result tagged with ``transport``;
+the transport floor is hypercorn's echo.
 Each scenario runs as its own process with its own server, as the single benchmarks do; their
 JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
 (``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
@@ -34,6 +37,9 @@ RESULTS = BENCH / "results"
 SUBSCRIBERS = (10, 100, 500)
 SIZES = (16_384, 48_000)
 CHUNKS = 64
+TRANSPORTS = ("hypercorn", "fast")
+# The scenarios that speak WebSocket to zajel serve: each runs on every transport.
+WEBSOCKET_BENCHMARKS = {"signaling.py", "chunk_multicast.py", "channels.py"}
 
 
 def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
@@ -87,13 +93,30 @@ def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
     return runs
 
 
-def run_one(args: list[str], out: Path, timeout: float) -> dict[str, Any]:
+def with_transports(
+    runs: list[tuple[str, list[str]]],
+) -> list[tuple[str, list[str], str | None]]:
+    """Each WebSocket scenario once per transport, the others once (``None``)."""
+    return [
+        (name, command, transport)
+        for name, command in runs
+        for transport in (TRANSPORTS if command[0] in WEBSOCKET_BENCHMARKS else (None,))
+    ]
+
+
+def run_one(
+    args: list[str], out: Path, timeout: float, transport: str | None = None
+) -> dict[str, Any]:
+    env = dict(os.environ)
+    if transport is not None:
+        env["ZAJEL_WS_TRANSPORT"] = transport
     finished = subprocess.run(
         [sys.executable, str(BENCH / args[0]), *args[1:], f"--out={out}"],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
     lines = finished.stdout.strip().splitlines()
     if not lines:
@@ -105,6 +128,8 @@ def run_one(args: list[str], out: Path, timeout: float) -> dict[str, Any]:
         }
     result: dict[str, Any] = json.loads(lines[-1])
     result["exit"] = finished.returncode
+    if transport is not None:
+        result["transport"] = transport
     return result
 
 
@@ -117,21 +142,28 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    sizes = sorted(
-        {r["size"] for r in results if r.get("benchmark") == "chunk_multicast" and r["window"]}
+    series = sorted(
+        {
+            (r["size"], r.get("transport", "hypercorn"))
+            for r in results
+            if r.get("benchmark") == "chunk_multicast" and r["window"]
+        }
     )
-    for size in sizes:
+    for size, transport in series:
         rows = sorted(
             (
                 r
                 for r in results
-                if r.get("benchmark") == "chunk_multicast" and r["size"] == size and r["window"]
+                if r.get("benchmark") == "chunk_multicast"
+                and r["size"] == size
+                and r["window"]
+                and r.get("transport", "hypercorn") == transport
             ),
             key=lambda r: r["subscribers"],
         )
         if not rows:
             continue
-        label = f"S = {size:,} bytes"
+        label = f"S = {size:,} bytes, {transport}"
         ns = [r["subscribers"] for r in rows]
         throughput.plot(ns, [r["deliveries_per_s"] for r in rows], marker="o", label=label)
         latency.plot(ns, [r["p99_ms"] for r in rows], marker="o", label=label)
@@ -161,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     history = results_dir / "history.jsonl"
     results = []
-    for name, command in scenarios(args.quick):
-        result = run_one(command, history, args.timeout)
+    for name, command, transport in with_transports(scenarios(args.quick)):
+        result = run_one(command, history, args.timeout, transport)
         results.append(result)
         print(json.dumps({"scenario": name, **result}, separators=(",", ":")), flush=True)
     summary = {

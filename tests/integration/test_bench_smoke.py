@@ -144,7 +144,16 @@ def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_pa
 def test_run_all_writes_latest_json_with_every_scenario(tmp_path):
     run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
     summary = json.loads((tmp_path / "latest.json").read_text())
-    kinds = [result["benchmark"] for result in summary["results"]]
-    assert kinds == ["signaling", "transport_floor", "chunk_multicast", "channels", "registry"]
+    kinds = [(r["benchmark"], r.get("transport")) for r in summary["results"]]
+    assert kinds == [
+        ("signaling", "hypercorn"),
+        ("signaling", "fast"),
+        ("transport_floor", None),
+        ("chunk_multicast", "hypercorn"),
+        ("chunk_multicast", "fast"),
+        ("channels", "hypercorn"),
+        ("channels", "fast"),
+        ("registry", None),
+    ]
     assert all(result["exit"] == 0 for result in summary["results"])
     assert summary["machine"]["cpus"] >= 1
