@@ -5,6 +5,9 @@ the ``server`` fixture."""
 
 from __future__ import annotations
 
+import contextlib
+import zlib
+
 import pytest
 import trio
 
@@ -124,3 +127,36 @@ async def test_a_frame_sent_right_behind_the_handshake_is_not_lost(fast):
             reply += chunk
         await stream.aclose()
     assert reply.startswith(b"HTTP/1.1 101")
+
+
+async def test_compression_is_declined_and_a_compressed_frame_is_never_inflated(fast):
+    """The client offers permessage-deflate; the 101 agrees to no extension, so a frame marked
+    compressed (RSV1) is a protocol error: a 200 KB deflate bomb (200 MB once inflated) closes
+    the connection with 1002 without being inflated."""
+    bomb = zlib.compress(b"\0" * (200 << 20), 9)[2:-4]  # raw deflate, as the extension sends it
+    assert len(bomb) < 256 * 1024
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(fast.url))
+        await stream.send_all(head("/signal", f"Sec-WebSocket-Key: {KEY}", offer))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += await stream.receive_some(65536)
+        response, _, rest = reply.partition(b"\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 101")
+        assert b"sec-websocket-extensions" not in response.lower()
+        header = bytes((0xC1, 0x80 | 127)) + len(bomb).to_bytes(8, "big") + b"\0\0\0\0"
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(header + bomb)
+        data = rest
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        await stream.aclose()
+    assert data[:1] == b"\x88"
+    assert int.from_bytes(data[2:4], "big") == 1002
