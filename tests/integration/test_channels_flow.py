@@ -36,6 +36,7 @@ from tests.integration._channels import (
     upstream_frame,
     wait_stats,
 )
+from tests.integration._raw import RawClient, port_of
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays
 from zajel.client import connect_signal, generate_public_key
@@ -538,3 +539,30 @@ async def test_the_field_rules_of_the_channel_messages(server):
             counts = await stats(server.url)
             assert counts["chunks"]["totalSources"] == 0
             assert counts["channels"]["liveStreams"] == 0
+
+
+async def test_frames_in_one_write_are_handled_in_order_across_both_services(server):
+    """``register`` goes to the SignalingRoom and the channel frames behind it to the
+    ChunkIndex; sent in one write, each still sees the registration before it, and the replies
+    come in the order of the frames (docs/architecture.md, "Identity")."""
+    with trio.fail_after(10):
+        client = await RawClient.connect(port_of(server.url))
+        await client.send(
+            {"type": "register", "pairingCode": "QQQ234"},
+            {"type": "channel-owner-register", "channelId": "order"},
+            {"type": "ping"},
+            {"type": "channel-subscribe", "channelId": "order"},
+            {"type": "register", "pairingCode": "RRR234"},
+            {"type": "chunk_request", "peerId": "RRR234", "chunkId": "c", "channelId": "order"},
+        )
+        replies = [await client.receive() for _ in range(6)]
+        await client.hang_up()
+    assert [reply["type"] for reply in replies] == [
+        "registered",
+        "channel-owner-registered",
+        "pong",
+        "channel-subscribed",
+        "registered",
+        "chunk_error",  # no source: and not peer_id_mismatch, the new code is already known
+    ]
+    assert replies[4]["pairingCode"] == "RRR234"
