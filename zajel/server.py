@@ -18,9 +18,9 @@ from zajel.logs import context
 from zajel.services import open_services
 from zajel.storage import Store, open_store
 from zajel.web import create_app
+from zajel.web.fastws import FastTransport
 from zajel.web.transport import (
     ConnectionTable,
-    WebSocketPaths,
     bound_url,
     open_listener,
     serve_tcp,
@@ -132,7 +132,7 @@ async def serve(
                             shutdown=shutdown,
                             grace=GRACEFUL_TIMEOUT_S,
                             websockets=(
-                                WebSocketPaths(("/signal", "/relay"), config)
+                                FastTransport(("/signal", "/relay"), config)
                                 if config.ws_transport == "fast"
                                 else None
                             ),

@@ -25,10 +25,12 @@ Invariants:
 
 from __future__ import annotations
 
+import http
 import logging
 from collections import deque
 from typing import Any, Final
 
+import attrs
 import trio
 from websockets import http11
 from websockets.datastructures import Headers
@@ -202,9 +204,9 @@ class FastWebSocket:
                     for name, value in start.get("headers", ())
                 ]
             )
-            status = int(start["status"])
-            reason = _REASONS.get(status, "Error")
-            protocol.send_response(Response(status, reason, headers, message.get("body", b"")))
+            status = http.HTTPStatus(int(start["status"]))
+            body = message.get("body", b"")
+            protocol.send_response(Response(status.value, status.phrase, headers, body))
         await self._flush()
 
     # -- I/O -------------------------------------------------------------------------------
@@ -312,12 +314,24 @@ BAD_REQUEST: Final = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
     b"connection: close\r\n\r\nBad Request\n"
 )
-_REASONS: Final = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    503: "Service Unavailable",
-}
+
+
+@attrs.frozen
+class FastTransport:
+    """This transport as ``serve_tcp`` takes it: the endpoint paths it serves, its settings."""
+
+    paths: tuple[str, ...]
+    config: Config
+
+    async def serve(self, app: Any, stream: GuardedStream, conn: Connection) -> bool:
+        """Serve the connection if its first request is a handshake on one of ``paths``;
+        otherwise give the bytes read back to the stream and return False."""
+        head = await read_head(stream)
+        if not is_endpoint_handshake(head, self.paths):
+            stream.unread(head)
+            return False
+        await serve_websocket(app, stream, conn, head, self.config)
+        return True
 
 
 async def serve_websocket(

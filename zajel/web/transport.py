@@ -38,9 +38,8 @@ import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import attrs
 import hypercorn.protocol.h11
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -53,7 +52,6 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Event
 
-from zajel.config import Config as ZajelConfig
 from zajel.config import Network
 from zajel.logs import context
 from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
@@ -296,12 +294,13 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
-@attrs.frozen
-class WebSocketPaths:
-    """Where our own WebSocket transport serves: the endpoint paths, and its settings."""
+class WebSocketTransport(Protocol):
+    """A WebSocket stack that ``serve_tcp`` offers every new connection first
+    (``zajel.web.fastws.FastTransport``)."""
 
-    paths: tuple[str, ...]
-    config: ZajelConfig
+    async def serve(self, app: Any, stream: GuardedStream, conn: Connection) -> bool:
+        """Serve the connection to ``app`` if it opens with a handshake this transport takes
+        and return True; else give back what was read (``stream.unread``) and return False."""
 
 
 class AcceptWarnings:
@@ -411,13 +410,13 @@ async def serve_tcp(
     *,
     shutdown: trio.Event,
     grace: float,
-    websockets: WebSocketPaths | None = None,
+    websockets: WebSocketTransport | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``listener`` until ``shutdown`` is set, then wind down within ``grace``.
 
-    ``websockets``: handshakes on these paths are served by our own WebSocket transport
-    (``zajel.web.fastws``) instead of hypercorn's.
+    ``websockets``: the WebSocket stack offered each connection before hypercorn
+    (``zajel.web.fastws``); hypercorn's serves every WebSocket when it is ``None``.
 
     Shutdown stops accepting, tells hypercorn to close idle keep-alive connections, lets open
     connections finish (the app closes its WebSockets itself), and drops whatever is still open
@@ -481,7 +480,7 @@ async def _serve_connection(
     context_: WorkerContext,
     state: dict[str, Any],
     table: ConnectionTable,
-    websockets: WebSocketPaths | None = None,
+    websockets: WebSocketTransport | None = None,
     asgi_app: Any = None,
 ) -> None:
     try:
@@ -498,14 +497,8 @@ async def _serve_connection(
     conn.stream = guarded
     try:
         with conn.scope:
-            if websockets is not None:
-                from zajel.web import fastws  # it builds on this module
-
-                head = await fastws.read_head(guarded)
-                if fastws.is_endpoint_handshake(head, websockets.paths):
-                    await fastws.serve_websocket(asgi_app, guarded, conn, head, websockets.config)
-                    return
-                guarded.unread(head)
+            if websockets is not None and await websockets.serve(asgi_app, guarded, conn):
+                return
             await TCPServer(app, hypercorn_config, context_, state, guarded)  # type: ignore[arg-type]
     finally:
         table.close(conn)
