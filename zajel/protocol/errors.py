@@ -84,8 +84,10 @@ def internal_error() -> ProtocolError:
     return ProtocolError(INTERNAL_ERROR, "Internal server error")
 
 
-def peer_id_mismatch() -> ProtocolError:
-    return ProtocolError(PEER_ID_MISMATCH, "peerId does not match this connection's registration")
+def peer_id_mismatch(
+    message: str = "peerId does not match this connection's registration",
+) -> ProtocolError:
+    return ProtocolError(PEER_ID_MISMATCH, message)
 
 
 def peer_id_in_use() -> ProtocolError:

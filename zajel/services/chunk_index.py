@@ -151,9 +151,10 @@ class ChunkIndex:
         signal = identity.dialect == "signal"
         peer_id = getattr(message, "peer_id", None)
         if peer_id is not None and peer_id != identity.peer_id:
-            error = errors.peer_id_mismatch()
             if signal:
-                error.message = SIGNAL_PEER_ID_MISMATCH
+                error = errors.peer_id_mismatch(SIGNAL_PEER_ID_MISMATCH)
+            else:
+                error = errors.peer_id_mismatch()
             self._deliver([(conn, error.to_frame())])
             return
         ip = self._ips[conn]
