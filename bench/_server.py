@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -195,4 +195,30 @@ def run_facts() -> dict[str, Any]:
             "processor": platform.processor() or None,
         },
         "cpus": os.cpu_count(),
+    }
+
+
+# A benchmark's measuring run: (url, server CPU seconds so far or None, server pid or None).
+Measure = Callable[[str, Callable[[], float | None], int | None], Awaitable[dict[str, Any]]]
+
+
+async def measure_server(
+    url: str | None, env: Mapping[str, str], measure: Measure
+) -> dict[str, Any]:
+    """``measure`` against the server at ``url`` (whose CPU time is not known), or against a
+    ``zajel serve`` started here with ``env`` and stopped afterwards."""
+    if url:
+        return await measure(url, lambda: None, None)
+    async with running_server(env) as server:
+        return await measure(server.url, server.cpu_seconds, server.pid)
+
+
+def cpu_figures(cpu_used: float | None, items: int, item: str) -> dict[str, float | None]:
+    """``server_cpu_s`` and ``server_cpu_us_per_<item>`` of a result line (``None`` where the
+    server's CPU time is not known, or nothing was done)."""
+    return {
+        "server_cpu_s": None if cpu_used is None else round(cpu_used, 3),
+        f"server_cpu_us_per_{item}": (
+            None if cpu_used is None or not items else round(cpu_used / items * 1e6, 2)
+        ),
     }

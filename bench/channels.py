@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import functools
 import json
 import math
 import secrets
@@ -51,7 +52,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._server import emit, percentile_ms, run_facts, running_server  # noqa: E402
+from bench._server import (  # noqa: E402
+    cpu_figures,
+    emit,
+    measure_server,
+    percentile_ms,
+    run_facts,
+)
 from bench.chunk_multicast import SERVER_ENV, Counters, peak_rss_mb  # noqa: E402
 from bench.registry import Connection  # noqa: E402
 from zajel.client import SignalClient, connect_signal, generate_public_key  # noqa: E402
@@ -231,20 +238,10 @@ async def run(
         "errors": figures.errors + missing + unregistered,
         "error_samples": figures.error_samples,
         "timed_out": timed_out,
-        "server_cpu_s": None if cpu_used is None else round(cpu_used, 3),
-        "server_cpu_us_per_delivery": (
-            None if cpu_used is None or not deliveries else round(cpu_used / deliveries * 1e6, 2)
-        ),
+        **cpu_figures(cpu_used, deliveries, "delivery"),
         "server_peak_rss_mb": None if pid is None else peak_rss_mb(pid),
         **run_facts(),
     }
-
-
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    if args.url:
-        return await run(args, args.url, lambda: None, None)
-    async with running_server(SERVER_ENV) as server:
-        return await run(args, server.url, server.cpu_seconds, server.pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
-    result = trio.run(main_async, args)
+    result = trio.run(measure_server, args.url, SERVER_ENV, functools.partial(run, args))
     emit(result, Path(args.out))
     return 1 if result["errors"] or result["timed_out"] else 0
 

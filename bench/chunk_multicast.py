@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import secrets
 import sys
 import time
@@ -40,10 +41,11 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench._server import (  # noqa: E402
     THROUGHPUT_ENV,
+    cpu_figures,
     emit,
+    measure_server,
     percentile_ms,
     run_facts,
-    running_server,
 )
 from zajel.client import RelayClient, connect_relay  # noqa: E402
 
@@ -164,22 +166,10 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
         "errors": counters.errors + missing,
         "error_samples": counters.error_samples,
         "timed_out": timed_out,
-        "server_cpu_s": None if cpu_used is None else round(cpu_used, 3),
-        "server_cpu_us_per_delivery": (
-            None
-            if cpu_used is None or not counters.deliveries
-            else round(cpu_used / counters.deliveries * 1e6, 2)
-        ),
+        **cpu_figures(cpu_used, counters.deliveries, "delivery"),
         "server_peak_rss_mb": None if pid is None else peak_rss_mb(pid),
         **run_facts(),
     }
-
-
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    if args.url:
-        return await run(args, args.url, lambda: None, None)
-    async with running_server(SERVER_ENV) as server:
-        return await run(args, server.url, server.cpu_seconds, server.pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
-    result = trio.run(main_async, args)
+    result = trio.run(measure_server, args.url, SERVER_ENV, functools.partial(run, args))
     emit(result, Path(args.out))
     return 1 if result["errors"] or result["timed_out"] else 0
 
