@@ -5,6 +5,7 @@ burst without reading and hang up without a close handshake, WebSocket frames bu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -287,3 +288,90 @@ def server_frames(data: bytes) -> list[ServerFrame]:
         frames.append(ServerFrame(bool(first & 0x80), first & 0x0F, data[at : at + size]))
         at += size
     return frames
+
+
+# -- HTTP and handshakes, byte by byte ------------------------------------------------------
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # the Sec-WebSocket-Key of RFC 6455's example
+
+
+def handshake(
+    target: str = "/signal",
+    *extra: str,
+    upgrade: str | None = "websocket",
+    connection: str | None = "Upgrade",
+    version: str | None = "13",
+    key: str | None = KEY,
+) -> bytes:
+    """A handshake request head; a header given as ``None`` is left out."""
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"]
+    for name, value in [
+        ("Upgrade", upgrade),
+        ("Connection", connection),
+        ("Sec-WebSocket-Version", version),
+        ("Sec-WebSocket-Key", key),
+    ]:
+        if value is not None:
+            lines.append(f"{name}: {value}")
+    lines += list(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@attrs.frozen
+class Reply:
+    """What a server sent on a connection: one HTTP response and whatever followed it."""
+
+    status: int | None  # None: no HTTP response at all
+    head: bytes
+    body: bytes
+    rest: bytes  # bytes after the response (frames after a 101)
+
+
+async def receive_or_end(stream: trio.SocketStream) -> bytes:
+    """The next bytes, or ``b""`` at the end of the stream (a FIN or a reset alike)."""
+    try:
+        return bytes(await stream.receive_some(1 << 16))
+    except trio.BrokenResourceError:
+        return b""
+
+
+async def read_reply(stream: trio.SocketStream) -> Reply:
+    """One HTTP response (its body by ``Content-Length``; to the end without one)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await receive_or_end(stream)
+        if not chunk:
+            return Reply(None, data, b"", b"")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if status == 101:
+        length = 0
+    if length is None:
+        rest += await read_to_end(stream)
+        return Reply(status, head, rest, b"")
+    while len(rest) < length:
+        chunk = await receive_or_end(stream)
+        assert chunk, f"connection closed mid-body: {head!r} {rest!r}"
+        rest += chunk
+    return Reply(status, head, rest[:length], rest[length:])
+
+
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    """Everything until the server closes the connection (the caller's ``fail_after`` bounds
+    a server that does not)."""
+    data = b""
+    while chunk := await receive_or_end(stream):
+        data += chunk
+    return data
+
+
+async def send_ignoring_close(stream: trio.SocketStream, data: bytes) -> None:
+    """Send ``data``; the server may close the connection before it has read it all."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)

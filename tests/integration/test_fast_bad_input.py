@@ -20,11 +20,11 @@ import contextlib
 import logging
 import socket
 import struct
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -40,10 +40,16 @@ from tests.integration._raw import (
     PING,
     PONG,
     TEXT,
+    Reply,
     ServerFrame,
     client_frame,
     close_payload,
+    handshake,
     port_of,
+    read_reply,
+    read_to_end,
+    receive_or_end,
+    send_ignoring_close,
     server_frames,
     server_sockets,
     task_count,
@@ -54,7 +60,6 @@ from zajel.web.fastws import HEAD_MAX, HEAD_TIMEOUT_S
 from zajel.web.transport import EOF_GRACE_S, STALL_CHECK_S
 
 LIMIT = 4096  # ws_max_message_bytes of these servers: small, so fragments can pass it cheaply
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 PING_TEXT = b'{"type":"ping"}'
 PONG_TEXT = b'{"type":"pong"}'
 # How long a server gets, in real time, to release a connection that has ended.
@@ -117,88 +122,6 @@ async def assert_healthy(server: RunningServer, tasks: int) -> None:
 
 
 # -- raw HTTP and WebSocket ----------------------------------------------------------------
-
-
-def handshake(
-    target: str = "/signal",
-    *extra: str,
-    upgrade: str | None = "websocket",
-    connection: str | None = "Upgrade",
-    version: str | None = "13",
-    key: str | None = KEY,
-) -> bytes:
-    """A handshake request head; a header given as ``None`` is left out."""
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"]
-    for name, value in [
-        ("Upgrade", upgrade),
-        ("Connection", connection),
-        ("Sec-WebSocket-Version", version),
-        ("Sec-WebSocket-Key", key),
-    ]:
-        if value is not None:
-            lines.append(f"{name}: {value}")
-    lines += list(extra)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-@attrs.frozen
-class Reply:
-    """What a server sent on a connection: one HTTP response and whatever followed it."""
-
-    status: int | None  # None: no HTTP response at all
-    head: bytes
-    body: bytes
-    rest: bytes  # bytes after the response (frames after a 101)
-
-
-async def receive_or_end(stream: trio.SocketStream) -> bytes:
-    """The next bytes, or ``b""`` at the end of the stream (a FIN or a reset alike)."""
-    try:
-        return bytes(await stream.receive_some(1 << 16))
-    except trio.BrokenResourceError:
-        return b""
-
-
-async def read_reply(stream: trio.SocketStream) -> Reply:
-    """One HTTP response (its body by ``Content-Length``; to the end without one)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await receive_or_end(stream)
-        if not chunk:
-            return Reply(None, data, b"", b"")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = None
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    if status == 101:
-        length = 0
-    if length is None:
-        rest += await read_to_end(stream)
-        return Reply(status, head, rest, b"")
-    while len(rest) < length:
-        chunk = await receive_or_end(stream)
-        assert chunk, f"connection closed mid-body: {head!r} {rest!r}"
-        rest += chunk
-    return Reply(status, head, rest[:length], rest[length:])
-
-
-async def read_to_end(stream: trio.SocketStream) -> bytes:
-    """Everything until the server closes the connection (the caller's ``fail_after`` bounds
-    a server that does not)."""
-    data = b""
-    while chunk := await receive_or_end(stream):
-        data += chunk
-    return data
-
-
-async def send_ignoring_close(stream: trio.SocketStream, data: bytes) -> None:
-    """Send ``data``; the server may close the connection before it has read it all."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(data)
 
 
 async def upgraded(server: RunningServer, path: str = "/signal") -> trio.SocketStream:
@@ -751,9 +674,9 @@ async def test_nothing_sent_after_a_close_is_acted_on(fast, bad, code):
         await assert_healthy(fast, tasks)
 
 
-async def test_a_frame_sent_with_the_handshake_is_not_lost(fast):
+async def test_a_frame_sent_with_the_handshake_is_served(fast):
     """A client that sends its first frame in the same write as its handshake (before the
-    101) gets it served, or the connection closed with 1002; never silently dropped."""
+    101) gets it served, before its next frame: it is never dropped."""
     tasks = task_count()
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port_of(fast.url))
@@ -769,10 +692,35 @@ async def test_a_frame_sent_with_the_handshake_is_not_lost(fast):
                 assert chunk, "the server closed without a frame"
                 data += chunk
             first = received[0]
-            served = first.opcode == TEXT and first.payload.startswith(b'{"type":"registered"')
-            refused = first.opcode == CLOSE and first.close_code == 1002
-            assert served or refused, received
+            assert first.opcode == TEXT, received
+            assert first.payload.startswith(b'{"type":"registered"'), received
         await assert_healthy(fast, tasks)
+
+
+async def test_compression_is_declined_and_a_compressed_frame_is_never_inflated(nursery):
+    """The client offers permessage-deflate; the 101 agrees to no extension, so a frame marked
+    compressed (RSV1) is a protocol error: a 200 KB deflate bomb (200 MB once inflated), within
+    the message size limit, closes the connection with 1002 without being inflated."""
+    bomb = zlib.compress(b"\0" * (200 << 20), 9)[2:-4]  # raw deflate, as the extension sends it
+    size_limit = 256 * 1024
+    assert len(bomb) < size_limit
+    fast = await start_server(
+        nursery, make_config(ws_transport="fast", ws_max_message_bytes=size_limit)
+    )
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+    tasks = task_count()
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(fast.url))
+        async with stream:
+            await stream.send_all(handshake("/signal", offer))
+            reply = await read_reply(stream)
+            assert reply.status == 101
+            assert b"sec-websocket-extensions" not in reply.head.lower()
+            await send_ignoring_close(stream, text(bomb, rsv=4))
+            received = await frames_until_closed(stream)
+        assert [(frame.opcode, frame.close_code) for frame in received] == [(CLOSE, 1002)]
+        await assert_healthy(fast, tasks)
+    fast.stop.set()
 
 
 # -- random bytes --------------------------------------------------------------------------
