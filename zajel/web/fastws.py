@@ -47,6 +47,11 @@ log = logging.getLogger("zajel.web")
 HEAD_MAX: Final = 16 * 1024
 HEAD_TIMEOUT_S: Final = 10.0
 RECEIVE_MAX: Final = 256 * 1024
+# The answer to a head that is no HTTP request at all (websockets itself would only close).
+BAD_REQUEST: Final = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
+    b"connection: close\r\n\r\nBad Request\n"
+)
 # A header line may be as long as the head we read (websockets' default is 8 KiB, less than
 # hypercorn takes: a browser's cookies can exceed it). Its documented knob is an environment
 # variable read once at import; the head is bounded by HEAD_MAX either way.
@@ -63,7 +68,7 @@ async def read_head(stream: GuardedStream) -> bytes:
     with trio.move_on_after(HEAD_TIMEOUT_S):
         while b"\r\n\r\n" not in data and len(data) < HEAD_MAX:
             try:
-                chunk = await stream.receive_some(HEAD_MAX)
+                chunk = await stream.receive_some(HEAD_MAX - len(data))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 break
             if not chunk:
@@ -279,23 +284,19 @@ class FastWebSocket:
     async def _refuse_unparsed(self) -> None:
         """A head websockets could not take as a request: its answer (414 or 431 for lines too
         long or too many), or else 400 where it would only close."""
-        answer = b"".join(self.protocol.data_to_send()) or BAD_REQUEST
-        with trio.CancelScope(shield=True):
-            try:
-                await self.stream.send_all(answer)
-                await self.stream.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        await self._write(b"".join(self.protocol.data_to_send()) or BAD_REQUEST, eof=True)
 
     async def _flush(self) -> None:
         """Write what the protocol has to send, in one write; half-close when it says so."""
         writes = self.protocol.data_to_send()
-        if not writes:
-            return
-        eof = writes[-1] == b""
-        data = b"".join(writes)
-        if self.protocol.close_sent is not None:
-            self.stream.close_sent = True
+        if writes:
+            if self.protocol.close_sent is not None:
+                self.stream.close_sent = True
+            await self._write(b"".join(writes), eof=writes[-1] == b"")
+
+    async def _write(self, data: bytes, *, eof: bool) -> None:
+        """Write ``data`` whole (shielded like every write of the stream), then half-close if
+        ``eof``; a connection gone meanwhile is disconnected."""
         try:
             with trio.CancelScope(shield=True):
                 if data:
@@ -308,12 +309,6 @@ class FastWebSocket:
     def _close_code(self) -> int:
         close = self.protocol.close_rcvd or self.protocol.close_sent
         return close.code if close is not None else 1006
-
-
-BAD_REQUEST: Final = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
-    b"connection: close\r\n\r\nBad Request\n"
-)
 
 
 @attrs.frozen

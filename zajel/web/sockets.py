@@ -392,7 +392,7 @@ async def _write(send: ASGISend, peer: SocketPeer, stream: GuardedStream | None)
         try:
             await stream.write_frames(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the socket is gone; hypercorn reports the disconnect to the reader
+            return  # the socket is gone: the reader's next read ends the connection
         outbox.wrote()
 
 
