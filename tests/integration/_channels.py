@@ -11,9 +11,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import trio
-
-from tests.integration import _http
 from tests.integration._signal import error, expect
 from zajel.client import SignalClient, connect_signal, generate_public_key
 from zajel.client.signal import random_pairing_code
@@ -149,20 +146,3 @@ async def receive_text(client: SignalClient) -> str:
     text = await client.ws.get_message()
     assert isinstance(text, str)
     return text
-
-
-async def stats(url: str) -> dict[str, Any]:
-    response = await _http.get(url, "/stats")
-    assert response.status == 200
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def wait_stats(url: str, section: str, **expected: int) -> dict[str, Any]:
-    """Poll ``/stats`` until ``section`` has the ``expected`` counts (a closed connection is
-    cleaned up just after its socket closes); bounded by the caller's ``fail_after``."""
-    while True:
-        current: dict[str, Any] = (await stats(url))[section]
-        if all(current[name] == value for name, value in expected.items()):
-            return current
-        await trio.sleep(0.01)

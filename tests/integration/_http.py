@@ -95,3 +95,21 @@ async def _read_response(stream: trio.SocketStream, method: str) -> HttpResponse
     if length is not None:
         assert len(rest) == int(length), (length, rest)
     return HttpResponse(int(status), headers, rest)
+
+
+async def stats(url: str) -> dict[str, Any]:
+    """The server's ``/stats`` body."""
+    response = await get(url, "/stats")
+    assert response.status == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_stats(url: str, section: str, **expected: int) -> dict[str, Any]:
+    """Poll ``/stats`` until ``section`` has the ``expected`` counts (a closed connection is
+    cleaned up just after its socket closes); bounded by the caller's ``fail_after``."""
+    while True:
+        current: dict[str, Any] = (await stats(url))[section]
+        if all(current[name] == value for name, value in expected.items()):
+            return current
+        await trio.sleep(0.01)

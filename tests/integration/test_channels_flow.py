@@ -30,12 +30,11 @@ from tests.integration._channels import (
     push_ack,
     receive_text,
     request,
-    stats,
     subscribe,
     upstream_ack,
     upstream_frame,
-    wait_stats,
 )
+from tests.integration._http import stats, wait_stats
 from tests.integration._raw import RawClient, port_of
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays

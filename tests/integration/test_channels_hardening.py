@@ -28,13 +28,12 @@ from tests.integration._channels import (
     push,
     push_ack,
     request,
-    stats,
     subscribe,
     too_large,
     upstream_ack,
     upstream_frame,
-    wait_stats,
 )
+from tests.integration._http import stats, wait_stats
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays
 from zajel.client import generate_public_key

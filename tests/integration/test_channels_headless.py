@@ -35,8 +35,8 @@ from tests.integration._channels import (
     push_ack,
     upstream_ack,
     upstream_frame,
-    wait_stats,
 )
+from tests.integration._http import wait_stats
 from tests.integration._signal import assert_quiet, expect
 from zajel.client import SignalClient, connect_signal, generate_public_key
 from zajel.client.signal import random_pairing_code

@@ -156,10 +156,7 @@ async def test_one_address_holds_a_bounded_number_of_sources(nursery):
                 await expect(second, {"type": "chunk_announce_ack", "registered": 50})
                 assert (await chunk_stats(running.url))["totalSources"] == 150
             # When a connection leaves, its share is free again.
-            for _ in range(100):
-                if (await chunk_stats(running.url))["totalSources"] == 100:
-                    break
-                await trio.sleep(0.01)
+            await _http.wait_stats(running.url, "chunks", totalSources=100)
             await third.send(announce(*(f"c{index}" for index in range(100))))
             await expect(third, {"type": "chunk_announce_ack", "registered": 50})
     running.stop.set()

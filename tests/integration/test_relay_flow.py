@@ -30,12 +30,6 @@ async def relays(url: str, *peer_ids: str, **register: int) -> AsyncIterator[lis
         yield clients
 
 
-async def stats(url: str) -> dict:
-    response = await _http.get(url, "/stats")
-    assert response.status == 200
-    return response.json()
-
-
 async def test_register_returns_available_relays_never_the_caller(server):
     with trio.fail_after(10):
         async with relays(server.url, "alice") as (alice,), connect_relay(server.url) as bob:
@@ -79,7 +73,7 @@ async def test_heartbeat_ping_and_stats(server):
                 timestamp = await a.heartbeat()
                 assert before - 1000 <= timestamp <= time.time() * 1000 + 1000
                 await b.update_load(3)
-                body = await stats(server.url)
+                body = await _http.stats(server.url)
                 assert body["relays"] == {
                     "totalPeers": 2,
                     "totalCapacity": 20,
@@ -155,7 +149,7 @@ async def test_rendezvous_dead_drop_and_live_match(server):
             with trio.fail_after(1):
                 await expect(alice, {"type": "rendezvous_match", "match": {"peerId": "bob"}})
             await assert_quiet(alice, bob)
-            assert (await stats(server.url))["rendezvous"] == {
+            assert (await _http.stats(server.url))["rendezvous"] == {
                 "dailyPoints": 2,
                 "hourlyTokens": 1,
                 "totalEntries": 6,
@@ -172,10 +166,7 @@ async def test_disconnect_removes_the_peer_everywhere(server):
                     daily_points=["p"], hourly_tokens=["t"], dead_drop="d"
                 )
             # alice is gone: from relays, points and tokens.
-            for _ in range(100):
-                if (await stats(server.url))["relays"]["totalPeers"] == 1:
-                    break
-                await trio.sleep(0.01)
+            await _http.wait_stats(server.url, "relays", totalPeers=1)
             assert await carol.get_relays() == []
             result = await carol.register_rendezvous(
                 daily_points=["p"], hourly_tokens=["t"], dead_drop="c"
