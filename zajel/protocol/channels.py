@@ -16,7 +16,14 @@ from typing import Any, Final
 import attrs
 
 from zajel.protocol import errors
-from zajel.protocol.chunks import CHUNK_ID_MAX, ChunkAnnounce, ChunkPush, ChunkRequest, is_chunk_id
+from zajel.protocol.chunks import (
+    CHUNK_ID_MAX,
+    CHUNK_MESSAGES,
+    ChunkAnnounce,
+    ChunkPush,
+    ChunkRequest,
+    is_chunk_id,
+)
 from zajel.protocol.frames import encode
 
 CHANNEL_ID_MAX: Final = 256
@@ -112,9 +119,7 @@ ChannelMessage = (
 # Every message of this dialect goes to the ChunkIndex service (docs/architecture.md); the
 # most frequent first, since the front end tests each frame against them in order.
 ROUTED: Final = (
-    ChunkRequest,
-    ChunkPush,
-    ChunkAnnounce,
+    *CHUNK_MESSAGES,
     StreamFrame,
     Upstream,
     Subscribe,

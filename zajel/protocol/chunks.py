@@ -63,3 +63,5 @@ class ChunkPush:
 
 
 ChunkMessage = ChunkAnnounce | ChunkRequest | ChunkPush
+# The same, for isinstance: on either endpoint these go to the ChunkIndex service.
+CHUNK_MESSAGES: Final = (ChunkRequest, ChunkPush, ChunkAnnounce)  # the most frequent first

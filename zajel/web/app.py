@@ -149,11 +149,7 @@ def create_app(
             ),
             services.relay,
             side=services.chunks,
-            side_types=(
-                chunks_protocol.ChunkAnnounce,
-                chunks_protocol.ChunkRequest,
-                chunks_protocol.ChunkPush,
-            ),
+            side_types=chunks_protocol.CHUNK_MESSAGES,
         ),
     ]
     app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
