@@ -8,6 +8,7 @@ from __future__ import annotations
 import resource
 
 import trio
+import trio.testing
 
 from tests.conftest import make_config, start_server
 from tests.integration._process import zajel_serve
@@ -73,7 +74,8 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
             for _ in range(3):  # one connection, several requests
                 await stream.send_all(HEALTH)
                 assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
-            await trio.sleep(0.3)  # the server starts its keep-alive timer after the response
+            # The server starts its keep-alive timer after the response: let it get there.
+            await trio.testing.wait_all_tasks_blocked()
             clock.jump(4)  # hypercorn's keep-alive timeout is 5 s: still open
             with trio.move_on_after(0.3) as still_open:
                 await closed_by_server(stream)
