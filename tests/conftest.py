@@ -32,7 +32,14 @@ class RunningServer:
 
 def make_config(**overrides: Any) -> Config:
     """A development config on a free port, with overrides."""
-    values: dict[str, Any] = {"env": "development", "host": "127.0.0.1", "port": 0}
+    values: dict[str, Any] = {
+        "env": "development",
+        "host": "127.0.0.1",
+        "port": 0,
+        # The apps send a message every 30 s; test clients do not, and many tests jump the
+        # clock past the message idle rule (tests of the rule set it).
+        "ws_message_idle_timeout": 10.0**7,
+    }
     values.update(overrides)
     return Config(**values)
 

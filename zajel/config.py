@@ -74,9 +74,12 @@ class Config:
     ws_outbound_queue: int = 256
     ws_ping_interval: float = 30.0
     ws_idle_timeout: float = 120.0
+    # Our transport only (docs/operations.md, "Keep-alive"): a connection whose application
+    # sent no message for this long is closed with 1001, even if its socket answers pings.
+    ws_message_idle_timeout: float = 900.0
     # docs/operations.md: "fast" serves /signal and /relay on our own WebSocket transport
     # (zajel.web.fastws), "hypercorn" on hypercorn's; zajel serve only.
-    ws_transport: Literal["fast", "hypercorn"] = "hypercorn"
+    ws_transport: Literal["fast", "hypercorn"] = "fast"
 
     # What one client (one IP, IPv6 by its /64) may hold:
     # docs/operations.md, "Limits and back-pressure".
@@ -177,7 +180,8 @@ class Config:
             ws_outbound_queue=reader.integer("WS_OUTBOUND_QUEUE", 256, 1, 1_000_000),
             ws_ping_interval=reader.number("WS_PING_INTERVAL", 30.0, 0.01, 86_400.0),
             ws_idle_timeout=reader.number("WS_IDLE_TIMEOUT", 120.0, 0.01, 86_400.0),
-            ws_transport=reader.choice("WS_TRANSPORT", "hypercorn", ("hypercorn", "fast")),
+            ws_message_idle_timeout=reader.number("WS_MESSAGE_IDLE_TIMEOUT", 900.0, 0.01, 86_400.0),
+            ws_transport=reader.choice("WS_TRANSPORT", "fast", ("fast", "hypercorn")),
             ws_outbound_bytes=reader.integer("WS_OUTBOUND_BYTES", 4 << 20, 65_536, 1 << 30),
             ws_slow_consumer_ms=reader.integer("WS_SLOW_CONSUMER_MS", 2000, 10, 3_600_000),
             http_max_connections_per_ip=reader.integer("HTTP_MAX_CONNECTIONS_PER_IP", 50, 1, 10**6),

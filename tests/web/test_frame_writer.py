@@ -1,6 +1,7 @@
-"""The WebSocket writer of ``zajel serve`` (zajel/web/sockets.py ``_write``,
-zajel/web/transport.py ``GuardedStream.write_frames``): what is queued when the writer wakes
-leaves in one write, as frames any client parses, and nothing follows a close frame."""
+"""The WebSocket writer (zajel/web/sockets.py ``_write``, zajel/web/transport.py
+``frame_text`` and ``GuardedStream.write_frames``): what is queued when the writer wakes leaves
+in one write, as frames any client parses, a frame sent to many is framed once, and nothing
+follows a close frame."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from tests.conftest import make_config
 from zajel.web.sockets import WRITE_BATCH_BYTES, SocketPeer, _write
-from zajel.web.transport import Connection, GuardedStream, text_frame
+from zajel.web.transport import Connection, GuardedStream, frame_text, text_frame
 
 
 def parse(data: bytes) -> list[tuple[Opcode, str]]:
@@ -24,6 +25,17 @@ def parse(data: bytes) -> list[tuple[Opcode, str]]:
 def test_a_text_frame_of_every_length_class_parses(size):
     text = "é" * (size // 2) + "x" * (size % 2)
     assert parse(text_frame(text.encode("utf-8"))) == [(Opcode.TEXT, text)]
+    assert parse(frame_text(text)) == [(Opcode.TEXT, text)]
+
+
+def test_the_same_text_sent_to_many_is_framed_once():
+    text = '{"type":"chunk_data","data":"' + "x" * 30_000 + '"}'
+    first = frame_text(text)
+    assert frame_text(text) is first
+    other = frame_text('{"type":"other"}')
+    assert parse(other) == [(Opcode.TEXT, '{"type":"other"}')]
+    assert frame_text(text) is not first  # only the last text is remembered
+    assert frame_text(text) == first
 
 
 async def stream_pair() -> tuple[GuardedStream, trio.SocketStream]:
@@ -43,47 +55,43 @@ async def read_all(stream: trio.SocketStream, size: int) -> bytes:
 
 async def test_frames_are_written_whole_and_none_after_a_close_frame():
     guarded, client = await stream_pair()
-    await guarded.write_frames(['{"type":"a"}', '{"type":"b"}'])
+    await guarded.write_frames([frame_text('{"type":"a"}'), frame_text('{"type":"b"}')])
     expected = text_frame(b'{"type":"a"}') + text_frame(b'{"type":"b"}')
     assert await read_all(client, len(expected)) == expected
     await guarded.send_all(b"\x88\x02\x03\xe8")  # hypercorn's close frame (1000)
-    await guarded.write_frames(['{"type":"late"}'])
+    await guarded.write_frames([frame_text('{"type":"late"}')])
     await guarded.send_all(b"end")
     assert await read_all(client, 7) == b"\x88\x02\x03\xe8end"
     await guarded.aclose()
     await client.aclose()
 
 
-class RecordingStream:
-    """Stands in for the ``GuardedStream``: records each write's frames."""
+class RecordingLink:
+    """Stands in for a connection's ``Link``: records each write's frames."""
 
     def __init__(self) -> None:
         self.writes: list[list[str]] = []
 
-    async def write_frames(self, texts: list[str]) -> None:
-        self.writes.append(list(texts))
+    async def write(self, frames: list[str]) -> None:
+        self.writes.append(list(frames))
         await trio.lowlevel.checkpoint()
-
-
-async def refuse_asgi(message: object) -> None:
-    raise AssertionError("under zajel serve the writer does not go through ASGI")
 
 
 async def test_what_is_queued_when_the_writer_wakes_leaves_in_one_write():
     peer = SocketPeer(1, make_config())
-    stream = RecordingStream()
+    link = RecordingLink()
     for name in ("a", "b", "c"):
         peer.answer_nowait(f'{{"type":"{name}"}}')
     big = "x" * (WRITE_BATCH_BYTES // 2)
     for _ in range(3):  # past the batch bound: a second write
         assert peer.send_nowait(big)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_write, refuse_asgi, peer, stream)
+        nursery.start_soon(_write, link, peer)
         await trio.testing.wait_all_tasks_blocked()
         peer.answer_nowait('{"type":"d"}')
         await trio.testing.wait_all_tasks_blocked()
         peer.outbox.close()
-    assert [len(write) for write in stream.writes] == [5, 1, 1]
-    assert stream.writes[0][:3] == ['{"type":"a"}', '{"type":"b"}', '{"type":"c"}']
-    assert stream.writes[2] == ['{"type":"d"}']
+    assert [len(write) for write in link.writes] == [5, 1, 1]
+    assert link.writes[0][:3] == ['{"type":"a"}', '{"type":"b"}', '{"type":"c"}']
+    assert link.writes[2] == ['{"type":"d"}']
     assert len(peer.outbox) == 0

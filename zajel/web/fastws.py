@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import http
 import logging
-from collections import deque
+import math
+import os
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -40,13 +42,20 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from zajel.config import Config
-from zajel.web.transport import Connection, GuardedStream
+from zajel.logs import context
+from zajel.web.sockets import LINK_EXTENSION
+from zajel.web.transport import Connection, GuardedStream, frame_text
 
 log = logging.getLogger("zajel.web")
 
 HEAD_MAX: Final = 16 * 1024
 HEAD_TIMEOUT_S: Final = 10.0
+# The most one read takes.
 RECEIVE_MAX: Final = 256 * 1024
+# The most buffers one writev takes (Linux's IOV_MAX).
+IOV_MAX: Final = 1024
+# An empty, unmasked ping frame (RFC 6455, section 5.5.2).
+PING: Final = b"\x89\x00"
 # The answer to a head that is no HTTP request at all (websockets itself would only close).
 BAD_REQUEST: Final = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
@@ -98,7 +107,15 @@ def is_endpoint_handshake(head: bytes, paths: tuple[str, ...]) -> bool:
 
 
 class FastWebSocket:
-    """One WebSocket connection on our transport, as ASGI ``receive``/``send`` callables."""
+    """One WebSocket connection on our transport.
+
+    The handshake is ASGI (``receive``/``send``: the ``SocketRouter`` checks the caps and
+    accepts or refuses); once accepted, the connection is driven as a ``zajel.web.sockets.Link``
+    (``receive_messages``, ``frame``, ``write``, ``close``, ``drain``): no ASGI message, lock,
+    cancel scope or task hop per frame. Reads and writes are non-blocking system calls on the
+    socket; the task waits (``trio.lowlevel.wait_readable``/``wait_writable``) only when the
+    socket has nothing to give or no room to take.
+    """
 
     def __init__(self, stream: GuardedStream, conn: Connection, config: Config) -> None:
         self.stream = stream
@@ -108,14 +125,23 @@ class FastWebSocket:
         self.request: Request | None = None
         self._accepting: Response | None = None  # the 101 to send when the app accepts
         self._response: dict[str, Any] = {}  # a refusal's start, until its body comes
-        self.events: deque[dict[str, Any]] = deque()
+        self.messages: list[str | bytes] = []  # complete messages not yet handed over
         self.connected = False
         self.disconnected = False
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
+        # Writes: one at a time, each whole; ``_pending`` is what a keep-alive ping left unsent.
+        self._writing = False
+        self._write_done = trio.lowlevel.ParkingLot()
+        self._pending = b""
+        self._ping_due = False
+        self._closing = False  # a close frame is on its way: no data frame may follow it
+        # What happens to an application that went quiet (set by the front end).
+        self.on_silent: Callable[[], None] = conn.drop
         now = trio.current_time()
-        self._last_data = now
-        self._next_ping = now + config.ws_ping_interval
+        self.last_heard = now  # any frame, a pong included
+        self.last_message = now  # data frames only
+        self.next_ping = now + config.ws_ping_interval
 
     async def handshake(self, head: bytes) -> dict[str, Any] | None:
         """Parse the handshake request; its ASGI scope, or ``None`` if it was refused (the
@@ -164,20 +190,23 @@ class FastWebSocket:
             "client": (peer[0], peer[1]),
             "server": None,
             "subprotocols": [],
-            "extensions": {"websocket.http.response": {}},
+            "extensions": {"websocket.http.response": {}, LINK_EXTENSION: {"link": self}},
         }
 
-    # -- ASGI ------------------------------------------------------------------------------
+    # -- ASGI, for the handshake -------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        while not self.events:
-            if self.disconnected:
-                return {"type": "websocket.disconnect", "code": self._close_code()}
-            await self._read()
-        return self.events.popleft()
+        messages = await self.receive_messages()
+        if not messages:
+            return {"type": "websocket.disconnect", "code": self._close_code()}
+        text = messages.pop(0)
+        self.messages[:0] = messages  # the rest comes next
+        if isinstance(text, str):
+            return {"type": "websocket.receive", "text": text}
+        return {"type": "websocket.receive", "bytes": text}
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -186,18 +215,19 @@ class FastWebSocket:
             # No extension, no subprotocol: the handshake response as websockets built it.
             assert self._accepting is not None
             protocol.send_response(self._accepting)
+            self.conn.keepalive = self.keepalive
         elif kind == "websocket.send":
-            if protocol.state is State.OPEN:
-                text = message.get("text")
-                if text is not None:
-                    protocol.send_text(text.encode("utf-8"))
-                else:
-                    protocol.send_binary(message.get("bytes") or b"")
+            text = message.get("text")
+            if text is not None:
+                await self.write([frame_text(text)])
+            elif protocol.state is State.OPEN:
+                protocol.send_binary(message.get("bytes") or b"")
         elif kind == "websocket.close":
             if protocol.state is State.CONNECTING:
                 protocol.send_response(protocol.reject(403, "Forbidden\n"))
-            elif protocol.state is State.OPEN:
-                protocol.send_close(int(message.get("code", 1000)), message.get("reason") or "")
+            else:
+                await self.close(int(message.get("code", 1000)), message.get("reason") or "")
+                return
         elif kind == "websocket.http.response.start":
             self._response = message
             return
@@ -214,50 +244,170 @@ class FastWebSocket:
             protocol.send_response(Response(status.value, status.phrase, headers, body))
         await self._flush()
 
+    # -- the link the front end drives (zajel.web.sockets.Link) --------------------------------
+
+    def frame(self, text: str) -> bytes:
+        return frame_text(text)
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """The complete messages of the next read (every frame one ``receive`` brought), in
+        order; ``[]`` once the connection is closed. Control frames are answered here."""
+        while not self.messages:
+            if self.disconnected:
+                return []
+            data = await self._receive()
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+            for frame in self.protocol.events_received():
+                if self._take(frame):
+                    break  # nothing after a close, or after a frame that failed the connection
+            await self._flush()
+            if (
+                not data
+                or self.protocol.state is State.CLOSED
+                or self.protocol.parser_exc is not None
+            ):
+                self.disconnected = True
+        messages, self.messages = self.messages, []
+        return messages
+
+    async def write(self, frames: Sequence[bytes | memoryview], *, control: bool = False) -> None:
+        """Write ``frames`` whole and in order, in as few system calls as the socket allows;
+        data frames (not ``control``) are dropped once a close frame is on its way.
+
+        A write that cannot finish waits for room, without a shield: cancelled there (the
+        connection is being dropped), the socket is closed, since the client could never
+        make sense of half a frame.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
+        while self._writing:
+            await self._write_done.park()
+        if self._closing and not control:
+            return
+        buffers = list(frames)
+        if self._pending:
+            buffers.insert(0, self._pending)
+            self._pending = b""
+        if self._ping_due and self.protocol.state is State.OPEN:
+            self._ping_due = False
+            buffers.append(PING)
+        self._writing = True
+        try:
+            await self._send_all(buffers)
+        finally:
+            self._writing = False
+            self._write_done.unpark_all()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame with ``code`` after whatever is being written."""
+        if self.protocol.state is State.OPEN:
+            self._closing = True
+            self.protocol.send_close(code, reason)
+        await self._flush()
+
+    async def drain(self) -> None:
+        """Read (and discard) until the client's side is closed."""
+        while await self.receive_messages():
+            pass
+
+    def keepalive(self, now: float) -> None:
+        """Called about twice a second (``ConnectionTable.check_deadlines``): drop a connection
+        that sent nothing for ``ws_idle_timeout``, call ``on_silent`` for one whose
+        application sent no message for ``ws_message_idle_timeout`` (pongs alone do not keep
+        it), and ping when a ping is due."""
+        if now - self.last_heard >= self.config.ws_idle_timeout:
+            log.debug("idle connection dropped")
+            self.conn.drop()
+            return
+        if now - self.last_message >= self.config.ws_message_idle_timeout:
+            self.last_message = math.inf  # once
+            log.info(
+                "silent connection closed",
+                extra=context(seconds=self.config.ws_message_idle_timeout),
+            )
+            self.on_silent()
+        if now < self.next_ping:
+            return
+        self.next_ping = now + self.config.ws_ping_interval
+        if self.protocol.state is not State.OPEN or self._closing:
+            return
+        if self._writing or self._pending:
+            self._ping_due = True  # it goes out with the write in progress
+            return
+        sent = self._try_send([PING])
+        if 0 < sent < len(PING):  # never seen on a socket with room for one byte; still
+            self._pending = PING[sent:]
+
     # -- I/O -------------------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        """Read once (or send a due ping, or drop an idle connection) and turn what came into
-        ASGI events."""
-        data = b""
-        with trio.move_on_at(self._next_ping) as timer:
-            try:
-                data = bytes(await self.stream.receive_some(RECEIVE_MAX))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.disconnected = True
-                return
-        now = trio.current_time()
-        if timer.cancelled_caught:
-            if now - self._last_data >= self.config.ws_idle_timeout:
-                log.debug("idle connection dropped")
-                self.disconnected = True
-                self.conn.drop()
-                return
-            if self.protocol.state is State.OPEN:
-                self.protocol.send_ping(b"")
-                await self._flush()
-            self._next_ping = now + self.config.ws_ping_interval
-            return
-        self._last_data = now
-        if data:
-            self.protocol.receive_data(data)
-        else:
-            self.protocol.receive_eof()
-        for frame in self.protocol.events_received():
-            if self.disconnected:
-                break  # nothing after a close, or after a frame that failed the connection
-            self._take(frame)
-        await self._flush()
-        if self.protocol.state is State.CLOSED or self.protocol.parser_exc is not None:
-            self.disconnected = True
-        if not data:
-            self.disconnected = True
+    def _fileno(self) -> int:
+        """The socket's descriptor, or ``ClosedResourceError`` once it is closed (checked before
+        every system call, with no checkpoint in between, so a number reused by another socket
+        is never touched)."""
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the connection was dropped")
+        return fd
 
-    def _take(self, frame: Any) -> None:
+    async def _receive(self) -> bytes:
+        """The bytes of one read; ``b""`` at the end of the stream or when the connection is
+        gone. It always waits until the socket is readable first: that lets the other tasks run
+        (and more of the client's frames arrive) between two reads."""
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(self._fileno())
+                data = os.read(self._fileno(), RECEIVE_MAX)
+            except BlockingIOError:
+                continue  # woken without data after all
+            except (OSError, trio.ClosedResourceError):
+                return b""
+            self.last_heard = trio.current_time()
+            return data
+
+    def _try_send(self, buffers: list[bytes | memoryview]) -> int:
+        """Send what the socket takes now; the bytes sent."""
+        try:
+            return os.writev(self._fileno(), buffers[:IOV_MAX])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def _send_all(self, buffers: list[bytes | memoryview]) -> None:
+        started = False
+        try:
+            while buffers:
+                sent = self._try_send(buffers)
+                started = started or sent > 0
+                while sent:
+                    size = len(buffers[0])
+                    if sent >= size:
+                        sent -= size
+                        del buffers[0]
+                    else:
+                        buffers[0] = memoryview(buffers[0])[sent:]
+                        sent = 0
+                if buffers:
+                    if self.stream.write_started == math.inf:
+                        self.stream.write_started = trio.current_time()
+                    await trio.lowlevel.wait_writable(self._fileno())
+        except trio.Cancelled:
+            if started and buffers:
+                self.conn.drop()
+            raise
+        finally:
+            self.stream.write_started = math.inf
+
+    def _take(self, frame: Any) -> bool:
+        """Take one frame the client sent; whether the connection is over."""
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._message(opcode is Opcode.TEXT, bytes(frame.data))
+                self._message(opcode is Opcode.TEXT, frame.data)
             else:
                 self._fragments = [bytes(frame.data)]
                 self._fragments_text = opcode is Opcode.TEXT
@@ -268,18 +418,20 @@ class FastWebSocket:
                 self._message(self._fragments_text, data)
         elif opcode is Opcode.CLOSE:
             self.disconnected = True
+        return self.disconnected
 
     def _message(self, text: bool, data: bytes) -> None:
+        self.last_message = trio.current_time()
         if not text:
-            self.events.append({"type": "websocket.receive", "bytes": data})
+            self.messages.append(bytes(data))
             return
         try:
-            decoded = data.decode("utf-8")
+            decoded = str(data, "utf-8")
         except UnicodeDecodeError:
             self.protocol.fail(1007, "invalid UTF-8")
             self.disconnected = True
             return
-        self.events.append({"type": "websocket.receive", "text": decoded})
+        self.messages.append(decoded)
 
     async def _refuse_unparsed(self) -> None:
         """A head websockets could not take as a request: its answer (414 or 431 for lines too
@@ -287,22 +439,23 @@ class FastWebSocket:
         await self._write(b"".join(self.protocol.data_to_send()) or BAD_REQUEST, eof=True)
 
     async def _flush(self) -> None:
-        """Write what the protocol has to send, in one write; half-close when it says so."""
+        """Write what the protocol has to send (handshake answers, pongs, close frames), in
+        one write; half-close when it says so."""
         writes = self.protocol.data_to_send()
         if writes:
             if self.protocol.close_sent is not None:
+                self._closing = True
                 self.stream.close_sent = True
             await self._write(b"".join(writes), eof=writes[-1] == b"")
 
     async def _write(self, data: bytes, *, eof: bool) -> None:
-        """Write ``data`` whole (shielded like every write of the stream), then half-close if
-        ``eof``; a connection gone meanwhile is disconnected."""
+        """Write ``data`` whole, then half-close if ``eof``; a connection gone meanwhile is
+        disconnected."""
         try:
-            with trio.CancelScope(shield=True):
-                if data:
-                    await self.stream.send_all(data)
-                if eof:
-                    await self.stream.send_eof()
+            if data:
+                await self.write([data], control=True)
+            if eof:
+                await self.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.disconnected = True
 

@@ -28,11 +28,12 @@ the TCP connection is also a ``zajel.web.transport.Connection``, which bounds ev
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -56,7 +57,7 @@ from zajel.services._peers import (
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.outbox import Outbox
-from zajel.web.transport import Connection, ConnectionTable, GuardedStream
+from zajel.web.transport import Connection, ConnectionTable, GuardedStream, frame_text
 
 log = logging.getLogger("zajel.web")
 
@@ -84,12 +85,85 @@ REJECTION_HEADERS = [
 
 _conn_ids = itertools.count(1)
 
+# The ASGI scope extension under which a WebSocket transport offers its connection as a
+# ``Link`` (``zajel.web.fastws``); under any other server the ASGI messages are the link.
+LINK_EXTENSION = "zajel.link"
+
+
+class Link(Protocol):
+    """One accepted WebSocket, as the connection machinery drives it."""
+
+    # Called when the client's application went quiet though its socket answers pings (a
+    # transport that watches for that; docs/operations.md, "Keep-alive").
+    on_silent: Callable[[], None]
+
+    def frame(self, text: str) -> Any:
+        """What the outbox holds for a frame of ``text`` (``write`` takes a list of them)."""
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """The next complete messages, in order; ``[]`` once the connection is closed."""
+
+    async def write(self, frames: Sequence[Any]) -> None:
+        """Write ``frames`` in order. Raises ``trio.BrokenResourceError`` or
+        ``trio.ClosedResourceError`` when the connection is gone."""
+
+    async def close(self, code: int) -> None:
+        """Send a close frame with ``code``."""
+
+    async def drain(self) -> None:
+        """Take (and discard) what the client sends until its side is closed."""
+
+
+class AsgiLink:
+    """A ``Link`` over ASGI ``receive``/``send`` (hypercorn's WebSocket stack). Under
+    ``zajel serve`` (``stream`` given), data frames skip ASGI: every frame queued when the
+    writer wakes goes to the socket in one write."""
+
+    def __init__(self, receive: ASGIReceive, send: ASGISend, stream: GuardedStream | None) -> None:
+        self._receive = receive
+        self._send = send
+        self._stream = stream
+        self.on_silent: Callable[[], None] = _nothing
+
+    def frame(self, text: str) -> Any:
+        return text if self._stream is None else frame_text(text)
+
+    async def receive_messages(self) -> list[str | bytes]:
+        event = await self._receive()
+        if event["type"] != "websocket.receive":
+            return []  # websocket.disconnect: the client or the transport closed
+        data = event.get("text")
+        return [data if data is not None else event.get("bytes") or b""]
+
+    async def write(self, frames: Sequence[Any]) -> None:
+        if self._stream is not None:
+            await self._stream.write_frames(frames)
+            return
+        for text in frames:
+            await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int) -> None:
+        await self._send({"type": "websocket.close", "code": code})
+
+    async def drain(self) -> None:
+        # hypercorn hands over the next frame only once this one is taken: until the client's
+        # side is closed, keep taking (and discarding) what it still sends.
+        while (await self._receive())["type"] != "websocket.disconnect":
+            pass
+
+
+def _nothing() -> None:
+    pass
+
 
 class SocketPeer:
     """The service-side handle of one connection: its outgoing queue and a way to close it."""
 
-    def __init__(self, conn_id: ConnId, config: Config) -> None:
+    def __init__(self, conn_id: ConnId, config: Config, frame: Callable[[str], Any] = str) -> None:
         self.conn_id = conn_id
+        # What the outbox holds for a frame's text: the text itself, or its bytes on the wire
+        # where the writer writes to the socket itself (framed once for many, ``frame_text``).
+        self.frame = frame
         self.outbox = Outbox(
             config.ws_outbound_queue,
             config.ws_outbound_bytes,
@@ -101,11 +175,11 @@ class SocketPeer:
 
     def send_nowait(self, frame: str) -> bool:
         """Queue a frame pushed by others; False when this client is a slow consumer."""
-        return self.outbox.push(frame)
+        return self.outbox.push(self.frame(frame))
 
     def answer_nowait(self, frame: str) -> None:
         """Queue an answer to this client's own frame; never refused."""
-        self.outbox.answer(frame)
+        self.outbox.answer(self.frame(frame))
 
     def handled(self) -> None:
         self.outbox.handled()
@@ -210,9 +284,15 @@ class SocketRouter:
             conn = self.connections.find(scope.get("client"))
             if conn is not None:
                 self.connections.mark_websocket(conn)
+        offered = scope.get("extensions", {}).get(LINK_EXTENSION)
+        link: Link = (
+            offered["link"]
+            if offered is not None
+            else AsgiLink(receive, send, conn.stream if conn is not None else None)
+        )
         try:
             await send({"type": "websocket.accept"})
-            await serve_connection(receive, send, endpoint, self.config, self.shutdown, ip, conn)
+            await serve_connection(link, endpoint, self.config, self.shutdown, ip, conn)
         finally:
             self.caps.release(ip)
 
@@ -258,8 +338,7 @@ async def _reject(scope: dict[str, Any], send: ASGISend, status: int, body: Any)
 
 
 async def serve_connection(
-    receive: ASGIReceive,
-    send: ASGISend,
+    link: Link,
     endpoint: Endpoint,
     config: Config,
     shutdown: trio.Event,
@@ -274,17 +353,17 @@ async def serve_connection(
     is dropped. ``conn`` is the TCP connection under ``zajel serve``; under another ASGI
     server it is ``None`` and these bounds are that server's (docs/operations.md).
     """
-    peer = SocketPeer(next(_conn_ids), config)
+    peer = SocketPeer(next(_conn_ids), config, link.frame)
+    link.on_silent = functools.partial(peer.close, CLOSE_GOING_AWAY)
     for service in endpoint.services:
         await service.cast(Attach(peer.conn_id, peer, ip))
     log.debug("connected", extra=context(endpoint=endpoint.name, conn=peer.conn_id))
     try:
         with peer.scope:
             async with trio.open_nursery() as nursery:
-                stream = conn.stream if conn is not None else None
-                nursery.start_soon(_write, send, peer, stream)
+                nursery.start_soon(_write, link, peer)
                 nursery.start_soon(_close_on_shutdown, peer, shutdown)
-                await _read(receive, peer, endpoint, config)
+                await _read(link, peer, endpoint, config)
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
@@ -294,17 +373,16 @@ async def serve_connection(
                 for service in endpoint.services:
                     await service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
-                await _close(receive, send, peer, conn)
+                await _close(link, peer, conn)
         log.debug(
             "disconnected",
             extra=context(endpoint=endpoint.name, conn=peer.conn_id, code=peer.close_code),
         )
 
 
-async def _close(
-    receive: ASGIReceive, send: ASGISend, peer: SocketPeer, conn: Connection | None
-) -> None:
+async def _close(link: Link, peer: SocketPeer, conn: Connection | None) -> None:
     """Close with ``peer.close_code`` (see ``serve_connection``)."""
+    assert peer.close_code is not None
     if peer.close_code == CLOSE_TRY_AGAIN_LATER:
         # A slow consumer: its socket is full, so neither the queue nor a close frame could
         # go out; the socket is released now (docs/protocol/conventions.md, "Close codes").
@@ -317,18 +395,19 @@ async def _close(
     if conn is not None:
         deadline = min(deadline, conn.drop_at)  # already dropped (shutdown's end): nothing to do
     with trio.move_on_at(deadline) as goodbye:
-        while (frame := peer.outbox.take()) is not None:
-            await send({"type": "websocket.send", "text": frame})
-        await send({"type": "websocket.close", "code": peer.close_code})
-        # hypercorn hands over the next frame only once this one is taken: until the client's
-        # side is closed, keep taking (and discarding) what it still sends.
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            frames = []
+            while (frame := peer.outbox.take()) is not None:
+                frames.append(frame)
+            if frames:
+                await link.write(frames)
+            await link.close(peer.close_code)
+            await link.drain()
     if goodbye.cancelled_caught and conn is not None:
         conn.drop()
 
 
-async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
+async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
     bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
     refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
     decode, main, side, side_types, conn_id, outbox = (
@@ -340,49 +419,39 @@ async def _read(receive: ASGIReceive, peer: SocketPeer, endpoint: Endpoint, conf
         peer.outbox,
     )
     last = main
-    while True:
-        if outbox.reader_must_wait():
-            # Answers are never refused; instead this client's frames wait (TCP slows it down).
-            await outbox.wait_until_readable()
-        event = await receive()
-        if event["type"] != "websocket.receive":
-            return  # websocket.disconnect: the client or the transport closed
-        data = event.get("text")
-        if data is None:
-            data = event.get("bytes") or b""
-        now = trio.current_time()
-        if bucket.take(now):
-            message = decode(data)
-        elif refusals.allow(now):
-            message = Invalid(errors.rate_limited())
-        else:
-            log.warning("flood: connection closed", extra=context(conn=conn_id))
-            peer.close(CLOSE_POLICY_VIOLATION)
-            return
-        service = side if side is not None and isinstance(message, side_types) else main
-        if service is not last:
-            # The other service may still be handling frames that come before this one (a
-            # register whose identity this frame needs): let them finish first.
-            last = service
-            await outbox.wait_until_settled()
-        inbound = Inbound(conn_id, message, peer.identity if service is side else None)
-        outbox.handing_over()
-        try:
-            service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
-        except trio.WouldBlock:
-            await service.cast(inbound)
+    while messages := await link.receive_messages():
+        for data in messages:
+            if outbox.reader_must_wait():
+                # Answers are never refused; instead this client's frames wait (and, the
+                # connection no longer being read, TCP slows the client down).
+                await outbox.wait_until_readable()
+            now = trio.current_time()
+            if bucket.take(now):
+                message = decode(data)
+            elif refusals.allow(now):
+                message = Invalid(errors.rate_limited())
+            else:
+                log.warning("flood: connection closed", extra=context(conn=conn_id))
+                peer.close(CLOSE_POLICY_VIOLATION)
+                return
+            service = side if side is not None and isinstance(message, side_types) else main
+            if service is not last:
+                # The other service may still be handling frames that come before this one (a
+                # register whose identity this frame needs): let them finish first.
+                last = service
+                await outbox.wait_until_settled()
+            inbound = Inbound(conn_id, message, peer.identity if service is side else None)
+            outbox.handing_over()
+            try:
+                service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
+            except trio.WouldBlock:
+                await service.cast(inbound)
 
 
-async def _write(send: ASGISend, peer: SocketPeer, stream: GuardedStream | None) -> None:
-    """Drain the outbox to the client. Under ``zajel serve`` every frame queued when the writer
-    wakes goes out in one write (up to ``WRITE_BATCH_BYTES``), straight to the socket; under
-    another ASGI server, one ASGI message per frame."""
+async def _write(link: Link, peer: SocketPeer) -> None:
+    """Drain the outbox to the client: every frame queued when the writer wakes goes out in
+    one write (up to ``WRITE_BATCH_BYTES``)."""
     outbox = peer.outbox
-    if stream is None:
-        while (frame := await outbox.next_frame()) is not None:
-            await send({"type": "websocket.send", "text": frame})
-            outbox.wrote()
-        return
     while (frame := await outbox.next_frame()) is not None:
         batch = [frame]
         size = len(frame)
@@ -390,7 +459,7 @@ async def _write(send: ASGISend, peer: SocketPeer, stream: GuardedStream | None)
             batch.append(more)
             size += len(more)
         try:
-            await stream.write_frames(batch)
+            await link.write(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the socket is gone: the reader's next read ends the connection
         outbox.wrote()

@@ -94,6 +94,9 @@ class Connection:
         self.scope = trio.CancelScope()
         self.stream: GuardedStream | None = None
         self.drop_at = math.inf  # ``drop()`` when trio's clock passes this
+        # A WebSocket on our own transport pings and checks for silence here
+        # (``zajel.web.fastws.FastWebSocket.keepalive``), called with ``check_deadlines``.
+        self.keepalive: Callable[[float], None] | None = None
 
     def drop(self) -> None:
         """End the connection now: close its socket under any write in progress, and cancel
@@ -176,7 +179,8 @@ class ConnectionTable:
             conn.drop()
 
     def check_deadlines(self, now: float) -> None:
-        """Drop every connection whose write has stalled or whose drop time has come."""
+        """Drop every connection whose write has stalled or whose drop time has come, and run
+        the keep-alive of the others."""
         for conn in list(self._by_peer.values()):
             stream = conn.stream
             if conn.drop_at <= now:
@@ -187,6 +191,8 @@ class ConnectionTable:
                     extra=context(seconds=self.stall_timeout),
                 )
                 conn.drop()
+            elif conn.keepalive is not None:
+                conn.keepalive(now)
 
     def _leave_http(self, conn: Connection) -> None:
         """``conn`` stops counting against its key's HTTP cap (once)."""
@@ -231,16 +237,16 @@ class GuardedStream(trio.abc.HalfCloseableStream):
             finally:
                 self.write_started = math.inf
 
-    async def write_frames(self, texts: Sequence[str]) -> None:
-        """Write ``texts`` as WebSocket text frames, all in one write, whole: shielded like
-        hypercorn's own writes (a cancelled write would leave half a frame on the wire); a
+    async def write_frames(self, frames: Sequence[bytes]) -> None:
+        """Write ``frames`` (WebSocket frames, ``frame_text``) in one write, whole: shielded
+        like hypercorn's own writes (a cancelled write would leave half a frame on the wire); a
         stalled one is ended by the stall deadline, which closes the socket under it. Nothing
         is written once hypercorn has sent a close frame.
 
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
         """
-        data = b"".join([text_frame(text.encode("utf-8")) for text in texts])
+        data = b"".join(frames)
         with trio.CancelScope(shield=True):
             if not self.close_sent:
                 await self.send_all(data)
@@ -281,6 +287,23 @@ class GuardedStream(trio.abc.HalfCloseableStream):
 
 # A WebSocket close frame (FIN and opcode 8) starts with this byte (RFC 6455, section 5.2).
 CLOSE_FRAME_FIRST_BYTE = b"\x88"
+
+
+class _LastFrame:
+    """The last text ``frame_text`` framed, and its frame."""
+
+    text: str | None = None
+    frame = b""
+
+
+def frame_text(text: str) -> bytes:
+    """``text`` as one WebSocket text frame. The same ``str`` object framed again (a frame
+    multicast to many connections) costs nothing: the last one is remembered."""
+    if text is _LastFrame.text:
+        return _LastFrame.frame
+    frame = text_frame(text.encode("utf-8"))
+    _LastFrame.text, _LastFrame.frame = text, frame
+    return frame
 
 
 def text_frame(payload: bytes) -> bytes:
