@@ -174,9 +174,11 @@ def test_encode_of_any_decoded_object_round_trips(data):
 
 @settings(deadline=None, max_examples=100)
 @given(json_objects)
-def test_utf8_json_size_matches_the_encoded_length(value):
-    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    assert utf8_json_size(value) == len(compact.encode("utf-8", "surrogatepass"))
+def test_utf8_json_size_is_the_length_of_what_is_sent(value):
+    # Sizes are measured on the frame's own encoding (numbers may be written another way than
+    # the stdlib writes them: 6.103515625e-05 goes out as 0.00006103515625).
+    assert utf8_json_size(value) == len(encode(value).encode("utf-8", "surrogatepass"))
+    assert json.loads(encode(value)) == value
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1E999"])
@@ -184,3 +186,19 @@ def test_numbers_that_overflow_a_float_are_invalid(number):
     with pytest.raises(ProtocolError) as info:
         decode_object('{"type":"offer","payload":{"n":' + number + "}}")
     assert info.value.code == "invalid_message"
+
+
+def test_an_integer_beyond_64_bits_is_read_as_a_double_as_the_apps_read_it():
+    frame = decode_object('{"type":"x","n":18446744073709551616,"m":-9223372036854775808}')
+    assert frame["n"] == 18446744073709551616.0
+    assert isinstance(frame["n"], float)
+    assert frame["m"] == -9223372036854775808
+    assert isinstance(frame["m"], int)
+
+
+def test_nesting_orjson_will_not_encode_is_encoded_by_the_stdlib():
+    deep: object = "leaf"
+    for _ in range(400):
+        deep = [deep]
+    text = encode({"type": "x", "deep": deep})
+    assert decode_object(text) == {"type": "x", "deep": deep}
