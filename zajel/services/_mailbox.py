@@ -109,8 +109,10 @@ async def run_service(
                         envelope = await inbox.receive()
                     except trio.EndOfChannel:
                         return
-                    _dispatch(service, envelope, log)
-                    # Drain what is already queued without a checkpoint per request.
+                    # What is already queued is handled now, at one time, without a checkpoint
+                    # per request.
+                    now = trio.current_time()
+                    _dispatch(service, envelope, log, now)
                     while True:
                         try:
                             envelope = inbox.receive_nowait()
@@ -118,7 +120,7 @@ async def run_service(
                             break
                         except trio.EndOfChannel:
                             return
-                        _dispatch(service, envelope, log)
+                        _dispatch(service, envelope, log, now)
                     deadline = service.next_deadline()
                     if deadline != wait.deadline:
                         wait.deadline = deadline
@@ -129,12 +131,12 @@ async def run_service(
             # A timer that keeps failing must not starve the inbox: take one request first.
             await trio.lowlevel.checkpoint()
             with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                _dispatch(service, inbox.receive_nowait(), log)
+                _dispatch(service, inbox.receive_nowait(), log, trio.current_time())
 
 
-def _dispatch(service: Service, envelope: Envelope, log: logging.Logger) -> None:
+def _dispatch(service: Service, envelope: Envelope, log: logging.Logger, now: float) -> None:
     try:
-        reply = service.handle(envelope.request, trio.current_time())
+        reply = service.handle(envelope.request, now)
     except Exception:
         log.exception("request failed", extra=context(request=type(envelope.request).__name__))
         reply = ServiceFailure(service.name)

@@ -263,6 +263,8 @@ class FastWebSocket:
             for frame in self.protocol.events_received():
                 if self._take(frame):
                     break  # nothing after a close, or after a frame that failed the connection
+            if self.messages:
+                self.last_message = self.last_heard
             await self._flush()
             if (
                 not data
@@ -421,7 +423,6 @@ class FastWebSocket:
         return self.disconnected
 
     def _message(self, text: bool, data: bytes) -> None:
-        self.last_message = trio.current_time()
         if not text:
             self.messages.append(bytes(data))
             return

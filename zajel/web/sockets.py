@@ -420,12 +420,13 @@ async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config
     )
     last = main
     while messages := await link.receive_messages():
+        now = trio.current_time()  # the frames of one read arrived together
         for data in messages:
             if outbox.reader_must_wait():
                 # Answers are never refused; instead this client's frames wait (and, the
                 # connection no longer being read, TCP slows the client down).
                 await outbox.wait_until_readable()
-            now = trio.current_time()
+                now = trio.current_time()
             if bucket.take(now):
                 message = decode(data)
             elif refusals.allow(now):
@@ -440,6 +441,7 @@ async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config
                 # register whose identity this frame needs): let them finish first.
                 last = service
                 await outbox.wait_until_settled()
+                now = trio.current_time()
             inbound = Inbound(conn_id, message, peer.identity if service is side else None)
             outbox.handing_over()
             try:
