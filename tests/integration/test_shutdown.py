@@ -125,3 +125,33 @@ async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(tmp_path, tr
             # The grace time is 5 s; the sink's socket is dropped when it ends.
             assert trio.current_time() - start < 8
             await sink.hang_up()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sigterm_with_five_clients_that_do_not_read_exits_0_within_the_grace_time(
+    tmp_path, transport
+):
+    """As above, with five such clients at once: every write to them blocks, none is shielded,
+    and the process still exits 0 within the grace time."""
+    env = {
+        "ZAJEL_WS_SLOW_CONSUMER_MS": "3600000",
+        "ZAJEL_WS_OUTBOUND_BYTES": str(1 << 30),
+        "ZAJEL_WS_OUTBOUND_QUEUE": "100000",
+        "ZAJEL_WS_TRANSPORT": transport,
+    }
+    offer = {"sdp": "o" * 200_000}
+    codes = ["SSSSS" + letter for letter in "ABCDE"]
+    with trio.fail_after(60):
+        async with zajel_serve(tmp_path, env=env) as (process, url), open_socket(url) as a:
+            await a.register("AAAAAA")
+            sinks = [await paired_sink(port_of(url), a, "AAAAAA", code) for code in codes]
+            for _ in range(40):  # 8 MB each: more than the sockets' buffers hold
+                for code in codes:
+                    await a.signal("offer", code, offer)
+            await a.ping()  # every offer has been taken in and queued
+            start = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+            assert trio.current_time() - start < 8  # the grace time is 5 s
+            for sink in sinks:
+                await sink.hang_up()
