@@ -3,12 +3,13 @@
 
 hypercorn serves every HTTP request; a WebSocket handshake on an endpoint's path is served here
 instead, on the same port. The handshake and the frames are ``websockets``' sans-IO protocol
-(``ServerProtocol``); this module owns only the I/O loop, and hands the app the ASGI WebSocket
-messages it already speaks, so the ``SocketRouter`` serves both transports unchanged.
+(``ServerProtocol``); this module owns only the I/O loop. The handshake is presented to the app
+as ASGI (the ``SocketRouter`` admits or refuses it); after it, the router drives the connection
+as a ``zajel.web.sockets.Link``, offered through the ``zajel.link`` scope extension.
 
-What it saves over hypercorn's stack: the reader decodes every complete frame of one
-``receive_some`` in the reader's own task (no queue and no task hop per frame), and the writer
-(``zajel.web.sockets``) writes everything queued with one ``send_all``.
+What it saves over hypercorn's stack: one non-blocking read takes every frame that has arrived
+and the reader hands all of them over in its own task (no ASGI message, queue, lock, cancel
+scope or task hop per frame), and the writer writes every queued frame with one ``writev``.
 
 Invariants:
 - The head of a request is read at most ``HEAD_MAX`` bytes and ``HEAD_TIMEOUT_S`` seconds; a
@@ -19,8 +20,14 @@ Invariants:
 - A message larger than ``ws_max_message_bytes`` (fragments counted whole) closes the
   connection with 1009, invalid UTF-8 in a text message with 1007, a protocol error with 1002;
   nothing more is read after a close.
-- Keep-alive as hypercorn's: a ping every ``ws_ping_interval``; a connection that sent nothing
-  for ``ws_idle_timeout`` (data frames and pongs alike) is dropped.
+- Writes are whole and in order, one at a time; a write cancelled half-way closes the socket
+  (no shield: the stall deadline and a drop always end a write).
+- Keep-alive (``keepalive``, run by the connection table's sweep): a ping every
+  ``ws_ping_interval``; a connection that sent nothing for ``ws_idle_timeout`` (data frames and
+  pongs alike) is dropped; one whose application sent no message for
+  ``ws_message_idle_timeout`` is closed with 1001 (``on_silent``).
+- The socket's descriptor is looked up before every system call, with no checkpoint in between,
+  so a dropped connection's number, reused by a new socket, is never read or written.
 """
 
 from __future__ import annotations

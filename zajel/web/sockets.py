@@ -7,7 +7,9 @@ hottest; see ``docs/architecture.md``). Everything else goes to Quart.
 
 One connection = one handler task with two children: the reader rate-limits and decodes frames
 and casts them to the endpoint's service; the writer drains the connection's ``Outbox`` to the
-socket. An endpoint may have a second service for some of its messages (the ChunkIndex takes
+socket. After the handshake both drive the connection through a ``Link``: ``zajel serve``'s own
+transport offers one (``zajel.web.fastws``); under hypercorn's stack ``AsgiLink`` wraps the ASGI
+messages. An endpoint may have a second service for some of its messages (the ChunkIndex takes
 the channel and chunk messages of both endpoints): those frames carry the ``Identity`` the
 endpoint's own service gave the connection, and before the reader switches from one service
 to the other it waits until the frames it handed over are handled, so each service sees the
@@ -19,10 +21,9 @@ The service never waits on the socket: answers to the client's own frames always
 client a slow consumer, closed with 1013 (``zajel.web.outbox``; docs/protocol/conventions.md,
 "Back-pressure").
 
-Keep-alive is hypercorn's: it pings every ``ws_ping_interval`` and drops a connection that sent
-nothing, not even a pong, for ``ws_idle_timeout`` (its read timeout). Frames over
-``ws_max_message_bytes`` are refused by hypercorn with close code 1009. Under ``zajel serve``
-the TCP connection is also a ``zajel.web.transport.Connection``, which bounds every close.
+Keep-alive and the message size limit are the transport's (``zajel.web.fastws``, or hypercorn's
+ping loop and read timeout). Under ``zajel serve`` the TCP connection is also a
+``zajel.web.transport.Connection``, which bounds every close.
 """
 
 from __future__ import annotations
