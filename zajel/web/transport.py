@@ -19,7 +19,12 @@ things a production server needs cannot be done from inside the ASGI app alone
   instead of spinning.
 - **Close codes for bad frames.** When wsproto refuses a client's frame (invalid UTF-8 in a text
   frame: 1007; a protocol error: 1002), hypercorn drops the TCP connection without a close
-  frame. ``ReportingWSStream`` answers with a close frame carrying wsproto's code first.
+  frame. ``zajel.web._hypercorn.ReportingWSStream`` answers with a close frame carrying
+  wsproto's code first.
+
+hypercorn has no public API for a connection accepted elsewhere: the internals used to hand it
+one are all in ``zajel.web._hypercorn``, which says which and why, and the hypercorn versions
+they were tested with.
 
 Invariants:
 - Every accepted socket belongs to exactly one ``Connection`` until it is closed, and is closed
@@ -40,20 +45,12 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-import hypercorn.protocol.h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.protocol.ws_stream import WSStream
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.utils import wrap_app
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, Event
 
 from zajel.config import Network
 from zajel.logs import context
+from zajel.web._hypercorn import HypercornWorker, install_close_codes, open_worker
 from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
 
 log = logging.getLogger("zajel.transport")
@@ -78,9 +75,6 @@ REFUSAL = (
     b"\r\n"
     b'{"error":"Too many connections"}'
 )
-
-# The reason sent with the close frame that answers a frame wsproto refused.
-CLOSE_REASONS = {1002: "Protocol error", 1007: "Invalid UTF-8 in a text frame", 1009: "Too big"}
 
 
 class Connection:
@@ -352,53 +346,6 @@ def _hint(exc: OSError) -> str:
     return "the system is out of sockets or memory"
 
 
-class _FailuresAnswered:
-    """A wsproto connection that reports a failure it found in the client's data (a
-    ``CloseConnection`` it yields while still open) as the client closing, so that hypercorn
-    answers it with a close frame carrying the failure's code instead of just hanging up."""
-
-    def __init__(self, connection: WSConnection) -> None:
-        self._connection = connection
-        self._failed = False
-
-    @property
-    def state(self) -> ConnectionState:
-        state = self._connection.state
-        if self._failed and state is ConnectionState.OPEN:
-            return ConnectionState.REMOTE_CLOSING
-        return state
-
-    def send(self, event: Event) -> bytes:
-        return self._connection.send(event)
-
-    def receive_data(self, data: bytes | None) -> None:
-        self._connection.receive_data(data)
-
-    def events(self) -> Any:
-        for event in self._connection.events():
-            if (
-                isinstance(event, CloseConnection)
-                and self._connection.state is ConnectionState.OPEN
-            ):
-                self._failed = True
-                event = CloseConnection(code=event.code, reason=CLOSE_REASONS.get(event.code, ""))
-            yield event
-
-
-class ReportingWSStream(WSStream):
-    """hypercorn's WebSocket stream, with the client's bad frames answered with a close code."""
-
-    async def _accept(self, message: Any) -> None:
-        await super()._accept(message)
-        self.connection = _FailuresAnswered(self.connection)  # type: ignore[assignment]
-
-
-def install_close_codes() -> None:
-    """Make hypercorn's HTTP/1.1 protocol use ``ReportingWSStream`` (``zajel serve`` only; under
-    another server the connection just ends, docs/operations.md)."""
-    hypercorn.protocol.h11.WSStream = ReportingWSStream  # type: ignore[attr-defined]
-
-
 def open_listener(host: str, port: int, backlog: int) -> trio.SocketListener:
     """A listening TCP socket on ``host:port`` (port 0: a free one).
 
@@ -446,36 +393,25 @@ async def serve_tcp(
     when ``grace`` seconds have passed, so no client can hold the server.
     """
     install_close_codes()
-    wrapped = wrap_app(app, hypercorn_config.wsgi_max_body_size, "asgi")
-    context_ = WorkerContext(None)
-    state: dict[str, Any] = {}
-    lifespan = Lifespan(wrapped, hypercorn_config, state)
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        async with trio.open_nursery() as connections:
-            connections.start_soon(_watch_deadlines, table)
+    async with open_worker(app, hypercorn_config) as worker, trio.open_nursery() as connections:
+        connections.start_soon(_watch_deadlines, table)
 
-            async def handle(stream: trio.SocketStream) -> None:
-                await _serve_connection(
-                    stream, wrapped, hypercorn_config, context_, state, table, websockets, app
-                )
+        async def handle(stream: trio.SocketStream) -> None:
+            await _serve_connection(stream, worker, table, websockets, app)
 
-            async with trio.open_nursery() as acceptor:
-                acceptor.start_soon(_accept_loop, listener, handle, connections)
-                task_status.started()
-                await shutdown.wait()
-                acceptor.cancel_scope.cancel()
-            await listener.aclose()
-            await context_.terminated.set()
-            # Whatever is still open when the grace time ends is dropped: a client that does not
-            # read cannot hold the shutdown.
-            with trio.move_on_after(grace):
-                await table.wait_empty()
-            table.drop_all()
-            connections.cancel_scope.cancel()
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as acceptor:
+            acceptor.start_soon(_accept_loop, listener, handle, connections)
+            task_status.started()
+            await shutdown.wait()
+            acceptor.cancel_scope.cancel()
+        await listener.aclose()
+        await worker.close_idle()
+        # Whatever is still open when the grace time ends is dropped: a client that does not
+        # read cannot hold the shutdown.
+        with trio.move_on_after(grace):
+            await table.wait_empty()
+        table.drop_all()
+        connections.cancel_scope.cancel()
 
 
 async def _accept_loop(
@@ -498,10 +434,7 @@ async def _accept_loop(
 
 async def _serve_connection(
     stream: trio.SocketStream,
-    app: Any,
-    hypercorn_config: HypercornConfig,
-    context_: WorkerContext,
-    state: dict[str, Any],
+    worker: HypercornWorker,
     table: ConnectionTable,
     websockets: WebSocketTransport | None = None,
     asgi_app: Any = None,
@@ -522,7 +455,7 @@ async def _serve_connection(
         with conn.scope:
             if websockets is not None and await websockets.serve(asgi_app, guarded, conn):
                 return
-            await TCPServer(app, hypercorn_config, context_, state, guarded)  # type: ignore[arg-type]
+            await worker.serve(guarded)
     finally:
         table.close(conn)
         stream.socket.close()
