@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python bench/chunk_multicast.py --subscribers 100 --chunks 64 --size 16384
+    python bench/chunk_multicast.py --subscribers 500 --chunks 32 --size 16384 --waves 5
 
 Scheme. The source registers on ``/relay`` and announces K chunks (``chunk-0`` … in batches of
 at most 100); it answers every ``chunk_pull`` with a ``chunk_push`` whose ``data`` is the
@@ -13,12 +14,20 @@ subscriber keeps at most ``--window`` requests unanswered (4 by default, as an a
 channel does; 0 sends all K at once, which measures how long N x K deliveries take to drain
 rather than the latency of one request).
 
+Waves. With ``--waves W`` the N subscribers come in W equal waves (N must be a multiple of W),
+one after the other: a wave connects and registers, then requests every chunk and receives all
+of them before the next wave connects. The first wave's requests make the server pull every
+chunk; every later wave is served from the cache (``pulls_per_chunk`` stays 1.0). The
+subscribers of earlier waves stay connected. The request phases of all waves are measured
+(time and server CPU summed over them); connecting and registering are not, as with one wave,
+and are reported apart (``setup_server_cpu_s``).
+
 Figures: ``deliveries`` (``chunk_data`` frames received), ``deliveries_per_s`` and
-``delivered_mb_per_s`` over the request phase, p50/p99 request-to-data latency,
+``delivered_mb_per_s`` over the request phases, p50/p99 request-to-data latency,
 ``pulls_per_chunk`` (pulls the source received, per chunk: 1.0 is the goal), ``errors``
 (error frames, unexpected frames, missing deliveries), the server's CPU seconds during the
-request phase and per delivery, and its peak RSS (``VmHWM``). One JSON line on stdout, also
-appended to ``--out``. Every wait is bounded by ``--timeout``.
+request phases and per delivery, and its peak RSS (``VmHWM``). One JSON line on stdout, also
+appended to ``--out``. Every wait is bounded by ``--timeout`` (all waves together).
 """
 
 from __future__ import annotations
@@ -63,6 +72,25 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+class Phases:
+    """Wall-clock and server CPU seconds summed over measured phases (CPU ``None`` if the
+    server's is not known)."""
+
+    def __init__(self, cpu: Any) -> None:
+        self._cpu = cpu
+        self.seconds = 0.0
+        self.cpu_seconds: float | None = None if cpu() is None else 0.0
+
+    def start(self) -> tuple[float, float | None]:
+        return time.perf_counter(), self._cpu()
+
+    def stop(self, started: tuple[float, float | None]) -> None:
+        wall, cpu_before = started
+        self.seconds += time.perf_counter() - wall
+        if self.cpu_seconds is not None and cpu_before is not None:
+            self.cpu_seconds += self._cpu() - cpu_before
 
 
 class Counters:
@@ -129,23 +157,35 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
             ]
             await source.send({"type": "chunk_announce", "chunks": entries})
             await source.expect("chunk_announce_ack")
-        subscribers = []
-        for index in range(args.subscribers):
-            client = await stack.enter_async_context(connect_relay(url, max_message_size=1 << 22))
-            await client.register(f"bench-subscriber-{index}")
-            subscribers.append(client)
-        cpu_before, started = cpu(), time.perf_counter()
-        timed_out = False
+        measured, setup = Phases(cpu), Phases(cpu)
+        wave_size = args.subscribers // args.waves
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_pulls, source, payloads, counters)
             with trio.move_on_after(args.timeout) as scope:
-                async with trio.open_nursery() as requests:
-                    for client in subscribers:
-                        requests.start_soon(subscribe, client, args.chunks, args.window, counters)
+                # Every wave's subscribers stay connected until the last wave is done.
+                async with AsyncExitStack() as connected:
+                    for wave in range(args.waves):
+                        started = setup.start()
+                        subscribers = []
+                        for index in range(wave * wave_size, (wave + 1) * wave_size):
+                            client = await connected.enter_async_context(
+                                connect_relay(url, max_message_size=1 << 22)
+                            )
+                            await client.register(f"bench-subscriber-{index}")
+                            subscribers.append(client)
+                        setup.stop(started)
+                        started = measured.start()
+                        try:
+                            async with trio.open_nursery() as requests:
+                                for client in subscribers:
+                                    requests.start_soon(
+                                        subscribe, client, args.chunks, args.window, counters
+                                    )
+                        finally:
+                            measured.stop(started)
             timed_out = scope.cancelled_caught
             nursery.cancel_scope.cancel()
-        seconds = time.perf_counter() - started
-        cpu_used = cpu() - cpu_before if cpu_before is not None else None
+        seconds = measured.seconds
     expected = args.subscribers * args.chunks
     missing = expected - counters.deliveries
     return {
@@ -154,6 +194,7 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
         "chunks": args.chunks,
         "size": args.size,
         "window": args.window,
+        "waves": args.waves,
         "deliveries": counters.deliveries,
         "expected_deliveries": expected,
         "seconds": round(seconds, 3),
@@ -166,7 +207,8 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
         "errors": counters.errors + missing,
         "error_samples": counters.error_samples,
         "timed_out": timed_out,
-        **cpu_figures(cpu_used, counters.deliveries, "delivery"),
+        **cpu_figures(measured.cpu_seconds, counters.deliveries, "delivery"),
+        "setup_server_cpu_s": (None if setup.cpu_seconds is None else round(setup.cpu_seconds, 3)),
         "server_peak_rss_mb": None if pid is None else peak_rss_mb(pid),
         **run_facts(),
     }
@@ -183,10 +225,18 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="requests each subscriber keeps unanswered (0: all K at once)",
     )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=1,
+        help="subscribers come in this many equal waves, one after the other (default 1)",
+    )
     parser.add_argument("--url", help="use a running server instead of starting one")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
+    if args.waves < 1 or args.subscribers % args.waves:
+        parser.error("--waves must be at least 1 and divide --subscribers")
     result = trio.run(measure_server, args.url, SERVER_ENV, functools.partial(run, args))
     emit(result, Path(args.out))
     return 1 if result["errors"] or result["timed_out"] else 0

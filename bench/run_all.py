@@ -1,23 +1,38 @@
-"""Every benchmark scenario, one after another, into ``bench/results/latest.json`` and a plot.
+"""Every benchmark scenario, on both WebSocket transports, into ``bench/results/latest.json`` and
+a plot.
 
 Run from the repository root (``make bench`` does)::
 
     python bench/run_all.py
 
-Scenarios: the signaling benchmark (10 pairs, 2,000 messages each way, window 32), the transport
-floor, and the chunk multicast at N = 10, 100 and 500 subscribers for S = 16 KiB and
-S = 48,000 bytes (the largest raw size whose base64 fits the 64 KiB JSON limit), K = 64 chunks,
-each subscriber keeping 4 requests unanswered; and once with every request sent at once; the
-same multicast on ``/signal`` as a channel (N = 100, K = 64, S = 16 KiB: window 4, all at
-once, and with the owner pushing each chunk proactively); then the server registry with 1000
-entries (50 clients, 100 heartbeats each, 200 signed lists).
-Every WebSocket scenario runs once on each WebSocket transport of ``zajel serve``
-(``ZAJEL_WS_TRANSPORT``: hypercorn's stack and our own), its result tagged with ``transport``;
-the transport floor is hypercorn's echo.
-Each scenario runs as its own process with its own server, as the single benchmarks do; their
-JSON lines are collected into ``latest.json`` together with the machine they ran on. The plot
-(``latest.png``: deliveries/s and p99 latency against N) needs matplotlib, the ``bench`` extra;
-without it the figures are still written.
+Scenarios (``SCENARIOS``; ``--quick`` runs each kind once with tiny numbers):
+
+- the bar scenarios, each with its bar on server CPU per item on our transport
+  (``ZAJEL_WS_TRANSPORT=fast``, ``zajel serve``'s default): signaling with 10 pairs, 2,000
+  messages each way, window 32 (70 µs per relayed message); the chunk multicast at N = 100,
+  K = 64, S = 16 KiB (80 µs per delivery), at N = 500, K = 32, S = 48,000 bytes (the largest raw
+  size whose base64 fits the 64 KiB JSON limit; 140 µs), and at N = 500, K = 32, S = 16 KiB in 5
+  waves of 100, most of them served from the cache (80 µs);
+- the transport floor: a bare echo on each transport, 20 connections x 4,000 frames, window 32;
+- the chunk multicast at N = 10, 100 and 500 for S = 16 KiB and 48,000 bytes, K = 64, each
+  subscriber keeping 4 requests unanswered, and at N = 100 with every request sent at once;
+- the same multicast on ``/signal`` as a channel (N = 100, K = 64, S = 16 KiB: window 4, all at
+  once, and with the owner pushing each chunk proactively);
+- the server registry with 1000 entries (50 clients, 100 heartbeats each, 200 signed lists):
+  HTTP only, so it runs once.
+
+Every WebSocket scenario (the floor included) runs once on each transport, hypercorn's first,
+each as its own process with its own server, as the single benchmarks do. About 4 minutes on a
+2-core machine.
+
+Output: ``latest.json`` holds, per scenario, both transports' figures side by side (server CPU
+per item, throughput, p99, errors, pulls per chunk, exit status) and its bar if it has one,
+the two floors, and every benchmark's own result line (``results``); each of those lines is also
+appended to ``history.jsonl``. The plot (``latest.png``) shows server CPU per item of every
+WebSocket scenario on both transports, with the floors and the bars; it needs matplotlib, the
+``bench`` extra (without it the figures are still written). Progress goes to stderr; stdout gets
+one JSON line at the end, also appended to ``run_all.jsonl``. Exit status 1 if a scenario
+failed (a bar missed is not a failure: speed is reported, not asserted).
 """
 
 from __future__ import annotations
@@ -29,111 +44,193 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+if str(BENCH.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH.parent))
+
+from bench._server import emit  # noqa: E402
+
 RESULTS = BENCH / "results"
-SUBSCRIBERS = (10, 100, 500)
-SIZES = (16_384, 48_000)
-CHUNKS = 64
 TRANSPORTS = ("hypercorn", "fast")
-# The scenarios that speak WebSocket to zajel serve: each runs on every transport.
-WEBSOCKET_BENCHMARKS = {"signaling.py", "chunk_multicast.py", "channels.py"}
+# Whose figures a bar holds: zajel serve's default transport.
+BAR_TRANSPORT = "fast"
+# The key of a scenario that does not speak WebSocket (its figures hold on either transport).
+HTTP_ONLY = "http"
+# The benchmarks that speak WebSocket to the server: each of their scenarios runs on every
+# transport (ZAJEL_WS_TRANSPORT in its environment).
+WEBSOCKET_BENCHMARKS = {"signaling.py", "transport_floor.py", "chunk_multicast.py", "channels.py"}
+FLOOR = "floor"
+
+# What a benchmark's result line calls its figures: the item its server CPU is counted per,
+# its throughput and its p99 latency.
+FIGURES = {
+    "signaling": ("msg", "msgs_per_s", "p99_ms"),
+    "transport_floor": ("frame", "frames_per_s", None),
+    "chunk_multicast": ("delivery", "deliveries_per_s", "p99_ms"),
+    "channels": ("delivery", "deliveries_per_s", "p99_ms"),
+    "registry": ("heartbeat", "heartbeats_per_s", "heartbeat_p99_ms"),
+}
 
 
-def scenarios(quick: bool) -> list[tuple[str, list[str]]]:
-    if quick:  # a smoke run: every scenario kind, tiny numbers
-        return [
-            ("signaling", ["signaling.py", "--pairs=2", "--messages=20", "--window=4"]),
-            ("floor", ["transport_floor.py", "--connections=2", "--frames=50", "--window=4"]),
-            ("chunks", ["chunk_multicast.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
-            ("channels", ["channels.py", "--subscribers=3", "--chunks=4", "--size=2000"]),
-            (
-                "registry",
-                ["registry.py", "--clients=2", "--heartbeats=5", "--servers=6", "--lists=4"],
-            ),
-        ]
-    runs = [
-        ("signaling", ["signaling.py", "--pairs=10", "--messages=2000", "--window=32"]),
-        ("floor", ["transport_floor.py", "--connections=20", "--frames=4000", "--window=32"]),
-    ]
-    # Every request at once: how long N x K deliveries take to drain.
-    runs.append(
-        (
-            "chunks-burst",
-            ["chunk_multicast.py", "--subscribers=100", f"--chunks={CHUNKS}", "--window=0"],
-        )
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: its name, the benchmark script and its arguments, and its bar (server CPU
+    per item on ``BAR_TRANSPORT``, µs) if it has one."""
+
+    name: str
+    args: tuple[str, ...]
+    bar_us: float | None = None
+
+    @property
+    def websocket(self) -> bool:
+        return self.args[0] in WEBSOCKET_BENCHMARKS
+
+    @property
+    def command(self) -> str:
+        return " ".join(["python", f"bench/{self.args[0]}", *self.args[1:]])
+
+
+def _chunks(subscribers: int, chunks: int, size: int, *extra: str) -> tuple[str, ...]:
+    return (
+        "chunk_multicast.py",
+        f"--subscribers={subscribers}",
+        f"--chunks={chunks}",
+        f"--size={size}",
+        *extra,
     )
-    for size in SIZES:
-        for subscribers in SUBSCRIBERS:
-            runs.append(
-                (
-                    "chunks",
-                    [
-                        "chunk_multicast.py",
-                        f"--subscribers={subscribers}",
-                        f"--chunks={CHUNKS}",
-                        f"--size={size}",
-                    ],
-                )
-            )
+
+
+_CHANNEL = ("channels.py", "--subscribers=100", "--chunks=64", "--size=16384")
+
+SCENARIOS = (
+    Scenario(
+        "signaling P=10 M=2000 W=32",
+        ("signaling.py", "--pairs=10", "--messages=2000", "--window=32"),
+        bar_us=70,
+    ),
+    Scenario(FLOOR, ("transport_floor.py", "--connections=20", "--frames=4000", "--window=32")),
+    Scenario("chunks N=100 K=64 S=16384", _chunks(100, 64, 16_384), bar_us=80),
+    Scenario("chunks N=500 K=32 S=48000", _chunks(500, 32, 48_000), bar_us=140),
+    Scenario("chunks N=500 K=32 S=16384 5 waves", _chunks(500, 32, 16_384, "--waves=5"), bar_us=80),
+    Scenario("chunks N=100 K=64 S=16384 all at once", _chunks(100, 64, 16_384, "--window=0")),
+    Scenario("chunks N=10 K=64 S=16384", _chunks(10, 64, 16_384)),
+    Scenario("chunks N=500 K=64 S=16384", _chunks(500, 64, 16_384)),
+    Scenario("chunks N=10 K=64 S=48000", _chunks(10, 64, 48_000)),
+    Scenario("chunks N=100 K=64 S=48000", _chunks(100, 64, 48_000)),
+    Scenario("chunks N=500 K=64 S=48000", _chunks(500, 64, 48_000)),
     # The same multicast as a channel on /signal (docs/benchmarks.md, "Channels on /signal").
-    channel = ["channels.py", "--subscribers=100", f"--chunks={CHUNKS}", "--size=16384"]
-    runs.append(("channels", channel))
-    runs.append(("channels-burst", [*channel, "--window=0"]))
-    runs.append(("channels-proactive", [*channel, "--proactive"]))
+    Scenario("channels N=100 K=64 S=16384", _CHANNEL),
+    Scenario("channels N=100 K=64 S=16384 all at once", (*_CHANNEL, "--window=0")),
+    Scenario("channels N=100 K=64 S=16384 proactive", (*_CHANNEL, "--proactive")),
     # The server registry at its cap: heartbeats committed to the store, the signed list.
-    runs.append(
-        (
-            "registry",
-            ["registry.py", "--clients=50", "--heartbeats=100", "--servers=1000", "--lists=200"],
-        )
-    )
-    return runs
+    Scenario(
+        "registry 1000 servers",
+        ("registry.py", "--clients=50", "--heartbeats=100", "--servers=1000", "--lists=200"),
+    ),
+)
+
+# A smoke run: every kind of scenario with tiny numbers, and no bars (they hold for the full
+# numbers only).
+QUICK = (
+    Scenario("signaling", ("signaling.py", "--pairs=2", "--messages=20", "--window=4")),
+    Scenario(FLOOR, ("transport_floor.py", "--connections=2", "--frames=50", "--window=4")),
+    Scenario("chunks", _chunks(3, 4, 2000)),
+    Scenario("chunks in waves", _chunks(4, 4, 2000, "--waves=2")),
+    Scenario("channels", ("channels.py", "--subscribers=3", "--chunks=4", "--size=2000")),
+    Scenario(
+        "registry",
+        ("registry.py", "--clients=2", "--heartbeats=5", "--servers=6", "--lists=4"),
+    ),
+)
 
 
-def with_transports(
-    runs: list[tuple[str, list[str]]],
-) -> list[tuple[str, list[str], str | None]]:
-    """Each WebSocket scenario once per transport, the others once (``None``)."""
-    return [
-        (name, command, transport)
-        for name, command in runs
-        for transport in (TRANSPORTS if command[0] in WEBSOCKET_BENCHMARKS else (None,))
-    ]
-
-
-def run_one(
-    args: list[str], out: Path, timeout: float, transport: str | None = None
-) -> dict[str, Any]:
+def run_one(scenario: Scenario, out: Path, timeout: float, transport: str | None) -> dict[str, Any]:
+    """Run the scenario's benchmark (on ``transport``, if given) and return its result line,
+    tagged with the scenario, the transport and the exit status; a run that printed no result
+    is ``failed``."""
     env = dict(os.environ)
     if transport is not None:
         env["ZAJEL_WS_TRANSPORT"] = transport
-    finished = subprocess.run(
-        [sys.executable, str(BENCH / args[0]), *args[1:], f"--out={out}"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
+    tags = {"scenario": scenario.name, "transport": transport}
+    try:
+        finished = subprocess.run(
+            [sys.executable, str(BENCH / scenario.args[0]), *scenario.args[1:], f"--out={out}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {**tags, "command": scenario.command, "failed": True, "exit": None}
     lines = finished.stdout.strip().splitlines()
-    if not lines:
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
         return {
-            "command": args,
+            **tags,
+            "command": scenario.command,
             "failed": True,
             "exit": finished.returncode,
             "stderr": finished.stderr[-2000:],
         }
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["exit"] = finished.returncode
-    if transport is not None:
-        result["transport"] = transport
-    return result
+    return {**tags, **result, "exit": finished.returncode}
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> bool:
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one result line that ``latest.json`` shows side by side."""
+    item, throughput, p99 = FIGURES.get(result.get("benchmark", ""), (None, None, None))
+    return {
+        "server_cpu_us_per_item": result.get(f"server_cpu_us_per_{item}"),
+        "throughput": result.get(throughput or ""),
+        "throughput_unit": throughput,
+        "p99_ms": result.get(p99 or ""),
+        "errors": result.get("errors"),
+        "pulls_per_chunk": result.get("pulls_per_chunk"),
+        "exit": result.get("exit"),
+        "failed": bool(result.get("failed") or result.get("exit")),
+    }
+
+
+def summarize(scenarios: tuple[Scenario, ...], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per scenario, every transport's figures side by side and its bar; and the floors."""
+    rows = []
+    for scenario in scenarios:
+        mine = [result for result in results if result["scenario"] == scenario.name]
+        benchmark = next((r["benchmark"] for r in mine if "benchmark" in r), None)
+        row: dict[str, Any] = {
+            "scenario": scenario.name,
+            "benchmark": benchmark,
+            "command": scenario.command,
+            "item": FIGURES.get(benchmark or "", (None,))[0],
+            "figures": {r["transport"] or HTTP_ONLY: figures(r) for r in mine},
+            "bar": None,
+        }
+        if scenario.bar_us is not None:
+            measured = row["figures"].get(BAR_TRANSPORT, {}).get("server_cpu_us_per_item")
+            row["bar"] = {
+                "server_cpu_us_per_item": scenario.bar_us,
+                "transport": BAR_TRANSPORT,
+                "met": None if measured is None else measured <= scenario.bar_us,
+            }
+        rows.append(row)
+    floor = next((row for row in rows if row["scenario"] == FLOOR), None)
+    floors = {
+        transport: (floor or {}).get("figures", {}).get(transport, {}).get("server_cpu_us_per_item")
+        for transport in TRANSPORTS
+    }
+    return {"floors": floors, "scenarios": rows}
+
+
+def plot(summary: dict[str, Any], path: Path) -> bool:
+    """Server CPU per item of every WebSocket scenario, both transports side by side, with the
+    floors and the bars; False (nothing written) without matplotlib."""
     try:
         import matplotlib
 
@@ -141,42 +238,53 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = sorted(
-        {
-            (r["size"], r.get("transport", "hypercorn"))
-            for r in results
-            if r.get("benchmark") == "chunk_multicast" and r["window"]
-        }
-    )
-    for size, transport in series:
-        rows = sorted(
-            (
-                r
-                for r in results
-                if r.get("benchmark") == "chunk_multicast"
-                and r["size"] == size
-                and r["window"]
-                and r.get("transport", "hypercorn") == transport
-            ),
-            key=lambda r: r["subscribers"],
+    rows = [
+        row
+        for row in summary["scenarios"]
+        if row["scenario"] != FLOOR and HTTP_ONLY not in row["figures"]
+    ]
+    colors = {"hypercorn": "tab:blue", "fast": "tab:orange"}
+    width = 0.38
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.05 * len(rows) + 2), 6.0))
+    offsets = dict(zip(TRANSPORTS, (-width / 2, width / 2), strict=True))
+    for transport in TRANSPORTS:
+        xs, heights = [], []
+        for x, row in enumerate(rows):
+            value = row["figures"].get(transport, {}).get("server_cpu_us_per_item")
+            if value is not None:
+                xs.append(x + offsets[transport])
+                heights.append(value)
+        bars = axes.bar(xs, heights, width, label=transport, color=colors[transport])
+        axes.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        floor = summary["floors"].get(transport)
+        if floor is not None:
+            axes.axhline(
+                floor,
+                color=colors[transport],
+                linestyle="--",
+                linewidth=1,
+                label=f"{transport} echo floor: {floor:.0f} µs/frame",
+            )
+    barred = [(x, row) for x, row in enumerate(rows) if row["bar"] is not None]
+    bar_offset = offsets[BAR_TRANSPORT]
+    for index, (x, row) in enumerate(barred):
+        axes.hlines(  # over the bar of the transport it holds for
+            row["bar"]["server_cpu_us_per_item"],
+            x + bar_offset - width / 2,
+            x + bar_offset + width / 2,
+            color="red",
+            linewidth=2.5,
+            label=f"bar ({BAR_TRANSPORT})" if index == 0 else None,
         )
-        if not rows:
-            continue
-        label = f"S = {size:,} bytes, {transport}"
-        ns = [r["subscribers"] for r in rows]
-        throughput.plot(ns, [r["deliveries_per_s"] for r in rows], marker="o", label=label)
-        latency.plot(ns, [r["p99_ms"] for r in rows], marker="o", label=label)
-    for axes, title, unit in (
-        (throughput, "Chunk deliveries per second", "deliveries/s"),
-        (latency, "p99 request-to-data latency", "ms"),
-    ):
-        axes.set_xscale("log")
-        axes.set_xlabel("subscribers (N), K = 64 chunks")
-        axes.set_ylabel(unit)
-        axes.set_title(title)
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
+    axes.set_xticks(
+        range(len(rows)),
+        [textwrap.fill(f"{row['scenario']} (per {row['item']})", 15) for row in rows],
+        fontsize=7,
+    )
+    axes.set_ylabel("server CPU per item (µs)")
+    axes.set_title("Server CPU per relayed message or delivered chunk, by WebSocket transport")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -192,13 +300,29 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     history = results_dir / "history.jsonl"
+    scenarios = QUICK if args.quick else SCENARIOS
+    runs = [
+        (scenario, transport)
+        for scenario in scenarios
+        for transport in (TRANSPORTS if scenario.websocket else (None,))
+    ]
+    started = time.monotonic()
     results = []
-    for name, command, transport in with_transports(scenarios(args.quick)):
-        result = run_one(command, history, args.timeout, transport)
+    for number, (scenario, transport) in enumerate(runs, 1):
+        result = run_one(scenario, history, args.timeout, transport)
         results.append(result)
-        print(json.dumps({"scenario": name, **result}, separators=(",", ":")), flush=True)
+        shown = figures(result)
+        print(
+            f"[{number}/{len(runs)}] {scenario.name} on {transport or HTTP_ONLY}: "
+            f"{shown['server_cpu_us_per_item']} µs server CPU per item, exit {result['exit']}",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = {
+        "benchmark": "run_all",
+        "quick": args.quick,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
         "machine": {
             "system": platform.system(),
             "release": platform.release(),
@@ -206,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": f"{platform.python_implementation()} {platform.python_version()}",
         },
-        "results": results,
+        **summarize(scenarios, results),
     }
-    (results_dir / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plotted = plot(results, results_dir / "latest.png")
-    if not plotted:
+    failed = [r["scenario"] for r in results if figures(r)["failed"]]
+    summary["failed"] = failed
+    (results_dir / "latest.json").write_text(
+        json.dumps({**summary, "results": results}, indent=2, ensure_ascii=False) + "\n"
+    )
+    if not plot(summary, results_dir / "latest.png"):
         print("matplotlib not installed (the 'bench' extra): no plot", file=sys.stderr)
-    failed = [r for r in results if r.get("failed") or r.get("exit")]
+    emit(summary, results_dir / "run_all.jsonl")
     return 1 if failed else 0
 
 

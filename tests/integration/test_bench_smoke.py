@@ -4,11 +4,14 @@ checked here."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +80,40 @@ def test_chunk_multicast_benchmark_pulls_each_chunk_once_and_delivers_everything
     assert result["server_peak_rss_mb"] > 0
 
 
+def test_chunk_multicast_benchmark_in_waves_serves_later_waves_from_the_cache(tmp_path):
+    subscribers, chunks, waves = 6, 4, 3
+    result = reported(
+        "chunk_multicast.py",
+        tmp_path / "chunks.jsonl",
+        f"--subscribers={subscribers}",
+        f"--chunks={chunks}",
+        "--size=2000",
+        f"--waves={waves}",
+    )
+    assert (result["subscribers"], result["waves"]) == (subscribers, waves)
+    assert result["deliveries"] == subscribers * chunks
+    # Only the first wave makes the server pull; the others are answered from its cache.
+    assert result["pulls_per_chunk"] == 1.0
+    assert result["max_pulls_of_one_chunk"] == 1
+    assert result["errors"] == 0
+    assert result["timed_out"] is False
+    assert result["server_cpu_s"] is not None
+    assert result["setup_server_cpu_s"] is not None
+
+
+def test_chunk_multicast_benchmark_refuses_waves_that_do_not_divide_the_subscribers(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "bench/chunk_multicast.py", "--subscribers=5", "--waves=2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert "--waves must be at least 1 and divide --subscribers" in finished.stderr
+
+
 def test_channels_benchmark_pulls_each_chunk_once_and_delivers_everything(tmp_path):
     subscribers, chunks = 3, 5
     result = reported(
@@ -112,16 +149,22 @@ def test_channels_benchmark_with_proactive_pushes_needs_no_pull(tmp_path):
     assert result["max_pulls_of_one_chunk"] <= 1
 
 
-def test_transport_floor_benchmark_echoes_every_frame(tmp_path):
+@pytest.mark.parametrize("transport", ["hypercorn", "fast"])
+def test_transport_floor_benchmark_echoes_every_frame(tmp_path, transport):
+    # On "fast" the echo closes any WebSocket our transport did not serve (1011), so a run
+    # that echoes every frame was served by it.
     result = reported(
         "transport_floor.py",
         tmp_path / "floor.jsonl",
+        f"--transport={transport}",
         "--connections=2",
         "--frames=50",
         "--window=4",
     )
     assert result["benchmark"] == "transport_floor"
+    assert result["transport"] == transport
     assert result["echoed"] == 2 * 50
+    assert result["server_cpu_s"] is not None
 
 
 def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_path):
@@ -141,19 +184,99 @@ def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_pa
     assert result["heartbeat_p50_ms"] <= result["heartbeat_p99_ms"]
 
 
-def test_run_all_writes_latest_json_with_every_scenario(tmp_path):
-    run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
+def test_run_all_reports_every_scenario_on_both_transports_with_the_floors(tmp_path):
+    finished = run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
     summary = json.loads((tmp_path / "latest.json").read_text())
-    kinds = [(r["benchmark"], r.get("transport")) for r in summary["results"]]
-    assert kinds == [
-        ("signaling", "hypercorn"),
-        ("signaling", "fast"),
-        ("transport_floor", None),
-        ("chunk_multicast", "hypercorn"),
-        ("chunk_multicast", "fast"),
-        ("channels", "hypercorn"),
-        ("channels", "fast"),
-        ("registry", None),
+    # One JSON line on stdout: the summary without the benchmarks' own result lines.
+    lines = finished.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == {k: v for k, v in summary.items() if k != "results"}
+    both = ["fast", "hypercorn"]
+    assert [
+        (row["scenario"], row["benchmark"], sorted(row["figures"])) for row in summary["scenarios"]
+    ] == [
+        ("signaling", "signaling", both),
+        ("floor", "transport_floor", both),
+        ("chunks", "chunk_multicast", both),
+        ("chunks in waves", "chunk_multicast", both),
+        ("channels", "channels", both),
+        ("registry", "registry", ["http"]),
     ]
-    assert all(result["exit"] == 0 for result in summary["results"])
+    for row in summary["scenarios"]:
+        for shown in row["figures"].values():
+            assert shown["exit"] == 0
+            assert shown["failed"] is False
+            assert shown["server_cpu_us_per_item"] is not None
+            assert shown["throughput"] > 0
+        if row["benchmark"] in ("chunk_multicast", "channels"):
+            assert [shown["pulls_per_chunk"] for shown in row["figures"].values()] == [1.0, 1.0]
+            assert [shown["errors"] for shown in row["figures"].values()] == [0, 0]
+    floor = summary["scenarios"][1]["figures"]
+    assert summary["floors"] == {
+        transport: floor[transport]["server_cpu_us_per_item"] for transport in both
+    }
+    assert summary["failed"] == []
     assert summary["machine"]["cpus"] >= 1
+    # Every run's own result line, tagged with its scenario and the transport it ran on.
+    runs = [(r["scenario"], r["benchmark"], r["transport"]) for r in summary["results"]]
+    assert runs[2:4] == [
+        ("floor", "transport_floor", "hypercorn"),
+        ("floor", "transport_floor", "fast"),
+    ]
+    assert len(runs) == 11
+    assert [r["transport"] for r in summary["results"] if r["benchmark"] == "transport_floor"] == [
+        "hypercorn",
+        "fast",
+    ]
+    assert [r["waves"] for r in summary["results"] if r["scenario"] == "chunks in waves"] == [2, 2]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
+    else:
+        assert "no plot" in finished.stderr
+
+
+def test_run_all_summary_sets_the_transports_side_by_side_and_checks_bars_on_ours():
+    from bench.run_all import Scenario, summarize
+
+    scenarios = (
+        Scenario("floor", ("transport_floor.py",)),
+        Scenario("signaling", ("signaling.py", "--pairs=10"), bar_us=70),
+        Scenario("chunks", ("chunk_multicast.py",), bar_us=80),
+        Scenario("registry", ("registry.py",)),
+    )
+
+    def line(scenario, transport, benchmark, exit_status=0, **figures):
+        return {
+            "scenario": scenario,
+            "transport": transport,
+            "benchmark": benchmark,
+            "exit": exit_status,
+            **figures,
+        }
+
+    results = [
+        line("floor", "hypercorn", "transport_floor", server_cpu_us_per_frame=60.0),
+        line("floor", "fast", "transport_floor", server_cpu_us_per_frame=30.0),
+        # Under the bar on hypercorn, over it on ours: the bar holds for ours.
+        line("signaling", "hypercorn", "signaling", server_cpu_us_per_msg=65.0, msgs_per_s=9e3),
+        line("signaling", "fast", "signaling", server_cpu_us_per_msg=75.0, p99_ms=12.5),
+        line("chunks", "hypercorn", "chunk_multicast", server_cpu_us_per_delivery=120.0),
+        {"scenario": "chunks", "transport": "fast", "failed": True, "exit": 2},
+        line("registry", None, "registry", server_cpu_us_per_heartbeat=900.0, errors=0),
+    ]
+    summary = summarize(scenarios, results)
+    assert summary["floors"] == {"hypercorn": 60.0, "fast": 30.0}
+    floor, signaling, chunks, registry = summary["scenarios"]
+    assert floor["bar"] is None
+    assert signaling["command"] == "python bench/signaling.py --pairs=10"
+    assert signaling["item"] == "msg"
+    assert signaling["bar"] == {"server_cpu_us_per_item": 70, "transport": "fast", "met": False}
+    assert signaling["figures"]["hypercorn"]["server_cpu_us_per_item"] == 65.0
+    assert signaling["figures"]["hypercorn"]["throughput"] == 9e3
+    assert signaling["figures"]["fast"]["p99_ms"] == 12.5
+    # A failed run on ours: the bar is neither met nor missed.
+    assert chunks["bar"]["met"] is None
+    assert chunks["figures"]["fast"]["failed"] is True
+    assert chunks["figures"]["hypercorn"]["failed"] is False
+    assert list(registry["figures"]) == ["http"]
+    assert registry["figures"]["http"]["server_cpu_us_per_item"] == 900.0
