@@ -50,6 +50,7 @@ from websockets.server import ServerProtocol
 
 from zajel.config import Config
 from zajel.logs import context
+from zajel.web.outbox import DirectWrite
 from zajel.web.sockets import LINK_EXTENSION
 from zajel.web.transport import Connection, GuardedStream, frame_text
 
@@ -145,6 +146,7 @@ class FastWebSocket:
         self._closing = False  # a close frame is on its way: no data frame may follow it
         # What happens to an application that went quiet (set by the front end).
         self.on_silent: Callable[[], None] = conn.drop
+        self.write_now: DirectWrite | None = self._write_now
         now = trio.current_time()
         self.last_heard = now  # any frame, a pong included
         self.last_message = now  # data frames only
@@ -311,6 +313,33 @@ class FastWebSocket:
             self._writing = False
             self._write_done.unpark_all()
 
+    def _write_now(self, frames: Sequence[bytes]) -> tuple[int, bool] | None:
+        """Write ``frames`` without waiting (``zajel.web.outbox.DirectWrite``): how many were
+        written (one begun counts: ``_pending`` holds its rest, for the writer to finish), and
+        whether nothing is left begun; ``None`` when a write is in progress or due (its own
+        order comes first), the connection is closing, or it is gone."""
+        if self._writing or self._pending or self._ping_due or self._closing:
+            return None
+        batch = frames[:IOV_MAX]
+        try:
+            sent = os.writev(self._fileno(), batch)
+        except BlockingIOError:
+            return 0, True
+        except (OSError, trio.ClosedResourceError):
+            return None
+        written = 0
+        for frame in batch:
+            size = len(frame)
+            if sent >= size:
+                sent -= size
+                written += 1
+            else:
+                if sent:
+                    self._pending = bytes(memoryview(frame)[sent:])
+                    return written + 1, False
+                break
+        return written, True
+
     async def close(self, code: int, reason: str = "") -> None:
         """Send a close frame with ``code`` after whatever is being written."""
         if self.protocol.state is State.OPEN:
@@ -392,14 +421,11 @@ class FastWebSocket:
             while buffers:
                 sent = self._try_send(buffers)
                 started = started or sent > 0
-                while sent:
-                    size = len(buffers[0])
-                    if sent >= size:
-                        sent -= size
-                        del buffers[0]
-                    else:
-                        buffers[0] = memoryview(buffers[0])[sent:]
-                        sent = 0
+                while buffers and sent >= len(buffers[0]):  # empty buffers go too
+                    sent -= len(buffers[0])
+                    del buffers[0]
+                if sent:
+                    buffers[0] = memoryview(buffers[0])[sent:]
                 if buffers:
                     if self.stream.write_started == math.inf:
                         self.stream.write_started = trio.current_time()

@@ -20,14 +20,34 @@ frames or ``max_bytes`` bytes, whichever is reached first. Bytes are the memory 
 text (``sys.getsizeof``), the quantity a client could otherwise pin.
 
 Time is trio's clock; the writer and the reader wait on parking lots, never on real time.
+
+Direct writes: a connection whose transport can write without waiting (``zajel serve``'s own,
+``direct``) does not wake its writer task for every frame. A frame queued while the writer is
+idle marks the outbox with the ``Flusher``, one task for the whole server that runs once the
+services have yielded and writes every marked outbox's frames at once, without waiting; only
+what the socket does not take whole goes to the connection's writer, which waits for room. That
+saves one task switch per connection and wake-up (one per delivery of a multicast).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
+
+log = logging.getLogger("zajel.web")
+
+# A direct write takes at most this much of the queue at once (the writer's batch bound too).
+WRITE_BATCH_BYTES = 256 * 1024
+
+# A transport's write that never waits: of ``frames``, how many it wrote (a frame begun counts:
+# the transport finishes it first), and whether what it began is finished; ``None`` when it
+# cannot write now (a write of its own in progress, the connection closing or gone).
+DirectWrite = Callable[[Sequence[Any]], "tuple[int, bool] | None"]
 
 # Frames of one connection handed to its service and not yet handled: the reader waits past
 # this, so a burst of requests cannot make answers pile up beyond the queue's bounds.
@@ -37,13 +57,21 @@ MAX_IN_FLIGHT = 8
 class Outbox:
     """The queue between the services (``answer``/``push``, never blocking) and the writer."""
 
-    def __init__(self, max_frames: int, max_bytes: int, slow_after: float) -> None:
+    def __init__(
+        self,
+        max_frames: int,
+        max_bytes: int,
+        slow_after: float,
+        direct: DirectWrite | None = None,
+    ) -> None:
+        self.direct = direct
+        self._marked = False  # waiting in the flusher's list
         self.soft_frames = max_frames
         self.hard_frames = 4 * max_frames
         self.soft_bytes = max(max_bytes // 4, 1)
         self.hard_bytes = max_bytes
         self.slow_after = slow_after
-        self._frames: deque[str] = deque()
+        self._frames: deque[Any] = deque()
         self.bytes = 0
         self.in_flight = 0
         self.closed = False
@@ -84,16 +112,49 @@ class Outbox:
         if self._reader and (not self.in_flight or not self.reader_must_wait()):
             self._reader.unpark_all()
 
-    def _append(self, text: str) -> None:
-        if self._writer:  # the writer waits for work: it has some from now on
+    def _append(self, text: Any) -> None:
+        if self._writer and not self._marked:  # the writer waits: there is work from now on
             self._progress = trio.current_time()
-            self._writer.unpark_all()
+            if self.direct is not None:
+                self._marked = True
+                flusher().mark(self)
+            else:
+                self._writer.unpark_all()
         self._frames.append(text)
         self.bytes += sys.getsizeof(text)
 
+    def flush(self) -> None:
+        """Write what is queued without waiting (the ``Flusher`` calls it); what the socket
+        does not take whole is left to the writer, woken for it."""
+        self._marked = False
+        if self.closed or not self._writer or self.direct is None:
+            return  # closing, or the writer is already at work: it takes the frames itself
+        while self._frames:
+            batch = []
+            size = 0
+            while self._frames and size < WRITE_BATCH_BYTES:
+                frame = self._frames.popleft()
+                self.bytes -= sys.getsizeof(frame)
+                batch.append(frame)
+                size += len(frame)
+            result = self.direct(batch)
+            written, finished = result if result is not None else (0, True)
+            for frame in reversed(batch[written:]):
+                self._frames.appendleft(frame)
+                self.bytes += sys.getsizeof(frame)
+            if written:
+                self.wrote()
+            if not finished:
+                self._frames.appendleft(b"")  # the writer finishes the frame begun
+            if written < len(batch) or not finished:
+                self._writer.unpark_all()
+                break
+        if self._reader and not self.reader_must_wait():
+            self._reader.unpark_all()
+
     # -- the writer side -----------------------------------------------------------------
 
-    async def next_frame(self) -> str | None:
+    async def next_frame(self) -> Any:
         """The next frame to write, waiting for one; ``None`` once closed and empty."""
         while (text := self.take()) is None:
             if self.closed:
@@ -101,7 +162,7 @@ class Outbox:
             await self._writer.park()
         return text
 
-    def take(self) -> str | None:
+    def take(self) -> Any:
         """The next frame to write, or ``None`` when the queue is empty (never waits)."""
         if not self._frames:
             return None
@@ -150,3 +211,42 @@ class Outbox:
         """Forget every queued frame at once (a slow consumer: they would never be read)."""
         self._frames.clear()
         self.bytes = 0
+
+
+class Flusher:
+    """Runs ``Outbox.flush`` for every outbox marked since it last ran, in one task."""
+
+    def __init__(self) -> None:
+        self._marked: list[Outbox] = []
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def mark(self, outbox: Outbox) -> None:
+        if not self._marked:
+            self._lot.unpark_all()
+        self._marked.append(outbox)
+
+    async def run(self) -> None:
+        while True:
+            if not self._marked:
+                await self._lot.park()
+            marked, self._marked = self._marked, []
+            for outbox in marked:
+                try:
+                    outbox.flush()
+                except Exception:  # never: a failure here would end the whole server
+                    log.exception("direct write failed")
+            await trio.lowlevel.checkpoint()  # never hold the loop for more than one round
+
+
+_FLUSHER: trio.lowlevel.RunVar[Flusher] = trio.lowlevel.RunVar("zajel_flusher")
+
+
+def flusher() -> Flusher:
+    """This trio run's ``Flusher``, started (as a system task) on first use."""
+    try:
+        return _FLUSHER.get()
+    except LookupError:
+        instance = Flusher()
+        _FLUSHER.set(instance)
+        trio.lowlevel.spawn_system_task(instance.run, name="zajel.web.outbox.Flusher")
+        return instance

@@ -57,7 +57,7 @@ from zajel.services._peers import (
 )
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
-from zajel.web.outbox import Outbox
+from zajel.web.outbox import WRITE_BATCH_BYTES, DirectWrite, Outbox
 from zajel.web.transport import Connection, ConnectionTable, GuardedStream, frame_text
 
 log = logging.getLogger("zajel.web")
@@ -69,9 +69,6 @@ FLOOD_WINDOW_S = 10.0
 # How long a closing connection gets to take what was queued before the close, the close frame,
 # and to answer it, before its socket is dropped.
 CLOSE_TIMEOUT_S = 5.0
-# The most text one write of the writer takes from the queue (it goes on past one frame only
-# while under this).
-WRITE_BATCH_BYTES = 256 * 1024
 
 # ASGI callables, kept loose: hypercorn's precise event unions add nothing at this layer.
 ASGIReceive = Callable[[], Awaitable[Any]]
@@ -97,6 +94,8 @@ class Link(Protocol):
     # Called when the client's application went quiet though its socket answers pings (a
     # transport that watches for that; docs/operations.md, "Keep-alive").
     on_silent: Callable[[], None]
+    # A write that never waits, for the outbox's direct writes (None: only ``write``).
+    write_now: DirectWrite | None
 
     def frame(self, text: str) -> Any:
         """What the outbox holds for a frame of ``text`` (``write`` takes a list of them)."""
@@ -125,6 +124,7 @@ class AsgiLink:
         self._send = send
         self._stream = stream
         self.on_silent: Callable[[], None] = _nothing
+        self.write_now: DirectWrite | None = None
 
     def frame(self, text: str) -> Any:
         return text if self._stream is None else frame_text(text)
@@ -160,7 +160,13 @@ def _nothing() -> None:
 class SocketPeer:
     """The service-side handle of one connection: its outgoing queue and a way to close it."""
 
-    def __init__(self, conn_id: ConnId, config: Config, frame: Callable[[str], Any] = str) -> None:
+    def __init__(
+        self,
+        conn_id: ConnId,
+        config: Config,
+        frame: Callable[[str], Any] = str,
+        direct: DirectWrite | None = None,
+    ) -> None:
         self.conn_id = conn_id
         # What the outbox holds for a frame's text: the text itself, or its bytes on the wire
         # where the writer writes to the socket itself (framed once for many, ``frame_text``).
@@ -169,6 +175,7 @@ class SocketPeer:
             config.ws_outbound_queue,
             config.ws_outbound_bytes,
             config.ws_slow_consumer_ms / 1000,
+            direct,
         )
         self.close_code: int | None = None
         self.scope = trio.CancelScope()
@@ -354,7 +361,7 @@ async def serve_connection(
     is dropped. ``conn`` is the TCP connection under ``zajel serve``; under another ASGI
     server it is ``None`` and these bounds are that server's (docs/operations.md).
     """
-    peer = SocketPeer(next(_conn_ids), config, link.frame)
+    peer = SocketPeer(next(_conn_ids), config, link.frame, link.write_now)
     link.on_silent = functools.partial(peer.close, CLOSE_GOING_AWAY)
     for service in endpoint.services:
         await service.cast(Attach(peer.conn_id, peer, ip))

@@ -52,6 +52,7 @@ from zajel.config import Network
 from zajel.logs import context
 from zajel.web._hypercorn import HypercornWorker, install_close_codes, open_worker
 from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
+from zajel.web.outbox import flusher
 
 log = logging.getLogger("zajel.transport")
 
@@ -393,6 +394,8 @@ async def serve_tcp(
     when ``grace`` seconds have passed, so no client can hold the server.
     """
     install_close_codes()
+    if websockets is not None:
+        flusher()  # started with the server: a task for the server's whole life
     async with open_worker(app, hypercorn_config) as worker, trio.open_nursery() as connections:
         connections.start_soon(_watch_deadlines, table)
 
