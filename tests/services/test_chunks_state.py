@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.services.fakes import NoScan
 from zajel.protocol.frames import encode
+from zajel.services import chunks as chunks_module
 from zajel.services.chunks import (
     CACHE_BYTES,
     CACHE_MAX,
@@ -826,3 +827,30 @@ def test_statistics_read_counters_and_scan_nothing(state):
     assert state.statistics() == expected
     assert expected["totalSources"] == 150
     assert expected["pendingRequests"] == 50
+
+
+def test_the_answer_to_a_cache_hit_is_built_once_per_chunk_and_channel(state):
+    announce(state, "s", "c")
+    serve(state, "c", ["x" * 100], 1.0)
+    first = request(state, "r1", "c", "ch", 2.0).deliveries[0].text
+    again = request(state, "r2", "c", "ch", 3.0).deliveries[0].text
+    assert again is first  # one text for every requester: framed once by the front end
+    other = request(state, "r3", "c", "other", 4.0).deliveries[0].text
+    assert other is not first
+    assert json.loads(other)["channelId"] == "other"
+    assert state.sizes()["hit_texts"] == 1
+    assert state.sizes()["hit_bytes"] == len(other)
+
+
+def test_kept_answers_are_bounded_in_bytes_and_go_with_their_chunk(state, monkeypatch):
+    monkeypatch.setattr(chunks_module, "HIT_TEXTS_BYTES", 1_000)
+    for name in ("a", "b", "c"):
+        announce(state, "s", name)
+        serve(state, name, ["x" * 300], 1.0)
+        request(state, "r", name, None, 2.0)
+    sizes = state.sizes()
+    assert sizes["hit_texts"] == 2  # three of about 370 bytes: the oldest went
+    assert sizes["hit_bytes"] <= 1_000
+    state.expire(1.0 + CACHE_TTL_S)  # the cache empties, and its kept answers with it
+    assert state.sizes()["hit_texts"] == 0
+    assert state.sizes()["hit_bytes"] == 0

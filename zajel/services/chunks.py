@@ -27,6 +27,9 @@ Invariants the state keeps:
 - The cache holds at most ``cache_max`` entries and ``cache_bytes`` bytes of data, kept as the
   compact UTF-8 JSON the pusher's ``data`` encodes to (never the decoded value); least recently
   used goes first. ``_cache_bytes`` is the exact sum of the cached texts' lengths.
+- ``_hit_texts`` keeps, for cached chunks only, the ``chunk_data`` text that answered the last
+  cache hit (with its channel), at most ``HIT_TEXTS_BYTES`` in all, least recently used first:
+  every requester of a chunk gets the same text, which the front end frames once.
 - Per-peer indexes (``_peer_sources``, ``_peer_pending``, ``_peer_pulls``) and per-IP counters
   (``_ip_sources``, ``_ip_pending``) are exact, so ``remove_peer`` costs time proportional to
   that peer's entries and the budgets cost O(1). No map or set is ever left empty, and every
@@ -68,6 +71,9 @@ PULL_TIMEOUT_S: Final = 10.0
 CACHE_TTL_S: Final = 1800.0
 CACHE_MAX: Final = 1000
 CACHE_BYTES: Final = 64 << 20
+# The answers to recent cache hits kept ready beside the cache (docs/architecture.md, "The
+# ChunkIndex"): about 350 chunks of 16 KiB, the ones being fetched at the moment.
+HIT_TEXTS_BYTES: Final = 8 << 20
 # How many sources are pulled together after a pull fails. Bounded, so one time-out never sends
 # more than this many frames; taken from both ends of the announce order (see _pull_round).
 PULL_HEDGE: Final = 8
@@ -205,6 +211,9 @@ class ChunkIndexState(Generic[P]):
         self._pulls: dict[str, set[P]] = {}  # chunk -> peers with an outstanding pull
         self._cache: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
         self._cache_bytes = 0
+        # chunk -> (channel, the chunk_data text of its last cache hit); ``_hit_bytes`` their size
+        self._hit_texts: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
+        self._hit_bytes = 0
         # channel -> its cached chunks, in the order they were cached (oldest first)
         self._channel_cache: dict[str, dict[str, None]] = {}
         self._peer_sources: dict[P, set[str]] = {}  # peer -> chunks it is a source of
@@ -326,7 +335,7 @@ class ChunkIndexState(Generic[P]):
             cached.hits += 1
             self._cache.move_to_end(chunk_id)
             self._cache_hits += 1
-            text = _chunk_data(chunk_id, cached.data_json, "cache", channel_id)
+            text = self._hit_text(chunk_id, cached, channel_id)
             return ChunkResult(deliveries=[Delivery(text, (peer_id,))])
 
         pending = self._pending.get(chunk_id, {})
@@ -524,6 +533,8 @@ class ChunkIndexState(Generic[P]):
             "pull_entries": sum(len(peers) for peers in self._pulls.values()),
             "cache": len(self._cache),
             "cache_bytes": self._cache_bytes,
+            "hit_texts": len(self._hit_texts),
+            "hit_bytes": self._hit_bytes,
             "channel_cache": len(self._channel_cache),
             "peer_sources": len(self._peer_sources),
             "peer_pending": len(self._peer_pending),
@@ -581,8 +592,30 @@ class ChunkIndexState(Generic[P]):
             self._uncache(next(iter(self._cache)))
         return True
 
+    def _hit_text(self, chunk_id: str, cached: _Cached, channel_id: str | None) -> str:
+        """The ``chunk_data`` text answering a cache hit of ``chunk_id`` for ``channel_id``:
+        built once and kept (``_hit_texts``), so a chunk many ask for is encoded, and framed,
+        once rather than once per request."""
+        memo = self._hit_texts.get(chunk_id)
+        if memo is not None and memo[0] == channel_id:
+            self._hit_texts.move_to_end(chunk_id)
+            return memo[1]
+        text = _chunk_data(chunk_id, cached.data_json, "cache", channel_id)
+        self._forget_hit_text(chunk_id)
+        self._hit_texts[chunk_id] = (channel_id, text)
+        self._hit_bytes += len(text)
+        while self._hit_bytes > HIT_TEXTS_BYTES:
+            self._forget_hit_text(next(iter(self._hit_texts)))
+        return text
+
+    def _forget_hit_text(self, chunk_id: str) -> None:
+        memo = self._hit_texts.pop(chunk_id, None)
+        if memo is not None:
+            self._hit_bytes -= len(memo[1])
+
     def _uncache(self, chunk_id: str, *, scheduled: bool = True) -> None:
         entry = self._cache.pop(chunk_id)
+        self._forget_hit_text(chunk_id)
         self._cache_bytes -= len(entry.data_json)
         if entry.channel_id is not None:
             _remove(self._channel_cache, entry.channel_id, chunk_id)

@@ -284,20 +284,22 @@ class GuardedStream(trio.abc.HalfCloseableStream):
 CLOSE_FRAME_FIRST_BYTE = b"\x88"
 
 
-class _LastFrame:
-    """The last text ``frame_text`` framed, and its frame."""
-
-    text: str | None = None
-    frame = b""
+# Texts framed lately, by identity, with their frames: the same ``str`` sent to many (a
+# multicast, or a cache hit's answer kept by the ChunkIndex) is framed once while it stays
+# among the last ``FRAME_MEMO_SIZE`` framed.
+FRAME_MEMO_SIZE = 32
+_framed: dict[int, tuple[str, bytes]] = {}
 
 
 def frame_text(text: str) -> bytes:
-    """``text`` as one WebSocket text frame. The same ``str`` object framed again (a frame
-    multicast to many connections) costs nothing: the last one is remembered."""
-    if text is _LastFrame.text:
-        return _LastFrame.frame
+    """``text`` as one WebSocket text frame; a text framed lately costs nothing again."""
+    memo = _framed.get(id(text))
+    if memo is not None and memo[0] is text:
+        return memo[1]
     frame = text_frame(text.encode("utf-8"))
-    _LastFrame.text, _LastFrame.frame = text, frame
+    if len(_framed) >= FRAME_MEMO_SIZE:
+        del _framed[next(iter(_framed))]
+    _framed[id(text)] = (text, frame)  # holding ``text`` keeps its id from being reused
     return frame
 
 
