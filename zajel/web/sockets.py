@@ -311,8 +311,9 @@ def _shield_last_body(send: ASGISend) -> ASGISend:
     Quart-trio cancels a request's tasks as soon as hypercorn reports the request done, and
     hypercorn reports it from inside that very send, before it has closed the connection or
     started the keep-alive timer; cancelled there, the connection would sit open until the
-    read timeout. The send cannot hang: a stalled write drops the socket
-    (``zajel.web.transport``).
+    read timeout. Under ``zajel serve`` the send cannot hang: a stalled write drops the socket
+    (``zajel.web.transport``); under a plain hypercorn, hypercorn's own write is shielded the
+    same way (docs/operations.md, "Under another ASGI server").
     """
 
     async def send_last_shielded(message: Any) -> None:
