@@ -138,7 +138,8 @@ class FastWebSocket:
         self.disconnected = False
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
-        # Writes: one at a time, each whole; ``_pending`` is what a keep-alive ping left unsent.
+        # Writes: one at a time, each whole; ``_pending`` is the rest of a frame that a write
+        # without waiting (``_write_now``) began, which the next write sends first.
         self._writing = False
         self._write_done = trio.lowlevel.ParkingLot()
         self._pending = b""
@@ -317,28 +318,19 @@ class FastWebSocket:
         """Write ``frames`` without waiting (``zajel.web.outbox.DirectWrite``): how many were
         written (one begun counts: ``_pending`` holds its rest, for the writer to finish), and
         whether nothing is left begun; ``None`` when a write is in progress or due (its own
-        order comes first), the connection is closing, or it is gone."""
+        order comes first), the connection is closing, or it is gone. Never raises."""
         if self._writing or self._pending or self._ping_due or self._closing:
             return None
-        batch = frames[:IOV_MAX]
+        batch: list[bytes | memoryview] = list(frames[:IOV_MAX])
         try:
-            sent = os.writev(self._fileno(), batch)
-        except BlockingIOError:
-            return 0, True
-        except (OSError, trio.ClosedResourceError):
+            sent = self._try_send(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
-        written = 0
-        for frame in batch:
-            size = len(frame)
-            if sent >= size:
-                sent -= size
-                written += 1
-            else:
-                if sent:
-                    self._pending = bytes(memoryview(frame)[sent:])
-                    return written + 1, False
-                break
-        return written, True
+        count = len(batch)
+        if _drop_sent(batch, sent):
+            self._pending = bytes(batch[0])
+            return count - len(batch) + 1, False
+        return count - len(batch), True
 
     async def close(self, code: int, reason: str = "") -> None:
         """Send a close frame with ``code`` after whatever is being written."""
@@ -373,12 +365,9 @@ class FastWebSocket:
         self.next_ping = now + self.config.ws_ping_interval
         if self.protocol.state is not State.OPEN or self._closing:
             return
-        if self._writing or self._pending:
-            self._ping_due = True  # it goes out with the write in progress
-            return
-        sent = self._try_send([PING])
-        if 0 < sent < len(PING):  # never seen on a socket with room for one byte; still
-            self._pending = PING[sent:]
+        if self._write_now([PING]) is None:
+            # A write in progress takes it along; a client gone is the reader's to notice.
+            self._ping_due = True
 
     # -- I/O -------------------------------------------------------------------------------
 
@@ -421,11 +410,7 @@ class FastWebSocket:
             while buffers:
                 sent = self._try_send(buffers)
                 started = started or sent > 0
-                while buffers and sent >= len(buffers[0]):  # empty buffers go too
-                    sent -= len(buffers[0])
-                    del buffers[0]
-                if sent:
-                    buffers[0] = memoryview(buffers[0])[sent:]
+                _drop_sent(buffers, sent)
                 if buffers:
                     if self.stream.write_started == math.inf:
                         self.stream.write_started = trio.current_time()
@@ -496,6 +481,18 @@ class FastWebSocket:
     def _close_code(self) -> int:
         close = self.protocol.close_rcvd or self.protocol.close_sent
         return close.code if close is not None else 1006
+
+
+def _drop_sent(buffers: list[bytes | memoryview], sent: int) -> bool:
+    """Take what ``sent`` bytes covered off the front of ``buffers`` (empty buffers go too);
+    whether the first one left was begun (it is then the view of its rest)."""
+    while buffers and sent >= len(buffers[0]):
+        sent -= len(buffers[0])
+        del buffers[0]
+    if sent:
+        buffers[0] = memoryview(buffers[0])[sent:]
+        return True
+    return False
 
 
 @attrs.frozen
