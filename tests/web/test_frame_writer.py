@@ -10,7 +10,8 @@ import trio
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from tests.conftest import make_config
-from zajel.web.sockets import WRITE_BATCH_BYTES, SocketPeer, _write
+from zajel.web.outbox import WRITE_BATCH_BYTES
+from zajel.web.sockets import SocketPeer, _write
 from zajel.web.transport import (
     FRAME_MEMO_SIZE,
     Connection,

@@ -130,13 +130,7 @@ class Outbox:
         if self.closed or not self._writer or self.direct is None:
             return  # closing, or the writer is already at work: it takes the frames itself
         while self._frames:
-            batch = []
-            size = 0
-            while self._frames and size < WRITE_BATCH_BYTES:
-                frame = self._frames.popleft()
-                self.bytes -= sys.getsizeof(frame)
-                batch.append(frame)
-                size += len(frame)
+            batch = self.take_batch([])
             result = self.direct(batch)
             written, finished = result if result is not None else (0, True)
             for frame in reversed(batch[written:]):
@@ -149,8 +143,6 @@ class Outbox:
             if written < len(batch) or not finished:
                 self._writer.unpark_all()
                 break
-        if self._reader and not self.reader_must_wait():
-            self._reader.unpark_all()
 
     # -- the writer side -----------------------------------------------------------------
 
@@ -171,6 +163,15 @@ class Outbox:
         if self._reader and not self.reader_must_wait():
             self._reader.unpark_all()
         return text
+
+    def take_batch(self, batch: list[Any]) -> list[Any]:
+        """``batch`` with queued frames added, oldest first, while it holds under
+        ``WRITE_BATCH_BYTES`` (never waits): what one write takes."""
+        size = sum(len(frame) for frame in batch)
+        while size < WRITE_BATCH_BYTES and (frame := self.take()) is not None:
+            batch.append(frame)
+            size += len(frame)
+        return batch
 
     def wrote(self) -> None:
         """A frame went out to the socket."""

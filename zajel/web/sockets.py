@@ -57,7 +57,7 @@ from zajel.services._peers import (
 )
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
-from zajel.web.outbox import WRITE_BATCH_BYTES, DirectWrite, Outbox
+from zajel.web.outbox import DirectWrite, Outbox
 from zajel.web.transport import Connection, ConnectionTable, GuardedStream, frame_text
 
 log = logging.getLogger("zajel.web")
@@ -464,13 +464,8 @@ async def _write(link: Link, peer: SocketPeer) -> None:
     one write (up to ``WRITE_BATCH_BYTES``)."""
     outbox = peer.outbox
     while (frame := await outbox.next_frame()) is not None:
-        batch = [frame]
-        size = len(frame)
-        while size < WRITE_BATCH_BYTES and (more := outbox.take()) is not None:
-            batch.append(more)
-            size += len(more)
         try:
-            await link.write(batch)
+            await link.write(outbox.take_batch([frame]))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the socket is gone: the reader's next read ends the connection
         outbox.wrote()
