@@ -151,6 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
 
     async def run() -> None:
+        from zajel.server import tune_gc
+
         async with trio.open_nursery() as nursery:
             url = await nursery.start(_serve_and_report, config)
             tune_gc()
@@ -188,12 +190,6 @@ def _only(exc: BaseException, kind: type[E]) -> E | None:
         if errors and all(error is not None for error in errors):
             return errors[0]
     return None
-
-
-def tune_gc() -> None:
-    from zajel.server import tune_gc
-
-    tune_gc()
 
 
 async def _serve_and_report(config: Config, *, task_status: trio.TaskStatus[str]) -> None:
