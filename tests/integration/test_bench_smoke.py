@@ -156,6 +156,19 @@ def test_transport_floor_benchmark_echoes_every_frame(tmp_path, transport):
     assert result["server_cpu_s"] is not None
 
 
+def test_frame_parse_benchmark_takes_every_frame_both_ways(tmp_path):
+    out = tmp_path / "frame_parse.jsonl"
+    finished = run_bench(
+        "frame_parse.py", "--frames=300", "--per-read=3", "--repeat=2", f"--out={out}"
+    )
+    result = json.loads(finished.stdout)
+    assert out.read_text().splitlines() == [finished.stdout.strip()]
+    assert result["benchmark"] == "frame_parse"
+    assert result["frames"] == 300
+    assert result["websockets_us_per_frame"] > 0
+    assert result["ours_us_per_frame"] > 0
+
+
 def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_path):
     result = reported(
         "registry.py",

@@ -2,8 +2,10 @@
 (docs/architecture.md, "Transport").
 
 hypercorn serves every HTTP request; a WebSocket handshake on an endpoint's path is served here
-instead, on the same port. The handshake and the frames are ``websockets``' sans-IO protocol
-(``ServerProtocol``); this module owns only the I/O loop. The handshake is presented to the app
+instead, on the same port. The handshake and every frame but the commonest are ``websockets``'
+sans-IO protocol (``ServerProtocol``); this module owns the I/O loop, and unmasks whole text and
+binary frames itself (``FastWebSocket._feed``: ``websockets``' parser is a generator per frame,
+three times the CPU; ``bench/frame_parse.py``). The handshake is presented to the app
 as ASGI (the ``SocketRouter`` admits or refuses it); after it, the router drives the connection
 as a ``zajel.web.sockets.Link``, offered through the ``zajel.link`` scope extension.
 
@@ -48,6 +50,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+try:  # websockets' C speed-up; its pure-Python twin where it was not built
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
 from zajel.config import Config
 from zajel.logs import context
 from zajel.web.outbox import DirectWrite
@@ -64,6 +71,10 @@ RECEIVE_MAX: Final = 256 * 1024
 IOV_MAX: Final = 1024
 # An empty, unmasked ping frame (RFC 6455, section 5.5.2).
 PING: Final = b"\x89\x00"
+# The first byte of an unfragmented text or binary frame with no reserved bit set: the frames
+# ``FastWebSocket._feed`` takes itself.
+_WHOLE_TEXT: Final = 0x81
+_WHOLE_FRAMES: Final = (_WHOLE_TEXT, 0x82)
 # The answer to a head that is no HTTP request at all (websockets itself would only close).
 BAD_REQUEST: Final = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
@@ -138,6 +149,10 @@ class FastWebSocket:
         self.disconnected = False
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
+        # Frames: the start of a frame not complete yet, and how many bytes of the frame being
+        # handed to websockets are still to come (see ``_feed``).
+        self._unparsed = bytearray()
+        self._to_protocol = 0
         # Writes: one at a time, each whole; ``_pending`` is the rest of a frame that a write
         # without waiting (``_write_now``) began, which the next write sends first.
         self._writing = False
@@ -156,6 +171,12 @@ class FastWebSocket:
     async def handshake(self, head: bytes) -> dict[str, Any] | None:
         """Parse the handshake request; its ASGI scope, or ``None`` if it was refused (the
         refusal is written)."""
+        # The protocol gets the head alone: frames that came right behind it wait for the
+        # accept, and go through ``_feed`` like every other frame.
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            self._unparsed += head[end + 4 :]
+            head = head[: end + 4]
         self.protocol.receive_data(head)
         while self.request is None:
             for event in self.protocol.events_received():
@@ -179,7 +200,7 @@ class FastWebSocket:
         response = self.protocol.accept(self.request)
         if response.status_code != 101:
             self.protocol.send_response(response)
-            await self._flush()
+            await self._flush(self.protocol.data_to_send())
             return None
         self._accepting = response
         path, _, query = self.request.path.partition("?")
@@ -226,6 +247,8 @@ class FastWebSocket:
             assert self._accepting is not None
             protocol.send_response(self._accepting)
             self.conn.keepalive = self.keepalive
+            if self._unparsed:
+                self._feed(b"")
         elif kind == "websocket.send":
             text = message.get("text")
             if text is not None:
@@ -252,7 +275,7 @@ class FastWebSocket:
             status = http.HTTPStatus(int(start["status"]))
             body = message.get("body", b"")
             protocol.send_response(Response(status.value, status.phrase, headers, body))
-        await self._flush()
+        await self._flush(self.protocol.data_to_send())
 
     # -- the link the front end drives (zajel.web.sockets.Link) --------------------------------
 
@@ -267,23 +290,83 @@ class FastWebSocket:
                 return []
             data = await self._receive()
             if data:
-                self.protocol.receive_data(data)
+                self._feed(data)
             else:
                 self.protocol.receive_eof()
-            for frame in self.protocol.events_received():
-                if self._take(frame):
-                    break  # nothing after a close, or after a frame that failed the connection
+                self.disconnected = True
             if self.messages:
                 self.last_message = self.last_heard
-            await self._flush()
-            if (
-                not data
-                or self.protocol.state is State.CLOSED
-                or self.protocol.parser_exc is not None
-            ):
-                self.disconnected = True
+            if writes := self.protocol.data_to_send():
+                await self._flush(writes)
         messages, self.messages = self.messages, []
         return messages
+
+    def _feed(self, data: bytes) -> None:
+        """Take the frames of ``data`` (after what ``_unparsed`` holds), in order.
+
+        An unfragmented text or binary frame, masked, with no reserved bit and within
+        ``ws_max_message_bytes``, is unmasked and taken here: the frames the apps send, and the
+        common case. Every other frame (control frames, fragments, anything RFC 6455 refuses)
+        goes to websockets' protocol whole, which answers pings, enforces the rules and closes
+        with the right code; between two frames it is always at a frame boundary. A frame
+        begun waits in ``_unparsed``; one too large to take is handed over from its header,
+        so that websockets refuses it (1009) before its payload arrives.
+        """
+        if self._unparsed:
+            self._unparsed += data
+            buffer: bytes | bytearray = self._unparsed
+        else:
+            buffer = data
+        protocol, max_size = self.protocol, self.protocol.max_message_size
+        position, end = 0, len(buffer)
+        while position < end and not self.disconnected:
+            if self._to_protocol:
+                stop = min(end, position + self._to_protocol)
+                self._to_protocol -= stop - position
+                protocol.receive_data(buffer[position:stop])
+                position = stop
+                for frame in protocol.events_received():
+                    if self._take(frame):
+                        break  # nothing after a close or a frame that failed the connection
+                if protocol.state is State.CLOSED or protocol.parser_exc is not None:
+                    self.disconnected = True
+                continue
+            if end - position < 2:
+                break
+            first, second = buffer[position], buffer[position + 1]
+            size, masked = second & 0x7F, second & 0x80
+            head = 6 if masked else 2  # with or without the masking key
+            if size == 126:
+                head += 2
+                if end - position < 4:
+                    break
+                size = int.from_bytes(buffer[position + 2 : position + 4], "big")
+            elif size == 127:
+                head += 8
+                if end - position < 10:
+                    break
+                size = int.from_bytes(buffer[position + 2 : position + 10], "big")
+            if (
+                first in _WHOLE_FRAMES
+                and masked
+                and (max_size is None or size <= max_size)
+                and self._fragments is None
+                and protocol.state is State.OPEN
+            ):
+                stop = position + head + size
+                if stop > end:
+                    break  # the rest of the frame comes with a later read
+                key = buffer[position + head - 4 : position + head]
+                self._message(first == _WHOLE_TEXT, apply_mask(buffer[position + head : stop], key))
+                position = stop
+            else:
+                self._to_protocol = head + size
+        if position == end:
+            self._unparsed.clear()
+        elif buffer is self._unparsed:
+            del self._unparsed[:position]
+        else:
+            self._unparsed += buffer[position:]
 
     async def write(self, frames: Sequence[bytes | memoryview], *, control: bool = False) -> None:
         """Write ``frames`` whole and in order, in as few system calls as the socket allows;
@@ -337,7 +420,7 @@ class FastWebSocket:
         if self.protocol.state is State.OPEN:
             self._closing = True
             self.protocol.send_close(code, reason)
-        await self._flush()
+        await self._flush(self.protocol.data_to_send())
 
     async def drain(self) -> None:
         """Read (and discard) until the client's side is closed."""
@@ -457,10 +540,9 @@ class FastWebSocket:
         long or too many), or else 400 where it would only close."""
         await self._write(b"".join(self.protocol.data_to_send()) or BAD_REQUEST, eof=True)
 
-    async def _flush(self) -> None:
-        """Write what the protocol has to send (handshake answers, pongs, close frames), in
-        one write; half-close when it says so."""
-        writes = self.protocol.data_to_send()
+    async def _flush(self, writes: list[bytes]) -> None:
+        """Write ``writes``, what the protocol had to send (handshake answers, pongs, close
+        frames), in one write; half-close when it says so."""
         if writes:
             if self.protocol.close_sent is not None:
                 self._closing = True
