@@ -236,7 +236,8 @@ class Flusher:
                     outbox.flush()
                 except Exception:  # never: a failure here would end the whole server
                     log.exception("direct write failed")
-            await trio.lowlevel.checkpoint()  # never hold the loop for more than one round
+            if self._marked:
+                await trio.lowlevel.checkpoint()  # never hold the loop for more than one round
 
 
 _FLUSHER: trio.lowlevel.RunVar[Flusher] = trio.lowlevel.RunVar("zajel_flusher")
