@@ -13,9 +13,11 @@ from tests.conftest import make_config
 from zajel.web.outbox import WRITE_BATCH_BYTES
 from zajel.web.sockets import SocketPeer, _write
 from zajel.web.transport import (
+    FRAME_MEMO_BYTES,
     FRAME_MEMO_SIZE,
     Connection,
     GuardedStream,
+    frame_memo_bytes,
     frame_text,
     text_frame,
 )
@@ -45,6 +47,19 @@ def test_the_same_text_sent_to_many_is_framed_once():
     # Framed long enough ago, it is framed again: the memo stays small.
     assert frame_text(text) is not first
     assert frame_text(text) == first
+
+
+def test_the_memo_of_framed_texts_stays_under_its_byte_bound():
+    """Large chunks (up to 16 MiB by configuration) never make the memo hold 32 of them."""
+    big = [f'{{"n":{n},"data":"' + "x" * (1 << 20) + '"}' for n in range(FRAME_MEMO_SIZE)]
+    for text in big:
+        frame = frame_text(text)
+        assert frame_text(text) is frame  # the newest is always remembered (a multicast)
+        assert frame_memo_bytes() <= max(FRAME_MEMO_BYTES, 2 * len(frame))
+    huge = "y" * (FRAME_MEMO_BYTES + 1)
+    frame = frame_text(huge)
+    assert frame_text(huge) is frame
+    assert frame_memo_bytes() == len(huge) + len(frame)  # alone
 
 
 async def stream_pair() -> tuple[GuardedStream, trio.SocketStream]:

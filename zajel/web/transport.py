@@ -286,21 +286,33 @@ CLOSE_FRAME_FIRST_BYTE = b"\x88"
 
 # Texts framed lately, by identity, with their frames: the same ``str`` sent to many (a
 # multicast, or a cache hit's answer kept by the ChunkIndex) is framed once while it stays
-# among the last ``FRAME_MEMO_SIZE`` framed.
+# among the last ``FRAME_MEMO_SIZE`` framed. What the memo holds (texts and frames) stays under
+# ``FRAME_MEMO_BYTES`` but for the newest entry: chunks can be configured up to 16 MiB.
 FRAME_MEMO_SIZE = 32
+FRAME_MEMO_BYTES = 4 << 20
 _framed: dict[int, tuple[str, bytes]] = {}
+_framed_bytes = 0
 
 
 def frame_text(text: str) -> bytes:
     """``text`` as one WebSocket text frame; a text framed lately costs nothing again."""
+    global _framed_bytes
     memo = _framed.get(id(text))
     if memo is not None and memo[0] is text:
         return memo[1]
     frame = text_frame(text.encode("utf-8"))
-    if len(_framed) >= FRAME_MEMO_SIZE:
-        del _framed[next(iter(_framed))]
+    size = len(text) + len(frame)
+    while _framed and (len(_framed) >= FRAME_MEMO_SIZE or _framed_bytes + size > FRAME_MEMO_BYTES):
+        old_text, old_frame = _framed.pop(next(iter(_framed)))
+        _framed_bytes -= len(old_text) + len(old_frame)
     _framed[id(text)] = (text, frame)  # holding ``text`` keeps its id from being reused
+    _framed_bytes += size
     return frame
+
+
+def frame_memo_bytes() -> int:
+    """What the memo of ``frame_text`` holds, in bytes of texts and frames."""
+    return _framed_bytes
 
 
 def text_frame(payload: bytes) -> bytes:
