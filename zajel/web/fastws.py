@@ -34,10 +34,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
 import math
 import os
+import select
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -58,7 +60,7 @@ except ImportError:  # pragma: no cover
 from zajel.config import Config
 from zajel.logs import context
 from zajel.web.outbox import DirectWrite
-from zajel.web.sockets import LINK_EXTENSION
+from zajel.web.sockets import LINK_EXTENSION, HandOver
 from zajel.web.transport import Connection, GuardedStream, frame_text
 
 log = logging.getLogger("zajel.web")
@@ -163,6 +165,16 @@ class FastWebSocket:
         # What happens to an application that went quiet (set by the front end).
         self.on_silent: Callable[[], None] = conn.drop
         self.write_now: DirectWrite | None = self._write_now
+        # Reads outside the connection's task (``Poller``), once the front end has said what
+        # to do with messages: ``_polled`` while registered with the poller, ``_task_reads``
+        # while the connection's task reads (it always reads before it parks, so the poller
+        # leaves the socket alone then), ``_writes`` what the protocol had to send from a
+        # read the poller made, for the task to write.
+        self.hand_over: HandOver | None = None
+        self._polled = -1  # the descriptor registered with the poller, or -1
+        self._task_reads = True
+        self._task_wakes = trio.lowlevel.ParkingLot()
+        self._writes: list[bytes] = []
         now = trio.current_time()
         self.last_heard = now  # any frame, a pong included
         self.last_message = now  # data frames only
@@ -285,21 +297,108 @@ class FastWebSocket:
     async def receive_messages(self) -> list[str | bytes]:
         """The complete messages of the next read (every frame one ``receive`` brought), in
         order; ``[]`` once the connection is closed. Control frames are answered here."""
-        while not self.messages:
-            if self.disconnected:
-                return []
-            data = await self._receive()
-            if data:
-                self._feed(data)
-            else:
-                self.protocol.receive_eof()
-                self.disconnected = True
+        while True:
+            if self._writes:  # what the protocol answered to a read the poller made
+                writes, self._writes = self._writes, []
+                await self._flush(writes)
             if self.messages:
-                self.last_message = self.last_heard
+                messages, self.messages = self.messages, []
+                return messages
+            if self.disconnected:
+                self._leave_poller()
+                return []
+            if self._polled < 0 and self.hand_over is not None:
+                self._join_poller()
+            if self._polled >= 0:
+                data = self._read_now()
+                if data is None:
+                    await self._wait_for_poller()
+                    continue
+            else:
+                data = await self._receive()
+            self._take_read(data)
             if writes := self.protocol.data_to_send():
                 await self._flush(writes)
-        messages, self.messages = self.messages, []
-        return messages
+
+    async def _wait_for_poller(self) -> None:
+        """Leave the reads to the poller until it wakes this task: for what has to wait, what
+        it could not write, or the end. A message it held is handed over here."""
+        self._task_reads = False
+        try:
+            await self._task_wakes.park()
+        finally:
+            self._task_reads = True  # cancelled too: the poller must not read for a task gone
+        hand_over = self.hand_over
+        if hand_over is not None and hand_over.held is not None and not self.messages:
+            await hand_over.resume()
+
+    def _take_read(self, data: bytes) -> None:
+        """Take what one read brought: its frames, or the end of the stream (``b""``)."""
+        if data:
+            self._feed(data)
+        else:
+            self.protocol.receive_eof()
+            self.disconnected = True
+        if self.messages:
+            self.last_message = self.last_heard
+
+    def _read_now(self) -> bytes | None:
+        """One non-blocking read: its bytes, ``b""`` at the end of the stream or when the
+        connection is gone, ``None`` when nothing has arrived."""
+        try:
+            data = os.read(self._fileno(), RECEIVE_MAX)
+        except BlockingIOError:
+            return None
+        except (OSError, trio.ClosedResourceError):
+            return b""
+        self.last_heard = trio.current_time()
+        return data
+
+    # -- reads made by the poller --------------------------------------------------------------
+
+    def _join_poller(self) -> None:
+        try:
+            fd = self._fileno()
+        except trio.ClosedResourceError:
+            return
+        poller().register(fd, self)
+        self._polled = fd
+
+    def _leave_poller(self) -> None:
+        """From now on this connection's task reads, until the end (a close, the end of the
+        stream, the connection served)."""
+        self.hand_over = None
+        if self._polled >= 0:
+            poller().unregister(self._polled, self)
+            self._polled = -1
+
+    def on_readable(self) -> None:
+        """The socket has something to read (the ``Poller``, in its own task): read it and hand
+        its messages over, until the socket has nothing more; whatever needs the connection's
+        task (an answer to write, a message that has to wait, the end) wakes it instead."""
+        hand_over = self.hand_over
+        if self._task_reads or hand_over is None:
+            return  # the task reads before it parks again
+        while True:
+            data = self._read_now()
+            if data is None:
+                return
+            self._take_read(data)
+            writes = self.protocol.data_to_send()
+            messages = self.messages
+            if messages and not writes and not self.disconnected:
+                index = hand_over.take(messages, 0, trio.current_time())
+                if index < 0:
+                    messages.clear()  # a flood: the connection is being closed
+                    return
+                del messages[:index]
+            if messages or writes or self.disconnected or hand_over.held is not None:
+                self._writes += writes
+                self._task_reads = True
+                self._task_wakes.unpark_all()
+                return
+            if len(data) < RECEIVE_MAX:
+                return  # all there was (a new arrival is a new event)
 
     def _feed(self, data: bytes) -> None:
         """Take the frames of ``data`` (after what ``_unparsed`` holds), in order.
@@ -417,6 +516,7 @@ class FastWebSocket:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Send a close frame with ``code`` after whatever is being written."""
+        self._leave_poller()  # from now on the task reads, until the client closes too
         if self.protocol.state is State.OPEN:
             self._closing = True
             self.protocol.send_close(code, reason)
@@ -565,6 +665,65 @@ class FastWebSocket:
         return close.code if close is not None else 1006
 
 
+class Poller:
+    """One epoll set, edge-triggered, for the reads of every connection in their steady state
+    (docs/architecture.md, "Transport"): one task waits on it and, for each socket with
+    something to read, reads it and hands the messages over (``FastWebSocket.on_readable``),
+    so a request that arrives alone costs no wake-up of its connection's task and no
+    ``epoll_ctl``. A connection's task reads itself whenever it has to wait or write.
+    """
+
+    # Events taken per wake-up at most (the rest come with the next).
+    MAX_EVENTS: Final = 1024
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._links: dict[int, FastWebSocket] = {}
+
+    def register(self, fd: int, link: FastWebSocket) -> None:
+        self._links[fd] = link
+        try:
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        except FileExistsError:  # a closed socket's number, reused before its end was noticed
+            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+
+    def unregister(self, fd: int, link: FastWebSocket) -> None:
+        if self._links.get(fd) is not link:
+            return  # closed and reused by another connection meanwhile: not ours any more
+        del self._links[fd]
+        with contextlib.suppress(OSError, ValueError):  # closed: the kernel forgot it already
+            self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                for fd, _ in self._epoll.poll(0, self.MAX_EVENTS):
+                    link = self._links.get(fd)
+                    if link is None:
+                        continue
+                    try:
+                        link.on_readable()
+                    except Exception:  # never: a failure here would end every connection
+                        log.exception("read failed", extra=context(fd=fd))
+        finally:
+            self._epoll.close()
+
+
+_POLLER: trio.lowlevel.RunVar[Poller] = trio.lowlevel.RunVar("zajel_poller")
+
+
+def poller() -> Poller:
+    """This trio run's ``Poller``, started (as a system task) on first use."""
+    try:
+        return _POLLER.get()
+    except LookupError:
+        instance = Poller()
+        _POLLER.set(instance)
+        trio.lowlevel.spawn_system_task(instance.run, name="zajel.web.fastws.Poller")
+        return instance
+
+
 def _drop_sent(buffers: list[bytes | memoryview], sent: int) -> bool:
     """Take what ``sent`` bytes covered off the front of ``buffers`` (empty buffers go too);
     whether the first one left was begun (it is then the view of its rest)."""
@@ -583,6 +742,9 @@ class FastTransport:
 
     paths: tuple[str, ...]
     config: Config
+
+    def start(self) -> None:
+        poller()
 
     async def serve(self, app: Any, stream: GuardedStream, conn: Connection) -> bool:
         """Serve the connection if its first request is a handshake on one of ``paths``;
@@ -603,7 +765,10 @@ async def serve_websocket(
     scope = await socket.handshake(head)
     if scope is None:
         return
-    await app(scope, socket.receive, socket.send)
-    # The app is done: say goodbye if it did not (its close path bounds the handshake).
-    if socket.protocol.state is State.OPEN:
-        await socket.send({"type": "websocket.close", "code": 1000})
+    try:
+        await app(scope, socket.receive, socket.send)
+        # The app is done: say goodbye if it did not (its close path bounds the handshake).
+        if socket.protocol.state is State.OPEN:
+            await socket.send({"type": "websocket.close", "code": 1000})
+    finally:
+        socket._leave_poller()  # before the socket is closed and its number reused

@@ -96,6 +96,9 @@ class Link(Protocol):
     on_silent: Callable[[], None]
     # A write that never waits, for the outbox's direct writes (None: only ``write``).
     write_now: DirectWrite | None
+    # What to do with the messages of a read (set by the front end): a transport that reads
+    # outside the connection's task calls its ``take`` itself (None: not set yet).
+    hand_over: HandOver | None
 
     def frame(self, text: str) -> Any:
         """What the outbox holds for a frame of ``text`` (``write`` takes a list of them)."""
@@ -125,6 +128,7 @@ class AsgiLink:
         self._stream = stream
         self.on_silent: Callable[[], None] = _nothing
         self.write_now: DirectWrite | None = None
+        self.hand_over: HandOver | None = None  # hypercorn reads in its own task: unused
 
     def frame(self, text: str) -> Any:
         return text if self._stream is None else frame_text(text)
@@ -416,47 +420,114 @@ async def _close(link: Link, peer: SocketPeer, conn: Connection | None) -> None:
         conn.drop()
 
 
-async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
-    bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
-    refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
-    decode, main, side, side_types, conn_id, outbox = (
-        endpoint.decode,
-        endpoint.service,
-        endpoint.side,
-        endpoint.side_types,
-        peer.conn_id,
-        peer.outbox,
-    )
-    last = main
-    while messages := await link.receive_messages():
-        now = trio.current_time()  # the frames of one read arrived together
-        for data in messages:
-            if outbox.reader_must_wait():
+class HandOver:
+    """What the reader does with each message it read, in order: the token bucket and the
+    flood close, decoding, and the cast to the endpoint's service (docs/operations.md,
+    "Limits and back-pressure").
+
+    ``take`` never waits, so a transport can run it outside the connection's task, where the
+    read was made (``zajel.web.fastws``); whatever has to wait (the queue over its bound, the
+    other service still handling earlier frames, a full inbox) is left to ``resume``, which
+    only the connection's task calls.
+    """
+
+    def __init__(self, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
+        self.peer = peer
+        self.outbox = peer.outbox
+        self.bucket = TokenBucket(config.ws_message_rate, config.ws_message_burst)
+        self.refusals = SlidingWindow(FLOOD_REFUSALS, FLOOD_WINDOW_S)
+        self.decode = endpoint.decode
+        self.main = endpoint.service
+        self.side = endpoint.side
+        self.side_types = endpoint.side_types
+        self.last = endpoint.service  # the service the last frame went to
+        # A message decoded but not handed over yet: its service, the message, and its
+        # ``Inbound`` once built (then only the cast is left).
+        self.held: tuple[Address, Any, Inbound | None] | None = None
+        self.flooded = False
+
+    def take(self, messages: Sequence[str | bytes], index: int, now: float) -> int:
+        """Hand over ``messages[index:]`` in order until one has to wait; the index of the
+        first not taken (``len(messages)`` when every one was). ``held`` is then set, or the
+        queue is over its bound. -1: a flood, and the connection is being closed (1008)."""
+        if self.flooded:
+            return -1
+        outbox, peer = self.outbox, self.peer
+        count = len(messages)
+        while index < count:
+            if self.held is not None or outbox.reader_must_wait():
                 # Answers are never refused; instead this client's frames wait (and, the
                 # connection no longer being read, TCP slows the client down).
-                await outbox.wait_until_readable()
-                now = trio.current_time()
-            if bucket.take(now):
-                message = decode(data)
-            elif refusals.allow(now):
+                return index
+            data = messages[index]
+            index += 1
+            if self.bucket.take(now):
+                message = self.decode(data)
+            elif self.refusals.allow(now):
                 message = Invalid(errors.rate_limited())
             else:
-                log.warning("flood: connection closed", extra=context(conn=conn_id))
+                log.warning("flood: connection closed", extra=context(conn=peer.conn_id))
+                self.flooded = True
                 peer.close(CLOSE_POLICY_VIOLATION)
-                return
-            service = side if side is not None and isinstance(message, side_types) else main
-            if service is not last:
+                return -1
+            side = self.side
+            service = (
+                side if side is not None and isinstance(message, self.side_types) else self.main
+            )
+            if service is not self.last:
                 # The other service may still be handling frames that come before this one (a
-                # register whose identity this frame needs): let them finish first.
-                last = service
-                await outbox.wait_until_settled()
-                now = trio.current_time()
-            inbound = Inbound(conn_id, message, peer.identity if service is side else None)
+                # register whose identity this frame needs): they finish first (``resume``).
+                self.held = (service, message, None)
+                return index
+            inbound = Inbound(peer.conn_id, message, peer.identity if service is side else None)
             outbox.handing_over()
             try:
                 service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
             except trio.WouldBlock:
+                self.held = (service, message, inbound)
+                return index
+        return count
+
+    async def resume(self) -> None:
+        """Wait for what ``take`` stopped at, and hand over the message it held, if any."""
+        if self.held is None:
+            await self.outbox.wait_until_readable()
+            return
+        service, message, inbound = self.held
+        if inbound is None:
+            self.last = service
+            await self.outbox.wait_until_settled()
+            peer = self.peer
+            inbound = Inbound(
+                peer.conn_id, message, peer.identity if service is self.side else None
+            )
+            self.outbox.handing_over()
+            try:
+                service.cast_nowait(inbound)
+            except trio.WouldBlock:
                 await service.cast(inbound)
+        else:
+            await service.cast(inbound)
+        self.held = None
+
+
+async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
+    hand_over = HandOver(peer, endpoint, config)
+    # A transport that reads outside this task hands what it reads over itself, and leaves
+    # this task what has to wait.
+    link.hand_over = hand_over
+    while True:
+        if hand_over.held is not None:
+            await hand_over.resume()
+        messages = await link.receive_messages()
+        if not messages:
+            return
+        index = hand_over.take(messages, 0, trio.current_time())  # they arrived together
+        while 0 <= index < len(messages) or (index >= 0 and hand_over.held is not None):
+            await hand_over.resume()
+            index = hand_over.take(messages, index, trio.current_time())
+        if index < 0:
+            return  # a flood: the connection is being closed
 
 
 async def _write(link: Link, peer: SocketPeer) -> None:

@@ -330,6 +330,9 @@ class WebSocketTransport(Protocol):
     """A WebSocket stack that ``serve_tcp`` offers every new connection first
     (``zajel.web.fastws.FastTransport``)."""
 
+    def start(self) -> None:
+        """Start what the transport runs for the whole server (once, in the server's run)."""
+
     async def serve(self, app: Any, stream: GuardedStream, conn: Connection) -> bool:
         """Serve the connection to ``app`` if it opens with a handshake this transport takes
         and return True; else give back what was read (``stream.unread``) and return False."""
@@ -409,7 +412,8 @@ async def serve_tcp(
     """
     install_close_codes()
     if websockets is not None:
-        flusher()  # started with the server: a task for the server's whole life
+        flusher()  # started with the server: tasks for the server's whole life
+        websockets.start()
     async with open_worker(app, hypercorn_config) as worker, trio.open_nursery() as connections:
         connections.start_soon(_watch_deadlines, table)
 
