@@ -19,7 +19,7 @@ from tests.integration._raw import TEXT, client_frame, handshake
 from zajel.services._peers import Attach, Inbound
 from zajel.web.fastws import FastWebSocket
 from zajel.web.outbox import MAX_IN_FLIGHT
-from zajel.web.sockets import Endpoint, SocketPeer, _read
+from zajel.web.sockets import Endpoint, HandOver, SocketPeer, _read
 from zajel.web.transport import ConnectionTable, GuardedStream
 
 
@@ -154,3 +154,19 @@ async def test_frames_past_those_in_flight_wait_for_the_service_then_come_in_ord
             peer.outbox.handled()
             await service.until_numbered(min(20, MAX_IN_FLIGHT + handled + 1))
         assert service.numbers() == list(range(20))
+
+
+async def test_a_closed_queue_never_makes_the_hand_over_wait():
+    """A connection closed while its frames wait (a slow consumer's 1013, with frames still in
+    flight) hands the rest over at once: ``resume`` returns at once for a closed queue, so a
+    wait here would never end."""
+    service = Service()
+    config = make_config()
+    peer = SocketPeer(1, config)
+    hand_over = HandOver(peer, Endpoint("test", "/signal", json.loads, service), config)  # type: ignore[arg-type]
+    peer.outbox.in_flight = MAX_IN_FLIGHT
+    messages = [json.dumps({"n": 0}), json.dumps({"n": 1})]
+    assert hand_over.take(messages, 0, trio.current_time()) == 0
+    peer.close(1013)
+    assert hand_over.take(messages, 0, trio.current_time()) == 2
+    assert service.numbers() == [0, 1]

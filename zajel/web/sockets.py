@@ -455,9 +455,10 @@ class HandOver:
         outbox, peer = self.outbox, self.peer
         count = len(messages)
         while index < count:
-            if self.held is not None or outbox.reader_must_wait():
+            if self.held is not None or (outbox.reader_must_wait() and not outbox.closed):
                 # Answers are never refused; instead this client's frames wait (and, the
-                # connection no longer being read, TCP slows the client down).
+                # connection no longer being read, TCP slows the client down). A closed
+                # queue waits for nothing: the connection is ending.
                 return index
             data = messages[index]
             index += 1
