@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover
 
 from zajel.config import Config
 from zajel.logs import context
-from zajel.web.outbox import DirectWrite
+from zajel.web.outbox import DirectWrite, server_task
 from zajel.web.sockets import LINK_EXTENSION, HandOver
 from zajel.web.transport import Connection, GuardedStream, frame_text
 
@@ -715,13 +715,7 @@ _POLLER: trio.lowlevel.RunVar[Poller] = trio.lowlevel.RunVar("zajel_poller")
 
 def poller() -> Poller:
     """This trio run's ``Poller``, started (as a system task) on first use."""
-    try:
-        return _POLLER.get()
-    except LookupError:
-        instance = Poller()
-        _POLLER.set(instance)
-        trio.lowlevel.spawn_system_task(instance.run, name="zajel.web.fastws.Poller")
-        return instance
+    return server_task(_POLLER, Poller)
 
 
 def _drop_sent(buffers: list[bytes | memoryview], sent: int) -> bool:

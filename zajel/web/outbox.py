@@ -35,7 +35,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -240,15 +240,32 @@ class Flusher:
                 await trio.lowlevel.checkpoint()  # never hold the loop for more than one round
 
 
+class ServerTask(Protocol):
+    """An object whose ``run`` is one task for the whole server (``Flusher``, the transport's
+    ``Poller``)."""
+
+    async def run(self) -> None: ...
+
+
+_Task = TypeVar("_Task", bound=ServerTask)
+
+
+def server_task(var: trio.lowlevel.RunVar[_Task], make: Callable[[], _Task]) -> _Task:
+    """This trio run's ``var``: made by ``make`` and its ``run`` started as a system task (named
+    after its class) on first use."""
+    try:
+        return var.get()
+    except LookupError:
+        instance = make()
+        var.set(instance)
+        kind = type(instance)
+        trio.lowlevel.spawn_system_task(instance.run, name=f"{kind.__module__}.{kind.__name__}")
+        return instance
+
+
 _FLUSHER: trio.lowlevel.RunVar[Flusher] = trio.lowlevel.RunVar("zajel_flusher")
 
 
 def flusher() -> Flusher:
     """This trio run's ``Flusher``, started (as a system task) on first use."""
-    try:
-        return _FLUSHER.get()
-    except LookupError:
-        instance = Flusher()
-        _FLUSHER.set(instance)
-        trio.lowlevel.spawn_system_task(instance.run, name="zajel.web.outbox.Flusher")
-        return instance
+    return server_task(_FLUSHER, Flusher)
