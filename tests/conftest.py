@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import hypercorn.trio
 import pytest
 import trio
 import trio.testing
+from hypercorn.config import Config as HypercornConfig
 
+from zajel.asgi import AsgiApp, settings_for_config
 from zajel.config import Config
 from zajel.server import serve
 
@@ -63,17 +66,51 @@ async def start_server(nursery: trio.Nursery, config: Config) -> RunningServer:
     return RunningServer(url=url, config=config, stop=stop)
 
 
-@pytest.fixture(params=["hypercorn", "fast"])
-async def server(
-    nursery: trio.Nursery, request: pytest.FixtureRequest
-) -> AsyncIterator[RunningServer]:
-    """The real app on 127.0.0.1:0, in-process, once with each WebSocket transport of
-    ``zajel serve`` (hypercorn's and our own). Idle timeout is long so that clock jumps over
-    protocol timers do not close idle test connections."""
-    config = make_config(ws_idle_timeout=86_400.0, ws_transport=request.param)
-    running = await start_server(nursery, config)
-    yield running
-    running.stop.set()
+async def start_asgi_server(nursery: trio.Nursery, config: Config) -> RunningServer:
+    """``zajel.asgi``'s app under ``hypercorn.trio.serve`` with ``config`` (the deployment
+    ``hypercorn zajel.asgi:app --worker-class trio``), on 127.0.0.1:0."""
+    settings = HypercornConfig.from_object(settings_for_config(config))
+    settings.bind = ["127.0.0.1:0"]
+    settings.errorlog = None
+    stop = trio.Event()
+    serving = functools.partial(
+        hypercorn.trio.serve, AsgiApp({}, config), settings, shutdown_trigger=stop.wait
+    )
+    binds = await nursery.start(serving)
+    return RunningServer(url=binds[0], config=config, stop=stop)
+
+
+# Where ``server`` runs: ``zajel serve`` with each of its WebSocket transports (hypercorn's
+# and our own); ``ALL_DEPLOYMENTS`` adds the plain ASGI app under hypercorn, for the modules
+# that run there too (``server = deployments(ALL_DEPLOYMENTS)`` in the module).
+ZAJEL_SERVE = ("hypercorn", "fast")
+ALL_DEPLOYMENTS = (*ZAJEL_SERVE, "asgi")
+
+
+def deployments(names: tuple[str, ...], name: str = "server") -> Any:
+    """A fixture (``server`` unless ``name`` says otherwise) that runs each test once per
+    deployment of ``names``."""
+
+    @pytest.fixture(params=names, name=name)
+    async def server(
+        nursery: trio.Nursery, request: pytest.FixtureRequest
+    ) -> AsyncIterator[RunningServer]:
+        """The real app on 127.0.0.1:0, in-process. Idle timeout is long so that clock jumps
+        over protocol timers do not close idle test connections."""
+        if request.param == "asgi":
+            request.getfixturevalue("restore_logging")  # the app configures zajel's logs
+            config = make_config(ws_idle_timeout=86_400.0)
+            running = await start_asgi_server(nursery, config)
+        else:
+            config = make_config(ws_idle_timeout=86_400.0, ws_transport=request.param)
+            running = await start_server(nursery, config)
+        yield running
+        running.stop.set()
+
+    return server
+
+
+server = deployments(ZAJEL_SERVE)
 
 
 @pytest.fixture

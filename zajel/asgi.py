@@ -54,8 +54,10 @@ class AsgiApp:
     """The ASGI app of ``zajel.asgi``: the lifespan opens what ``create_app`` serves, every
     request and WebSocket goes to that app."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], config: Config | None = None) -> None:
+        """``config``: serve with it instead of reading ``environ`` (an embedding, a test)."""
         self._environ = environ
+        self._config = config
         self._app: ASGIApp | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
@@ -74,7 +76,7 @@ class AsgiApp:
         """
         startup = await receive()
         try:
-            config = Config.from_env(self._environ)
+            config = self._config or Config.from_env(self._environ)
         except ConfigError as exc:
             logs.configure("INFO")  # the line that says why, in the log format's default
             await _failed(send, f"configuration error: {exc}")
@@ -154,7 +156,11 @@ def settings_for_hypercorn(environ: Mapping[str, str]) -> types.SimpleNamespace:
     Raises:
         ConfigError: naming the first invalid setting.
     """
-    config = Config.from_env(environ)
+    return settings_for_config(Config.from_env(environ))
+
+
+def settings_for_config(config: Config) -> types.SimpleNamespace:
+    """hypercorn's settings for ``config`` (see ``settings_for_hypercorn``)."""
     protocol = hypercorn_config(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     return types.SimpleNamespace(

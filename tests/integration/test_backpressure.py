@@ -10,7 +10,7 @@ import json
 import trio
 import trio_websocket
 
-from tests.conftest import make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, deployments, make_config, start_server
 from tests.integration import _http
 from tests.integration._process import zajel_serve
 from tests.integration._raw import RawClient, paired_sink, port_of, rss_bytes
@@ -22,6 +22,9 @@ from tests.integration._signal import (
     registered,
 )
 from zajel.client import connect_signal
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 A, C, D, S = "AAAAAA", "CCCCCC", "DDDDDD", "SSSSSS"
 OFFER = {"sdp": "x" * 60_000}

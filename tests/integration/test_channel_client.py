@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._http import get
 from tests.integration._signal import assert_quiet, registered
 from zajel.client import ChunkUnavailable, ReplyTimeout, ServerError, SignalClient, connect_signal
 from zajel.client import generate_public_key as new_key
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 CHANNEL = "c0ffee00c0ffee00c0ffee00c0ffee00"
 ONE = {"chunk_id": "ch_1", "encrypted_payload": "b25l", "sequence": 1}

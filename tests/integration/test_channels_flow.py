@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._channels import (
     CHANNEL_OWNED,
     INVALID_CHANNEL,
@@ -39,6 +40,9 @@ from tests.integration._raw import RawClient, port_of
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays
 from zajel.client import connect_signal, generate_public_key
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 CHANNEL = "5f0c1e9a7b3d42e8a1c6f0d9b2e4a7c3"
 OTHER = "channel-other"

@@ -12,6 +12,7 @@ import os
 
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._channels import (
     CHANNEL_HELD,
     CHANNEL_OWNED,
@@ -37,6 +38,9 @@ from tests.integration._http import stats, wait_stats
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays
 from zajel.client import generate_public_key
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 CHANNEL = "0d6f3b8e2a914c57b1e0a9f4c2d7e683"
 OTHER = "6a1c9e0f4b2d8a735e1f0c9b8d2a4e61"

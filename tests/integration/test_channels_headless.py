@@ -29,6 +29,7 @@ import attrs
 import trio
 from nacl.signing import SigningKey, VerifyKey
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._channels import (
     available,
     chunk_data,
@@ -40,6 +41,9 @@ from tests.integration._http import wait_stats
 from tests.integration._signal import assert_quiet, expect
 from zajel.client import SignalClient, connect_signal, generate_public_key
 from zajel.client.signal import random_pairing_code
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 CHUNK_SIZE = 64 * 1024  # the client's ciphertext bytes per chunk
 CHUNK_KEYS = {

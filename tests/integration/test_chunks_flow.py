@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import trio
 
-from tests.conftest import make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, deployments, make_config, start_server
 from tests.integration import _http
 from tests.integration._signal import assert_quiet, expect
 from tests.integration.test_relay_flow import relays
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 DATA = {"sealed": "c2VhbGVk", "signature": "sig", "n": [1, 2, 3]}
 

@@ -9,9 +9,12 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
 
-from tests.conftest import make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, deployments, make_config, start_server
 from zajel.client import connect_signal
 from zajel.server import hypercorn_config
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 
 class SilentClient:

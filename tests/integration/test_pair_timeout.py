@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._signal import assert_quiet, expect, pair, registered
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 A, B, C = "AAAAAA", "BBBBBB", "CCCCCC"
 NO_REQUEST = {"type": "pair_error", "error": "No pending request from this peer"}

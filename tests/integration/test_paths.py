@@ -9,10 +9,13 @@ import json
 import pytest
 import trio
 
-from tests.conftest import make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, deployments, make_config, start_server
 from tests.integration import _http
 from tests.integration.test_http import assert_common_headers, assert_json_error
 from zajel.web.app import ENDPOINTS
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 
 def variants(path: str) -> list[str]:

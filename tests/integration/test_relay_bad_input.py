@@ -7,8 +7,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._signal import expect, open_socket
 from zajel.client import RelayClient
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 LONG_ID = "p" * 129
 POINTS_51 = [f"point-{index}" for index in range(51)]

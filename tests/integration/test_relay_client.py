@@ -9,6 +9,7 @@ import math
 import pytest
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._signal import assert_quiet
 from tests.integration.test_relay_flow import relays
 from zajel.client import (
@@ -19,6 +20,9 @@ from zajel.client import (
     connect_relay,
     connect_signal,
 )
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 DATA = {"v": 1, "payload": "ZW5jcnlwdGVk", "sig": "c2lnbmF0dXJl"}
 

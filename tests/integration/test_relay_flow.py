@@ -9,10 +9,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from tests.conftest import make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, deployments, make_config, start_server
 from tests.integration import _http
 from tests.integration._signal import assert_quiet, error, expect
 from zajel.client import RelayClient, connect_relay
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 HOUR = 3600.0
 MISMATCH = error("peer_id_mismatch", "peerId does not match this connection's registration")

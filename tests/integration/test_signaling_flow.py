@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.conftest import ALL_DEPLOYMENTS, deployments
 from tests.integration._signal import assert_quiet, error, expect, pair, registered
 from zajel.client import connect_signal, generate_public_key
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 A, B, C, D = "AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD"
 UNPROCESSABLE = {"type": "pair_error", "error": "Pair request could not be processed"}

@@ -20,9 +20,12 @@ import pytest
 import trio
 import trio_websocket
 
-from tests.conftest import RunningServer, make_config, start_server
+from tests.conftest import ALL_DEPLOYMENTS, RunningServer, deployments, make_config, start_server
 from tests.integration._signal import assert_quiet, error, expect, pair
 from zajel.client import SignalClient, connect_signal, generate_public_key
+
+# Every test here runs on zajel serve's two WebSocket transports and on the plain ASGI app.
+server = deployments(ALL_DEPLOYMENTS)
 
 A, B, M, T = "AAAAAA", "BBBBBB", "MMMMMM", "TTTTTT"
 PHONE_WIFI, PHONE_MOBILE, PARTNER, ATTACKER, OTHER = (
