@@ -9,9 +9,11 @@ three times the CPU; ``bench/frame_parse.py``). The handshake is presented to th
 as ASGI (the ``SocketRouter`` admits or refuses it); after it, the router drives the connection
 as a ``zajel.web.sockets.Link``, offered through the ``zajel.link`` scope extension.
 
-What it saves over hypercorn's stack: one non-blocking read takes every frame that has arrived
-and the reader hands all of them over in its own task (no ASGI message, queue, lock, cancel
-scope or task hop per frame), and the writer writes every queued frame with one ``writev``.
+What it saves over hypercorn's stack: one non-blocking read takes every frame that has arrived,
+and all of them are handed over in the task that read them (no ASGI message, queue, lock,
+cancel scope or task hop per frame): in the ``Poller``'s, one task for every connection with
+nothing to wait for, else in the connection's own. The writer writes every queued frame with
+one ``writev``.
 
 Invariants:
 - The head of a request is read at most ``HEAD_MAX`` bytes and ``HEAD_TIMEOUT_S`` seconds; a
@@ -182,7 +184,8 @@ class FastWebSocket:
 
     async def handshake(self, head: bytes) -> dict[str, Any] | None:
         """Parse the handshake request; its ASGI scope, or ``None`` if it was refused (the
-        refusal is written)."""
+        refusal is written). ``head`` is a whole request head, as ``is_endpoint_handshake``
+        found it, and whatever came with it; a head cut short is refused with 400."""
         # The protocol gets the head alone: frames that came right behind it wait for the
         # accept, and go through ``_feed`` like every other frame.
         end = head.find(b"\r\n\r\n")
@@ -190,23 +193,12 @@ class FastWebSocket:
             self._unparsed += head[end + 4 :]
             head = head[: end + 4]
         self.protocol.receive_data(head)
-        while self.request is None:
-            for event in self.protocol.events_received():
-                if isinstance(event, Request):
-                    self.request = event
-                else:  # a frame the client sent right behind its handshake
-                    self._take(event)
-            if self.request is not None:
-                break
-            if self.protocol.state is not State.CONNECTING or self.protocol.handshake_exc:
-                await self._refuse_unparsed()
-                return None
-            data = await read_head(self.stream)
-            if not data:
-                self.protocol.receive_eof()
-                await self._refuse_unparsed()
-                return None
-            self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self.request = event
+        if self.request is None:
+            await self._refuse_unparsed()
+            return None
         # A request that is no valid handshake is refused here, before the app sees it: it never
         # becomes a WebSocket (websockets' answer: 400, or 426 without an upgrade).
         response = self.protocol.accept(self.request)

@@ -6,15 +6,16 @@ the per-frame signal dispatch of Quart's WebSocket wrapper (the relay path is th
 hottest; see ``docs/architecture.md``). Everything else goes to Quart.
 
 One connection = one handler task with two children: the reader rate-limits and decodes frames
-and casts them to the endpoint's service; the writer drains the connection's ``Outbox`` to the
-socket. After the handshake both drive the connection through a ``Link``: ``zajel serve``'s own
-transport offers one (``zajel.web.fastws``); under hypercorn's stack ``AsgiLink`` wraps the ASGI
-messages. An endpoint may have a second service for some of its messages (the ChunkIndex takes
-the channel and chunk messages of both endpoints): those frames carry the ``Identity`` the
-endpoint's own service gave the connection, and before the reader switches from one service
-to the other it waits until the frames it handed over are handled, so each service sees the
-connection's frames in order and every frame sees the identity its predecessors made
-(docs/architecture.md, "Identity").
+and casts them to the endpoint's service (``HandOver``; on ``zajel serve``'s own transport the
+transport's poller does this for reads with nothing to wait for); the writer drains the
+connection's ``Outbox`` to the socket. After the handshake both drive the connection through a
+``Link``: ``zajel serve``'s own transport offers one (``zajel.web.fastws``); under hypercorn's
+stack ``AsgiLink`` wraps the ASGI messages. An endpoint may have a second service for some of
+its messages (the ChunkIndex takes the channel and chunk messages of both endpoints): those
+frames carry the ``Identity`` the endpoint's own service gave the connection, and before the
+reader switches from one service to the other it waits until the frames it handed over are
+handled, so each service sees the connection's frames in order and every frame sees the
+identity its predecessors made (docs/architecture.md, "Identity").
 
 The service never waits on the socket: answers to the client's own frames always go in
 (the reader waits instead while the queue is full), and a push the outbox refuses makes the
@@ -480,7 +481,7 @@ class HandOver:
                 # register whose identity this frame needs): they finish first (``resume``).
                 self.held = (service, message, None)
                 return index
-            inbound = Inbound(peer.conn_id, message, peer.identity if service is side else None)
+            inbound = self._inbound(service, message)
             outbox.handing_over()
             try:
                 service.cast_nowait(inbound)  # no scheduler round trip when the inbox has room
@@ -498,18 +499,16 @@ class HandOver:
         if inbound is None:
             self.last = service
             await self.outbox.wait_until_settled()
-            peer = self.peer
-            inbound = Inbound(
-                peer.conn_id, message, peer.identity if service is self.side else None
-            )
+            inbound = self._inbound(service, message)
             self.outbox.handing_over()
-            try:
-                service.cast_nowait(inbound)
-            except trio.WouldBlock:
-                await service.cast(inbound)
-        else:
-            await service.cast(inbound)
+        await service.cast(inbound)
         self.held = None
+
+    def _inbound(self, service: Address, message: Any) -> Inbound:
+        """``message`` as ``service`` gets it: the side service also gets the connection's
+        identity, as it is when the message is handed over."""
+        peer = self.peer
+        return Inbound(peer.conn_id, message, peer.identity if service is self.side else None)
 
 
 async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
@@ -517,14 +516,9 @@ async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config
     # A transport that reads outside this task hands what it reads over itself, and leaves
     # this task what has to wait.
     link.hand_over = hand_over
-    while True:
-        if hand_over.held is not None:
-            await hand_over.resume()
-        messages = await link.receive_messages()
-        if not messages:
-            return
+    while messages := await link.receive_messages():
         index = hand_over.take(messages, 0, trio.current_time())  # they arrived together
-        while 0 <= index < len(messages) or (index >= 0 and hand_over.held is not None):
+        while index >= 0 and (index < len(messages) or hand_over.held is not None):
             await hand_over.resume()
             index = hand_over.take(messages, index, trio.current_time())
         if index < 0:
