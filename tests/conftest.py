@@ -1,4 +1,5 @@
-"""Shared fixtures: an in-process server on 127.0.0.1:0 whose clock the test controls."""
+"""Shared fixtures: an in-process server on 127.0.0.1:0 whose clock the test controls, and a
+real redis-server per session, emptied before each test that uses it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import trio
 import trio.testing
 from hypercorn.config import Config as HypercornConfig
 
+from tests._redis import RedisServer
 from zajel.asgi import AsgiApp, settings_for_config
 from zajel.config import Config
 from zajel.server import serve
@@ -52,6 +54,25 @@ def _own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in an empty directory of its own, so an in-process server's default
     data directory (``./data``, where its store lives) belongs to that test alone."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session, started by the first test that needs it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_session: RedisServer) -> RedisServer:
+    """The session's redis-server, running and empty (started again if a test left it
+    stopped)."""
+    if redis_session.process is None or redis_session.process.poll() is not None:
+        redis_session.start()
+    redis_session.flush()
+    return redis_session
 
 
 @pytest.fixture
