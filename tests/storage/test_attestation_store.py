@@ -1,6 +1,6 @@
-"""The store contract for the AttestationRegistry's records, over ``MemoryStore`` and
-``SqliteStore`` (docs/operations.md, "Storage": devices, references, open nonces, version
-policy)."""
+"""The store contract for the AttestationRegistry's records, over ``MemoryStore``,
+``SqliteStore`` and ``RedisStore`` (docs/operations.md, "Storage": devices, references, open
+nonces, version policy)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ async def loaded(store: Store) -> tuple[list, list, list, Policy | None]:
     return sort_records(await store.load_attestation())
 
 
-# -- the contract, both implementations --------------------------------------------------------
+# -- the contract, every implementation --------------------------------------------------------
 
 
 async def test_a_new_store_has_no_attestation_records_and_no_policy(store):

@@ -1,4 +1,5 @@
-"""The store contract, over ``MemoryStore`` and ``SqliteStore`` (docs/operations.md, "Storage")."""
+"""The store contract, over ``MemoryStore``, ``SqliteStore`` and ``RedisStore``
+(docs/operations.md, "Storage")."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def lock_is_free(data_dir: Path) -> bool:
         os.close(fd)
 
 
-# -- the contract, both implementations --------------------------------------------------------
+# -- the contract, every implementation --------------------------------------------------------
 
 
 async def test_a_new_store_is_empty(store):
