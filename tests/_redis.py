@@ -25,7 +25,9 @@ def redis_server_binary() -> str:
     beside = Path(sys.executable).parent / "redis-server"
     if beside.exists():
         return str(beside)
-    raise RuntimeError("no redis-server on PATH or beside the interpreter: `make test` installs one")
+    raise RuntimeError(
+        "no redis-server on PATH or beside the interpreter: `make test` installs one"
+    )
 
 
 def free_port() -> int:
