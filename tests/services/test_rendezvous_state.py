@@ -15,6 +15,8 @@ from zajel.services.rendezvous import (
     DAILY_TTL_S,
     HOURLY_TTL_S,
     SWEEP_INTERVAL_S,
+    DropEntry,
+    PutEntry,
     RendezvousState,
 )
 
@@ -470,3 +472,233 @@ def test_statistics_read_counters_and_scan_nothing(state):
     state._ip_keys = NoScan(state._ip_keys)
     assert state.statistics(100.0) == expected
     assert expected["totalEntries"] == 50 + 20  # every daily entry; the newest 20 at t
+
+
+# -- the journal and restore (cluster mode) ----------------------------------------------------
+
+EPOCH_MS = 1_700_000_000_000  # the epoch milliseconds at trio time 0 in these tests
+
+
+def epoch(now: float) -> int:
+    return EPOCH_MS + round(now * 1000)
+
+
+def take(state, now):
+    return state.take_journal(now, epoch(now))
+
+
+def live_entries(state, now):
+    """Every live entry, as the PutEntry a copy of the state would hold, in registration order."""
+    found = []
+    for kind, table in state._tables.items():
+        for name, entries in table.items():
+            for peer, entry in entries.items():
+                if now < entry.expires_at:
+                    put = PutEntry(
+                        kind,
+                        name,
+                        peer,
+                        entry.dead_drop,
+                        entry.relay_id,
+                        epoch(entry.expires_at),
+                        entry.ip,
+                    )
+                    found.append((entry.seq, put))
+    return [put for _, put in sorted(found, key=lambda item: item[0])]
+
+
+def replay(copy, changes):
+    """Apply journaled changes to ``copy`` (key -> PutEntry, oldest put first), as Redis would."""
+    for change in changes:
+        key = (change.kind, change.name, change.peer_id)
+        copy.pop(key, None)
+        if isinstance(change, PutEntry):
+            copy[key] = change
+
+
+def live_in(copy, now):
+    """What a copy holds at ``now``: Redis drops a key at its own expiry."""
+    return [put for put in copy.values() if put.expires_ms > epoch(now)]
+
+
+def test_no_journal_unless_enabled(state):
+    register(state, "a", points=["p"], tokens=["t"])
+    state.remove_peer("a")
+    assert state.journal_size == 0
+    assert take(state, 1.0) == []
+    assert state.sizes()["journal"] == 0
+
+
+def test_the_journal_records_puts_with_epoch_expiry_and_forgets_what_it_hands_over():
+    state = RendezvousState(journal=True)
+    register(state, "a", now=10.0, points=["p"], tokens=["t"], relay="r", ip="ip-1")
+    assert state.journal_size == 2
+    assert state.sizes()["journal"] == 2
+    # Taken later: the expiry is the time left, added to the epoch time of the taking.
+    assert take(state, 15.0) == [
+        PutEntry("daily", "p", "a", "a@p", "r", epoch(10.0 + DAILY_TTL_S), "ip-1"),
+        PutEntry("hourly", "t", "a", "", "r", epoch(10.0 + HOURLY_TTL_S), "ip-1"),
+    ]
+    assert state.journal_size == 0
+    assert take(state, 15.0) == []
+
+
+def test_enable_journal_starts_recording_from_then_on(state):
+    register(state, "a", points=["p"])
+    state.enable_journal()
+    state.enable_journal()  # idempotent
+    register(state, "b", now=1.0, points=["p"], drop="x")
+    assert take(state, 1.0) == [
+        PutEntry("daily", "p", "b", "x", None, epoch(1.0 + DAILY_TTL_S), IP)
+    ]
+
+
+def test_replacing_is_one_put_and_every_removal_but_expiry_is_a_drop():
+    state = RendezvousState(journal=True, drops_per_point=2)
+    register(state, "a", now=0.0, points=["p"])
+    register(state, "a", now=1.0, points=["p"], drop="new")  # a replacement: a put, no drop
+    register(state, "b", now=2.0, points=["p"])
+    register(state, "c", now=3.0, points=["p"])  # a, the oldest at p, gives way
+    register(state, "c", now=4.0, tokens=["t"])
+    state.remove_peer("c")
+    changes = take(state, 4.0)
+    assert [type(change).__name__ for change in changes] == [
+        "PutEntry",
+        "PutEntry",
+        "PutEntry",
+        "PutEntry",
+        "DropEntry",
+        "PutEntry",
+        "DropEntry",
+        "DropEntry",
+    ]
+    assert changes[1].dead_drop == "new"
+    assert changes[4] == DropEntry("daily", "p", "a")
+    assert set(changes[6:]) == {DropEntry("daily", "p", "c"), DropEntry("hourly", "t", "c")}
+    # Expiry is never journaled: the copy drops a key at its own expiry.
+    assert state.sweep(hours(49)) == 1
+    assert state.statistics(hours(49))["totalEntries"] == 0
+    assert take(state, hours(49)) == []
+
+
+def test_the_per_peer_and_per_ip_bounds_journal_what_gives_way():
+    state = RendezvousState(journal=True, max_entries_per_peer=2, entries_per_ip=3)
+    register(state, "a", now=0.0, points=["p1", "p2", "p3"], ip="ip-1")
+    changes = take(state, 0.0)
+    assert [change for change in changes if isinstance(change, DropEntry)] == [
+        DropEntry("daily", "p1", "a")
+    ]
+    register(state, "b", now=1.0, tokens=["t1", "t2"], ip="ip-1")  # ip-1 holds 4: p2 goes
+    assert [change for change in take(state, 1.0) if isinstance(change, DropEntry)] == [
+        DropEntry("daily", "p2", "a")
+    ]
+
+
+@settings(deadline=None, max_examples=150)
+@given(rendezvous_ops)
+def test_replaying_the_journal_gives_the_live_entries_and_restoring_it_the_same_state(ops):
+    bounds = {"max_entries_per_peer": 2, "drops_per_point": 2, "entries_per_ip": 3}
+    state = RendezvousState(journal=True, **bounds)
+    ip_of = {"a": "ip-1", "b": "ip-1", "c": "ip-1", "d": "ip-2"}
+    copy: dict = {}
+    now = 0.0
+    for op, *args in ops:
+        now += 1.0
+        if op == "register":
+            peer, points, tokens = args
+            register(state, peer, now=now, points=points, tokens=tokens, ip=ip_of[peer])
+        elif op == "remove":
+            state.remove_peer(args[0])
+        else:
+            now += args[0]
+            state.sweep(now)
+        replay(copy, take(state, now))
+        assert live_in(copy, now) == live_entries(state, now)
+    # A state restored from the copy, at another trio time, is the same state: the same
+    # entries in the same order in every map, the same answers.
+    later, offset = now + 0.5, 1000.0
+    restored = RendezvousState(journal=True, **bounds)
+    loaded = restored.restore(live_in(copy, later), later + offset, epoch(later))
+    assert take(restored, later + offset) == []  # nothing gave way, nothing to write back
+    state.statistics(later)  # the original forgets what has expired by then
+    assert loaded == state.statistics(later)["totalEntries"]
+    assert state.sizes() == restored.sizes()
+    for kind in ("daily", "hourly"):
+        assert _orders(restored._tables[kind]) == _orders(state._tables[kind])
+        assert _orders(restored._peer_keys[kind]) == _orders(state._peer_keys[kind])
+    assert _orders(restored._ip_keys) == _orders(state._ip_keys)
+    reader = {"points": ["x", "y", "z"], "tokens": ["x", "y", "z"], "ip": "ip-3"}
+    assert (
+        register(restored, "reader", now=later + offset, **reader).result
+        == register(state, "reader", now=later, **reader).result
+    )
+
+
+def _orders(maps):
+    return {key: list(inner) for key, inner in maps.items()}
+
+
+def test_restore_converts_expiry_to_trio_time_and_skips_what_has_expired():
+    state = RendezvousState()
+    now, now_ms = 500.0, EPOCH_MS
+    loaded = state.restore(
+        [
+            PutEntry("daily", "p", "gone", "g", None, now_ms, IP),  # expires exactly now
+            PutEntry("daily", "p", "a", "a-drop", "r", now_ms + 3_600_000, IP),
+            PutEntry("hourly", "t", "b", "", None, now_ms + 60_000, IP),
+        ],
+        now,
+        now_ms,
+    )
+    assert loaded == 2
+    assert state.next_deadline() == now + SWEEP_INTERVAL_S
+    found = register(state, "c", now=now + 59, points=["p"], tokens=["t"])
+    assert dead_drops(found) == [{"peerId": "a", "deadDrop": "a-drop", "relayId": "r"}]
+    assert live(found) == [{"peerId": "b"}]
+    state.remove_peer("c")
+    assert state.statistics(now + 60)["hourlyEntries"] == 0  # b's token: 60 s after now
+    assert state.statistics(now + 3599)["dailyEntries"] == 1
+    assert state.statistics(now + 3600)["dailyEntries"] == 0
+    assert set(state.sizes().values()) == {0}
+
+
+def test_restore_never_keeps_an_entry_longer_than_its_ttl_from_now():
+    state = RendezvousState()
+    far = EPOCH_MS + 10 * DAILY_TTL_S * 1000  # a clock far ahead wrote it
+    state.restore(
+        [
+            PutEntry("daily", "p", "a", "d", None, far, IP),
+            PutEntry("hourly", "t", "a", "not at a token", None, far, IP),
+        ],
+        0.0,
+        EPOCH_MS,
+    )
+    assert state._tables["hourly"]["t"]["a"].dead_drop == ""
+    assert state.statistics(HOURLY_TTL_S - 1)["hourlyEntries"] == 1
+    assert state.statistics(HOURLY_TTL_S)["hourlyEntries"] == 0
+    assert state.statistics(DAILY_TTL_S - 1)["dailyEntries"] == 1
+    assert state.statistics(DAILY_TTL_S)["dailyEntries"] == 0
+
+
+def test_restore_keeps_the_order_given_and_applies_the_bounds_journaling_what_gives_way():
+    state = RendezvousState(journal=True, drops_per_point=3, max_entries_per_peer=2)
+    until = EPOCH_MS + 3_600_000
+    puts = [PutEntry("daily", "p", peer, f"{peer}-drop", None, until, IP) for peer in "abcde"]
+    puts += [PutEntry("hourly", f"t{i}", "z", "", None, until, IP) for i in range(3)]
+    assert state.restore(puts, 0.0, EPOCH_MS) == 8
+    # The oldest at p, and z's oldest token, gave way; the rest is what the copy must drop.
+    assert take(state, 0.0) == [
+        DropEntry("daily", "p", "a"),
+        DropEntry("daily", "p", "b"),
+        DropEntry("hourly", "t0", "z"),
+    ]
+    found = register(state, "reader", now=1.0, points=["p"], drop="")
+    assert [drop["peerId"] for drop in dead_drops(found)] == ["e", "d", "c"]
+
+
+def test_restore_needs_an_empty_state_and_nothing_loaded_schedules_no_sweep(state):
+    assert state.restore([PutEntry("daily", "p", "a", "", None, EPOCH_MS, IP)], 0.0, EPOCH_MS) == 0
+    assert state.next_deadline() == math.inf
+    register(state, "a", points=["p"])
+    with pytest.raises(ValueError, match="empty"):
+        state.restore([], 0.0, EPOCH_MS)

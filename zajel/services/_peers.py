@@ -87,9 +87,14 @@ class Inbound:
 
 @attrs.frozen
 class Detach:
-    """A connection closed, for any reason: run its cleanup."""
+    """A connection closed, for any reason: run its cleanup.
+
+    ``lost``: the connection was lost with its node (docs/cluster.md): state that outlives a
+    node is kept. A service that keeps no such state treats it as any other ``Detach``.
+    """
 
     conn_id: ConnId
+    lost: bool = False
 
 
 class PeerTable:

@@ -15,7 +15,13 @@ Invariants:
   rendezvous budgets per client address count by it.
 - Entries belong to the connection that made them: when it closes, its relay entry goes, then
   its meeting points and tokens, then its socket mapping. Cleanup never removes state that a
-  newer connection holds for the same ``peerId``.
+  newer connection holds for the same ``peerId``. One exception (cluster mode): a connection
+  lost with its node (``Detach.lost``) keeps its meeting points and tokens, which outlive any
+  node; they stay until they expire, or until the peer registers them again or a later
+  connection of that peer closes.
+- Cluster mode (``mirror`` set): every change of the rendezvous entries is handed to the mirror,
+  which keeps them in Redis, at the end of the request or timer that made it; ``restore`` loads
+  them back before the service task starts. The service itself still never waits or does I/O.
 
 Work: every message costs time proportional to what it carries and the frames it causes
 (the state classes keep their per-request work bounded: see their docstrings), and
@@ -28,7 +34,7 @@ lookups even between sweeps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -50,7 +56,7 @@ from zajel.protocol.relay import (
 )
 from zajel.services._peers import Attach, ConnId, Detach, Identity, Inbound, Out, PeerTable
 from zajel.services.relays import RelayRegistryState
-from zajel.services.rendezvous import RendezvousState
+from zajel.services.rendezvous import Mirror, PutEntry, RendezvousState
 
 log = logging.getLogger("zajel.relay")
 
@@ -77,10 +83,16 @@ class RelayService:
         rendezvous: RendezvousState,
         *,
         epoch_ms: Callable[[], int] = clock.epoch_ms,
+        mirror: Mirror | None = None,
     ) -> None:
+        """``mirror``: where the changes of the rendezvous entries go (cluster mode); giving
+        one enables ``rendezvous``'s journal."""
         self.relays = relays
         self.rendezvous = rendezvous
         self._epoch_ms = epoch_ms
+        self._mirror = mirror
+        if mirror is not None:
+            rendezvous.enable_journal()
         self._peers = PeerTable(log)
         self._ips: dict[ConnId, str] = {}  # connection -> its client's per-IP key
         self._bound: dict[ConnId, str] = {}  # connection -> its peerId
@@ -89,7 +101,7 @@ class RelayService:
         self._sender: ConnId | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> RelayService:
+    def from_config(cls, config: Config, *, mirror: Mirror | None = None) -> RelayService:
         # One peer may hold the points of a few days' rotations, not unbounded many.
         rendezvous = RendezvousState(
             max_entries_per_peer=4 * config.rendezvous_max_items,
@@ -97,37 +109,53 @@ class RelayService:
             reply_bytes=config.rendezvous_reply_bytes,
             entries_per_ip=config.rendezvous_entries_per_ip,
         )
-        return cls(RelayRegistryState(), rendezvous)
+        return cls(RelayRegistryState(), rendezvous, mirror=mirror)
+
+    def restore(self, entries: Iterable[PutEntry], now: float, now_ms: int | None = None) -> int:
+        """Load the rendezvous entries kept by the mirror (oldest first) into the still empty
+        state, before the service task starts; returns how many are live. ``now`` is trio's
+        clock, ``now_ms`` the epoch milliseconds at it (read from ``epoch_ms`` when not
+        given). What a bound makes give way goes to the mirror as dropped."""
+        loaded = self.rendezvous.restore(
+            entries, now, self._epoch_ms() if now_ms is None else now_ms
+        )
+        self._mirror_changes(now)
+        return loaded
 
     # -- the service protocol --------------------------------------------------------------
 
     def handle(self, request: Any, now: float) -> Any:
-        if type(request) is Inbound:
-            self._sender = request.conn_id
-            try:
-                outs = self._on_message(request.conn_id, request.message, now)
-            except Exception:
-                log.exception("message failed", extra=context(conn=request.conn_id))
-                outs = [(request.conn_id, errors.internal_error().to_frame())]
-            self._deliver(outs)
-            self._peers.handled(request.conn_id)
-            self._sender = None
-        elif type(request) is Attach:
-            self._peers.attach(request.conn_id, request.peer)
-            self._ips[request.conn_id] = request.ip
-        elif type(request) is Detach:
-            self._disconnect(request.conn_id)
-            self._peers.detach(request.conn_id)
-            self._ips.pop(request.conn_id, None)
-        elif type(request) is GetRelayStats:
-            # Timers already due fire first, so the counts are of live entries; every count is
-            # kept as entries come and go, so this costs no scan of the state.
-            if self.next_deadline() <= now:
-                self.expire(now)
-            return RelayStats(self.relays.statistics(), self.rendezvous.statistics(now))
-        else:
-            raise TypeError(f"unknown request {type(request).__name__}")
-        return None
+        try:
+            if type(request) is Inbound:
+                self._sender = request.conn_id
+                try:
+                    outs = self._on_message(request.conn_id, request.message, now)
+                except Exception:
+                    log.exception("message failed", extra=context(conn=request.conn_id))
+                    outs = [(request.conn_id, errors.internal_error().to_frame())]
+                self._deliver(outs)
+                self._peers.handled(request.conn_id)
+                self._sender = None
+            elif type(request) is Attach:
+                self._peers.attach(request.conn_id, request.peer)
+                self._ips[request.conn_id] = request.ip
+            elif type(request) is Detach:
+                self._disconnect(request.conn_id, lost=request.lost)
+                self._peers.detach(request.conn_id)
+                self._ips.pop(request.conn_id, None)
+            elif type(request) is GetRelayStats:
+                # Timers already due fire first, so the counts are of live entries; every count
+                # is kept as entries come and go, so this costs no scan of the state.
+                if self.next_deadline() <= now:
+                    self.expire(now)
+                return RelayStats(self.relays.statistics(), self.rendezvous.statistics(now))
+            else:
+                raise TypeError(f"unknown request {type(request).__name__}")
+            return None
+        finally:
+            # Whatever the request changed goes to the mirror, even when it failed half way.
+            if self._mirror is not None:
+                self._mirror_changes(now)
 
     def next_deadline(self) -> float:
         return self.rendezvous.next_deadline()
@@ -137,6 +165,7 @@ class RelayService:
             removed = self.rendezvous.sweep(now)
             if removed:
                 log.debug("rendezvous sweep", extra=context(removed=removed))
+            self._mirror_changes(now)  # nothing, today: an expiry is not journaled
 
     def sizes(self) -> dict[str, int]:
         """Entries of the routing maps (memory-bound tests expect all zero when idle)."""
@@ -221,14 +250,17 @@ class RelayService:
 
     # -- connections -----------------------------------------------------------------------
 
-    def _disconnect(self, conn: ConnId) -> None:
+    def _disconnect(self, conn: ConnId, *, lost: bool = False) -> None:
         """Clean up after ``conn`` in the order of docs/protocol/relay.md, "Disconnect" (its
-        chunk sources and requests are the ChunkIndex's, which cleans them up itself)."""
+        chunk sources and requests are the ChunkIndex's, which cleans them up itself).
+        ``lost``: the connection was lost with its node, and its rendezvous entries stay
+        (docs/cluster.md)."""
         peer_id = self._bound.pop(conn, None)
         if peer_id is None or self._owners.get(peer_id) != conn:
             return  # never registered, or a newer connection holds this peerId now
         self.relays.remove(peer_id)
-        self.rendezvous.remove_peer(peer_id)
+        if not lost:
+            self.rendezvous.remove_peer(peer_id)
         del self._owners[peer_id]
         log.debug("peer left", extra=context(conn=conn))
 
@@ -239,3 +271,8 @@ class RelayService:
 
     def _deliver(self, outs: list[Out]) -> None:
         self._peers.deliver(outs, self._drop, self._sender)
+
+    def _mirror_changes(self, now: float) -> None:
+        """Hand the rendezvous journal to the mirror, if there is one and it holds anything."""
+        if self._mirror is not None and self.rendezvous.journal_size:
+            self._mirror.record(self.rendezvous.take_journal(now, self._epoch_ms()))

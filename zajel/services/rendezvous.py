@@ -31,12 +31,22 @@ So the work of one ``register`` is bounded by what it brings (at most 50 points 
 docs/protocol/relay.md) times ``drops_per_point``, plus the reply budget; never by the size of
 the state.
 
+The journal (cluster mode: the entries live in Redis with their TTLs, so a dead drop outlives
+the node that took it; docs/protocol/relay.md, "Rendezvous"). Once enabled, every entry stored
+or replaced is recorded as a ``PutEntry`` and every entry removed for any reason but its expiry
+(giving way to a bound, ``remove_peer``) as a ``DropEntry``, in the order they happened;
+``take_journal`` hands them over with their expiry in epoch milliseconds. An expiry is never
+recorded: the store drops the key at its own TTL. ``restore`` loads such entries back into an
+empty state, oldest first, as if they were registered again in that order, with the expiry
+they had (never later than a TTL from now); what a bound makes give way is journaled as dropped.
+
 TTLs: a daily point entry lives ``DAILY_TTL_S`` (48 h), an hourly token entry
 ``HOURLY_TTL_S`` (3 h), both from its latest registration. A sweep runs every
 ``SWEEP_INTERVAL_S`` (5 min): the first is due ``SWEEP_INTERVAL_S`` after the first
-``register``, each later one ``SWEEP_INTERVAL_S`` after the previous sweep's ``now``; before
-any registration there is nothing to sweep and ``next_deadline()`` is ``inf``. ``statistics``
-removes the entries already expired too, so its counts are of live entries and cost no scan.
+``register`` (or the ``restore`` that loaded an entry), each later one ``SWEEP_INTERVAL_S``
+after the previous sweep's ``now``; before any registration there is nothing to sweep and
+``next_deadline()`` is ``inf``. ``statistics`` removes the entries already expired too, so its
+counts are of live entries and cost no scan.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 
@@ -60,9 +70,48 @@ DROPS_PER_POINT_DEFAULT: Final = 20
 REPLY_BYTES_DEFAULT: Final = 128 << 10
 ENTRIES_PER_IP_DEFAULT: Final = 2_000
 
-_Kind = Literal["daily", "hourly"]
+Kind = Literal["daily", "hourly"]
 # An entry's key: (kind, point or token, peer id).
-_Key = tuple[_Kind, str, str]
+_Key = tuple[Kind, str, str]
+
+
+@attrs.frozen
+class PutEntry:
+    """A journaled change: the entry of ``peer_id`` at point or token ``name`` was stored or
+    replaced. Also what ``restore`` loads.
+
+    ``expires_ms`` is its expiry in epoch milliseconds; ``ip`` the client address its per-IP
+    budget counts by; ``dead_drop`` is always ``""`` at an hourly token.
+    """
+
+    kind: Kind
+    name: str
+    peer_id: str
+    dead_drop: str
+    relay_id: str | None
+    expires_ms: int
+    ip: str
+
+
+@attrs.frozen
+class DropEntry:
+    """A journaled change: the entry of ``peer_id`` at ``name`` was removed before its expiry
+    (it gave way to a bound, or the peer left)."""
+
+    kind: Kind
+    name: str
+    peer_id: str
+
+
+Change = PutEntry | DropEntry
+
+
+class Mirror(Protocol):
+    """Where the owner of the rendezvous state sends its journal (cluster mode): a copy of the
+    entries kept elsewhere (``zajel.cluster.rendezvous.RendezvousMirror``)."""
+
+    def record(self, changes: list[Change]) -> None:
+        """Take ``changes`` (in the order they happened) to write later; never waits."""
 
 
 @attrs.frozen
@@ -96,26 +145,29 @@ class RendezvousState:
         drops_per_point: int = DROPS_PER_POINT_DEFAULT,
         reply_bytes: int = REPLY_BYTES_DEFAULT,
         entries_per_ip: int = ENTRIES_PER_IP_DEFAULT,
+        journal: bool = False,
     ) -> None:
         self._max_entries_per_peer = max(max_entries_per_peer, 1)
         self._drops_per_point = max(drops_per_point, 1)
         self._reply_bytes = reply_bytes
         self._entries_per_ip = max(entries_per_ip, 1)
         # kind -> point or token -> peer -> entry
-        self._tables: dict[_Kind, dict[str, OrderedDict[str, _Entry]]] = {
+        self._tables: dict[Kind, dict[str, OrderedDict[str, _Entry]]] = {
             "daily": {},
             "hourly": {},
         }
         # kind -> peer -> its points or tokens
-        self._peer_keys: dict[_Kind, dict[str, OrderedDict[str, None]]] = {
+        self._peer_keys: dict[Kind, dict[str, OrderedDict[str, None]]] = {
             "daily": {},
             "hourly": {},
         }
         self._ip_keys: dict[str, OrderedDict[_Key, None]] = {}  # client address -> its entries
-        self._counts: dict[_Kind, int] = {"daily": 0, "hourly": 0}
+        self._counts: dict[Kind, int] = {"daily": 0, "hourly": 0}
         self._expiry: Deadlines[_Key] = Deadlines()
         self._next_sweep = math.inf
         self._seq = 0
+        # The changes not yet taken, when journaling: the entry stored, or None when dropped.
+        self._journal: list[tuple[_Key, _Entry | None]] | None = [] if journal else None
 
     def register(
         self,
@@ -150,17 +202,13 @@ class RendezvousState:
             if entry.dead_drop
         )
 
+        daily_until = now + DAILY_TTL_S
         for point in daily_points:
-            self._store("daily", point, peer_id, dead_drop_for(point), relay_id, now, ip)
+            self._store("daily", point, peer_id, dead_drop_for(point), relay_id, daily_until, ip)
+        hourly_until = now + HOURLY_TTL_S
         for token in hourly_tokens:
-            self._store("hourly", token, peer_id, "", relay_id, now, ip)
-        for kind in ("daily", "hourly"):
-            keys = self._peer_keys[kind].get(peer_id)
-            while keys is not None and len(keys) > self._max_entries_per_peer:
-                self._drop((kind, next(iter(keys)), peer_id))
-        held = self._ip_keys.get(ip)
-        while held is not None and len(held) > self._entries_per_ip:
-            self._drop(next(iter(held)))
+            self._store("hourly", token, peer_id, "", relay_id, hourly_until, ip)
+        self._give_way(peer_id, ip)
 
         push = {"type": "rendezvous_match", "match": _with_relay({"peerId": peer_id}, relay_id)}
         return RendezvousOutcome(
@@ -174,6 +222,75 @@ class RendezvousState:
         for kind in ("daily", "hourly"):
             for name in list(self._peer_keys[kind].get(peer_id, ())):
                 self._drop((kind, name, peer_id))
+
+    # -- the journal ---------------------------------------------------------------------
+
+    def enable_journal(self) -> None:
+        """Record every change from now on (see the module docstring); idempotent."""
+        if self._journal is None:
+            self._journal = []
+
+    @property
+    def journal_size(self) -> int:
+        """Changes recorded and not yet taken (0 when not journaling)."""
+        return 0 if self._journal is None else len(self._journal)
+
+    def take_journal(self, now: float, now_ms: int) -> list[Change]:
+        """The changes recorded since the last call, oldest first, and forget them.
+
+        ``now_ms`` is the epoch time, in milliseconds, at trio time ``now``: an entry's expiry
+        is recorded as ``now_ms`` plus the time it has left.
+        """
+        journal = self._journal
+        if not journal:
+            return []
+        self._journal = []
+        return [
+            DropEntry(*key)
+            if entry is None
+            else PutEntry(
+                *key,
+                dead_drop=entry.dead_drop,
+                relay_id=entry.relay_id,
+                expires_ms=now_ms + round((entry.expires_at - now) * 1000),
+                ip=entry.ip,
+            )
+            for key, entry in journal
+        ]
+
+    def restore(self, entries: Iterable[PutEntry], now: float, now_ms: int) -> int:
+        """Load ``entries`` (oldest first) into this empty state; returns how many are live.
+
+        ``now_ms`` is the epoch time, in milliseconds, at trio time ``now``. An entry already
+        expired at ``now_ms`` is skipped; every other one is stored as a registration at that
+        point in the order given, expiring when it did (at most a TTL from ``now``), and every
+        bound applies as on ``register``. The entries are not journaled (they come from the
+        copy), but what gives way to a bound is, as dropped.
+        """
+        if self._counts["daily"] or self._counts["hourly"]:
+            raise ValueError("restore needs an empty rendezvous state")
+        loaded = 0
+        for put in entries:
+            if put.expires_ms <= now_ms:
+                continue
+            ttl = DAILY_TTL_S if put.kind == "daily" else HOURLY_TTL_S
+            expires_at = now + min((put.expires_ms - now_ms) / 1000, ttl)
+            dead_drop = put.dead_drop if put.kind == "daily" else ""
+            self._store(
+                put.kind,
+                put.name,
+                put.peer_id,
+                dead_drop,
+                put.relay_id,
+                expires_at,
+                put.ip,
+                journal=False,
+            )
+            self._give_way(put.peer_id, put.ip)
+            loaded += 1
+        if loaded and self._next_sweep == math.inf:
+            self._next_sweep = now + SWEEP_INTERVAL_S
+        return loaded
 
     # -- timers --------------------------------------------------------------------------
 
@@ -215,12 +332,13 @@ class RendezvousState:
             "ip_entries": sum(len(keys) for keys in self._ip_keys.values()),
             "counted": self._counts["daily"] + self._counts["hourly"],
             "expiry": len(self._expiry),
+            "journal": self.journal_size,
         }
 
     # -- internals -----------------------------------------------------------------------
 
     def _newest(
-        self, kind: _Kind, names: Sequence[str], peer_id: str, now: float
+        self, kind: Kind, names: Sequence[str], peer_id: str, now: float
     ) -> Iterator[tuple[str, _Entry]]:
         """Other peers' live entries at ``names``, newest first, each peer once (its newest).
 
@@ -241,18 +359,20 @@ class RendezvousState:
 
     def _store(
         self,
-        kind: _Kind,
+        kind: Kind,
         name: str,
         peer_id: str,
         dead_drop: str,
         relay_id: str | None,
-        now: float,
+        expires_at: float,
         ip: str,
+        *,
+        journal: bool = True,
     ) -> None:
-        """Store (or replace) ``peer_id``'s entry at ``name`` as the newest; the oldest at
-        ``name`` gives way past ``drops_per_point``."""
+        """Store (or replace) ``peer_id``'s entry at ``name`` as the newest, live until
+        ``expires_at``; the oldest at ``name`` gives way past ``drops_per_point``. ``journal``:
+        record the entry (when journaling)."""
         key = (kind, name, peer_id)
-        expires_at = now + (DAILY_TTL_S if kind == "daily" else HOURLY_TTL_S)
         self._seq += 1
         entries = self._tables[kind].setdefault(name, OrderedDict())
         old = entries.pop(peer_id, None)
@@ -260,7 +380,9 @@ class RendezvousState:
             self._counts[kind] += 1
         else:
             self._ip_keys[old.ip].pop(key)
-        entries[peer_id] = _Entry(dead_drop, relay_id, expires_at, ip, self._seq)
+        entry = entries[peer_id] = _Entry(dead_drop, relay_id, expires_at, ip, self._seq)
+        if journal and self._journal is not None:
+            self._journal.append((key, entry))
         _to_end(self._peer_keys[kind].setdefault(peer_id, OrderedDict()), name)
         _to_end(self._ip_keys.setdefault(ip, OrderedDict()), key)
         self._expiry.schedule(key, expires_at)
@@ -269,8 +391,20 @@ class RendezvousState:
         if old is not None and not self._ip_keys.get(old.ip, True):
             del self._ip_keys[old.ip]
 
-    def _drop(self, key: _Key) -> None:
-        """Remove one entry from every map that holds it."""
+    def _give_way(self, peer_id: str, ip: str) -> None:
+        """Past the per-peer bound of either kind, or the per-IP bound, the oldest entries of
+        ``peer_id`` or ``ip`` give way."""
+        for kind in ("daily", "hourly"):
+            keys = self._peer_keys[kind].get(peer_id)
+            while keys is not None and len(keys) > self._max_entries_per_peer:
+                self._drop((kind, next(iter(keys)), peer_id))
+        held = self._ip_keys.get(ip)
+        while held is not None and len(held) > self._entries_per_ip:
+            self._drop(next(iter(held)))
+
+    def _drop(self, key: _Key, *, journal: bool = True) -> None:
+        """Remove one entry from every map that holds it; ``journal``: record the removal
+        (when journaling; an expiry is not recorded)."""
         kind, name, peer_id = key
         entries = self._tables[kind][name]
         entry = entries.pop(peer_id)
@@ -286,11 +420,13 @@ class RendezvousState:
             del self._ip_keys[entry.ip]
         self._counts[kind] -= 1
         self._expiry.cancel(key)
+        if journal and self._journal is not None:
+            self._journal.append((key, None))
 
     def _remove_expired(self, now: float) -> int:
         due = self._expiry.pop_due(now)
         for key in due:
-            self._drop(key)
+            self._drop(key, journal=False)
         return len(due)
 
 
