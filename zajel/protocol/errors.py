@@ -27,6 +27,8 @@ NOT_CONFIGURED = "not_configured"
 REGISTRY_FULL = "registry_full"
 NOT_FOUND = "not_found"
 STORE_UNAVAILABLE = "store_unavailable"
+# docs/cluster.md, "What clients see": a message that needs another node while Redis is down.
+UNAVAILABLE = "unavailable"
 # The AttestationRegistry (docs/protocol/attestation.md, "Requests"): 403 refusals and 429 limits.
 FORBIDDEN = "forbidden"
 TOO_MANY = "too_many"
@@ -114,6 +116,10 @@ def body_too_large() -> ProtocolError:
 
 def unauthorized() -> ProtocolError:
     return ProtocolError(UNAUTHORIZED, "Unauthorized")
+
+
+def cluster_unavailable() -> ProtocolError:
+    return ProtocolError(UNAVAILABLE, "Cluster unavailable")
 
 
 def store_unavailable() -> ProtocolError:

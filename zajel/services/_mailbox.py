@@ -23,12 +23,27 @@ import trio
 from zajel.logs import context
 
 
+class Reply(Protocol):
+    """Where a service's answer goes: a one-slot memory channel of the caller's, or the way
+    back to a caller on another node (``zajel.cluster.node``)."""
+
+    def send_nowait(self, value: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @attrs.frozen
 class Envelope:
     """One request to a service; ``reply`` is set when the caller waits for an answer."""
 
     request: Any
-    reply: trio.MemorySendChannel[Any] | None = None
+    reply: Reply | None = None
+
+
+class Unavailable(Exception):
+    """The service cannot be reached now (in cluster mode: Redis is down, the service has no
+    owner, or its owner did not answer in time); the front end answers 503 or the
+    ``unavailable`` error (docs/cluster.md, "What clients see")."""
 
 
 @attrs.frozen
@@ -84,6 +99,10 @@ class LocalAddress:
 
     def cast_nowait(self, request: Any) -> None:
         self._inbox.send_nowait(Envelope(request))
+
+    async def send(self, envelope: Envelope) -> None:
+        """Queue ``envelope`` as it is (a request whose reply goes elsewhere)."""
+        await self._inbox.send(envelope)
 
 
 async def run_service(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -22,15 +23,31 @@ from zajel.storage import Store
 INBOX_SIZE = 1024
 
 
+class ClusterView(Protocol):
+    """What the front end asks of this node's cluster (docs/cluster.md)."""
+
+    @property
+    def available(self) -> bool:
+        """False while Redis cannot be reached: new connections and work are refused."""
+
+    def status(self) -> dict[str, Any]:
+        """The ``"cluster"`` section of ``/stats``."""
+
+    def count_connections(self, count: Callable[[], int]) -> None:
+        """Where this node's open WebSocket count is read (the cluster's totals)."""
+
+
 @attrs.frozen
 class Services:
-    """The addresses of the running services; the front end holds only this."""
+    """The addresses of the running services; the front end holds only this. ``cluster`` is
+    set in cluster mode."""
 
     signaling: Address
     relay: Address
     chunks: Address
     servers: Address
     attestation: Address
+    cluster: ClusterView | None = None
 
 
 @asynccontextmanager

@@ -1,0 +1,717 @@
+"""One node of a cluster: its inbox, the messages it sends other nodes, its leases.
+
+Every node is an *edge* (it serves clients) and may be the *owner* of some services
+(docs/cluster.md). Invariants:
+
+- **Ownership.** A service runs on the node whose token (``"<node>:<epoch>"``) its lease key
+  holds, and on no other. ``owners`` is what this node last read of every lease; a service this
+  node runs is in ``_running`` under the token it was started with, and is stopped as soon as
+  the lease holds another value, or once ``lease_ms`` has passed since the last renewal this
+  node saw succeed (it can no longer know it is the owner; its Redis writes are fenced anyway).
+- **Connections.** A connection this node serves is attached to each service of its endpoint
+  under the owner token current at the time (``_tracked``). When a service's token changes,
+  every connection attached under the old one is closed with 1012 (service restart): the state
+  it registered is gone with the old owner. A connection of another node, attached to a service
+  this node owns, is a ``RemotePeer``, listed per edge node in ``_remote``; when that edge's
+  heartbeat key expires, each is detached with ``lost=True`` (state that outlives a node, the
+  rendezvous entries, is kept).
+- **The hop.** Messages to a node are queued per node and sent by one task as one PUBLISH per
+  node per round (``_flush``), in the order they were queued: a connection's answers, pushes,
+  ``handled`` marks and close arrive in the order the owner made them. A multicast to many
+  connections of one edge crosses once, with the list of its connections.
+- **Calls** carry a deadline (``call_timeout_ms``): a reply that does not come in time raises
+  ``ClusterUnavailable``, never hangs. Nothing between nodes is pickled: ``zajel.cluster.wire``.
+- **Degraded.** While Redis cannot be reached (the keeper's last call failed, or the hop's
+  connections are down), ``degraded`` is true: new work is refused with ``ClusterUnavailable``;
+  the node recovers by itself when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import attrs
+import coredis
+import orjson
+import trio
+
+from zajel.cluster import wire
+from zajel.cluster.fence import PREFIX, lease_key
+from zajel.cluster.link import (
+    LinkError,
+    Publisher,
+    RedisAddress,
+    Subscriber,
+    connect,
+)
+from zajel.logs import context
+from zajel.services._mailbox import Envelope, LocalAddress, Unavailable
+from zajel.services._peers import (
+    CLOSE_TRY_AGAIN_LATER,
+    Attach,
+    ConnId,
+    Detach,
+    Identity,
+    Peer,
+)
+
+log = logging.getLogger("zajel.cluster")
+
+# docs/cluster.md, "What clients see": the close code of a connection whose owner state is gone.
+CLOSE_SERVICE_RESTART: Final = 1012
+# How long a node's heartbeat key lives; a node that misses it this long counts as gone.
+NODE_TTL_MS: Final = 3_000
+# Latency samples kept for the hop's percentiles.
+LATENCY_SAMPLES: Final = 2048
+# Queued messages to one node past which ``cast_nowait`` refuses (the caller waits instead).
+MAX_QUEUED_OPS: Final = 20_000
+RECONNECT_DELAY_S: Final = 0.5
+
+Owner = str  # a lease token: "<node id>:<epoch>"
+
+
+class ClusterUnavailable(Unavailable):
+    """The cluster cannot serve this now: Redis is unreachable, a service has no owner, or a
+    call between nodes missed its deadline (docs/cluster.md, "What clients see")."""
+
+
+def owner_node(token: Owner) -> str:
+    """The instance (``"<node id>@<number>"``) a lease token names."""
+    return token.rpartition(":")[0]
+
+
+def node_of(instance: str) -> str:
+    """The node id of an instance."""
+    return instance.rpartition("@")[0] or instance
+
+
+@attrs.define
+class HopStats:
+    """Counters of the cross-node hop (``/stats`` and ``/metrics``)."""
+
+    messages_out: int = 0
+    bytes_out: int = 0
+    batches_out: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    batches_in: int = 0
+    calls: int = 0
+    call_timeouts: int = 0
+    latencies_ms: collections.deque[float] = attrs.field(
+        factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
+    )
+
+    def snapshot(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+
+        def percentile(share: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3)
+
+        return {
+            "messages_out": self.messages_out,
+            "bytes_out": self.bytes_out,
+            "batches_out": self.batches_out,
+            "messages_in": self.messages_in,
+            "bytes_in": self.bytes_in,
+            "batches_in": self.batches_in,
+            "calls": self.calls,
+            "call_timeouts": self.call_timeouts,
+            "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99)},
+        }
+
+
+class RemoteReply:
+    """The reply side of an envelope whose caller is on another node: what the service answers
+    travels back as a message (it quacks like the one-slot channel ``_mailbox`` uses)."""
+
+    def __init__(self, node: Node, caller: str, call_id: int) -> None:
+        self._node = node
+        self._caller = caller
+        self._call_id = call_id
+
+    def send_nowait(self, value: Any) -> None:
+        self._node.queue(self._caller, ["r", self._call_id, wire.to_wire(value)])
+
+    def close(self) -> None:
+        pass
+
+
+class RemotePeer:
+    """A connection served by another node, as the owner's service sees it: every call becomes
+    a message to that node, which applies it to the real connection (``Node._on_edge_op``).
+
+    A push is always accepted here; the edge applies the slow-consumer rule to its own queue and
+    closes the connection (1013) there, and its ``Detach`` follows.
+    """
+
+    __slots__ = ("_conn", "_edge", "_node")
+
+    def __init__(self, node: Node, edge: str, conn: ConnId) -> None:
+        self._node = node
+        self._edge = edge
+        self._conn = conn
+
+    def send_nowait(self, frame: str) -> bool:
+        self._node.push(self._edge, self._conn, frame)
+        return True
+
+    def answer_nowait(self, frame: str) -> None:
+        self._node.queue(self._edge, ["n", frame, self._conn])
+
+    def handled(self) -> None:
+        self._node.queue(self._edge, ["h", self._conn])
+
+    def close(self, code: int) -> None:
+        self._node.queue(self._edge, ["x", self._conn, code])
+
+    def identify(self, identity: Identity) -> None:
+        self._node.queue(self._edge, ["y", self._conn, wire.to_wire(identity)])
+
+
+# Renew what this node holds, take what nobody holds, and read every lease, in one call.
+# KEYS: the lease keys. ARGV[1]: node id, ARGV[2]: lease ms, ARGV[3..]: the tokens this node
+# holds, one per key ("" for none). Returns the value of every lease after the call.
+_KEEPER_LUA: Final = """
+local result = {}
+for i, key in ipairs(KEYS) do
+  local held = ARGV[i + 2]
+  local value = redis.call('GET', key)
+  if value and held ~= '' and value == held then
+    redis.call('PEXPIRE', key, ARGV[2])
+  elseif not value then
+    local epoch = redis.call('INCR', key .. ':epoch')
+    value = ARGV[1] .. ':' .. epoch
+    redis.call('SET', key, value, 'PX', ARGV[2])
+  end
+  result[i] = value
+end
+return result
+"""
+
+
+class Node:
+    """See the module docstring. ``services`` maps a service name to the coroutine function
+    that runs it while this node owns it: ``run(token, task_status)`` reports its
+    ``LocalAddress`` once started and runs until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        number: int,
+        client: coredis.Redis[bytes],
+        address: RedisAddress,
+        services: dict[str, Callable[..., Awaitable[None]]],
+        lease_ms: int,
+        call_timeout_ms: int,
+    ) -> None:
+        self.node_id = node_id
+        # This run of the node: a node restarted with the same id is another instance, so the
+        # state its previous run held is never taken for its own.
+        self.instance = f"{node_id}@{number}"
+        self.client = client
+        self.address = address
+        self._runners = services
+        self.lease_ms = lease_ms
+        self.call_timeout_s = call_timeout_ms / 1000
+        # Set by the server once listening: reported in the heartbeat.
+        self.listen_url_of: Callable[[], str] = lambda: ""
+        self.connections_of: Callable[[], int] = lambda: 0
+        self.peers: dict[str, dict[str, Any]] = {}  # the live nodes' last heartbeats
+        self.tick_s = min(0.5, lease_ms / 4000)
+        self.owners: dict[str, Owner | None] = {name: None for name in services}
+        self.degraded = True  # until the first keeper round and the hop are up
+        self.hop = HopStats()
+        self._channel_prefix = f"{PREFIX}{address.db}:node:"
+        self._inbox = (self._channel_prefix + self.instance).encode()
+        self._publisher: Publisher | None = None
+        self._hop_up = False
+        self._keeper_ok = False
+        self._last_renewal = -math.inf
+        # Services this node runs: name -> (token, its local address, its cancel scope).
+        self._running: dict[str, tuple[Owner, LocalAddress, trio.CancelScope]] = {}
+        self._starting: set[str] = set()
+        # Connections of this node, per service: conn -> (owner token, peer).
+        self._tracked: dict[str, dict[ConnId, tuple[Owner, Peer]]] = {n: {} for n in services}
+        # Connections of this node attached to a remote owner: conn -> (peer, attachments).
+        self._local_peers: dict[ConnId, list[Any]] = {}
+        # Connections of other nodes attached to services this node runs: edge -> service ->
+        # conns.
+        self._remote: dict[str, dict[str, set[ConnId]]] = {}
+        self._outgoing: dict[str, list[Any]] = {}
+        self._flush_wake = trio.Event()
+        self._flushed = trio.Event()
+        self._calls: dict[int, trio.MemorySendChannel[Any]] = {}
+        self._call_ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._keeper = client.register_script(_KEEPER_LUA)
+        self.nodes_seen = 1
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The node's tasks: the hop, the flusher, the keeper. Reports started once the first
+        keeper round has read every lease (owned services may still be starting)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._run_hop)
+            nursery.start_soon(self._run_flusher)
+            await self._keep_once()
+            nursery.start_soon(self._run_keeper)
+            task_status.started()
+
+    @property
+    def available(self) -> bool:
+        return not self.degraded
+
+    def _set_degraded(self) -> None:
+        degraded = not (self._hop_up and self._keeper_ok)
+        if degraded != self.degraded:
+            if degraded:
+                log.warning("cluster degraded: Redis unreachable", extra=context(node=self.node_id))
+            else:
+                log.info("cluster available", extra=context(node=self.node_id))
+        self.degraded = degraded
+
+    async def _run_hop(self) -> None:
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    subscriber = Subscriber(await connect(self.address), self._inbox)
+                    publisher = Publisher(await connect(self.address))
+                    await nursery.start(subscriber.run, self._on_batch)
+                    self._publisher = publisher
+                    nursery.start_soon(publisher.run)
+                    self._hop_up = True
+                    self._set_degraded()
+                    self._flush_wake.set()
+            except* LinkError as group:
+                log.warning(
+                    "cluster hop down",
+                    extra=context(node=self.node_id, error=str(group.exceptions[0])),
+                )
+            self._hop_up = False
+            self._publisher = None
+            self._set_degraded()
+            self._fail_calls()
+            await trio.sleep(RECONNECT_DELAY_S)
+
+    async def _run_keeper(self) -> None:
+        while True:
+            await trio.sleep(self.tick_s)
+            await self._keep_once()
+
+    async def _keep_once(self) -> None:
+        """One round: heartbeat, leases, and the edges this node's services hold state of."""
+        names = list(self.owners)
+        held = [self._running[name][0] if name in self._running else "" for name in names]
+        edges = sorted(self._remote)
+        now = trio.current_time()
+        try:
+            with trio.fail_after(max(self.tick_s * 2, 1.0)):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    heartbeat = orjson.dumps(
+                        {
+                            "url": self.listen_url_of(),
+                            "at": int(time.time() * 1000),
+                            "connections": self.connections_of(),
+                        }
+                    )
+                    pipe.set(f"{PREFIX}alive:{self.instance}", heartbeat, px=NODE_TTL_MS)
+                    pipe.hset(f"{PREFIX}nodes", {self.node_id: heartbeat})
+                    everyone = pipe.hgetall(f"{PREFIX}nodes")
+                    alive = [pipe.exists([f"{PREFIX}alive:{edge}"]) for edge in edges]
+                    leases: Awaitable[Any] = self._keeper(
+                        keys=[lease_key(name) for name in names],
+                        args=[self.instance, str(self.lease_ms), *held],
+                        client=pipe,
+                    )
+                values = [bytes(value).decode() for value in await leases]
+                alive_flags = [bool(await flag) for flag in alive]
+                self._read_nodes(await everyone)
+        except Exception as error:  # any Redis or connection failure
+            if self._keeper_ok:
+                log.warning(
+                    "cluster keeper failed", extra=context(node=self.node_id, error=str(error))
+                )
+            self._keeper_ok = False
+            self._set_degraded()
+            if now - self._last_renewal > self.lease_ms / 1000:
+                for name in list(self._running):
+                    self._stop(name, "lease not renewed")
+            return
+        self._keeper_ok = True
+        self._last_renewal = now
+        self._set_degraded()
+        for edge, up in zip(edges, alive_flags, strict=True):
+            if not up:
+                self._edge_lost(edge)
+        for name, token in zip(names, values, strict=True):
+            self._owner_seen(name, token)
+
+    def count_connections(self, count: Callable[[], int]) -> None:
+        """Where the heartbeat reads this node's open WebSocket count."""
+        self.connections_of = count
+
+    def _read_nodes(self, heartbeats: Any) -> None:
+        """The live nodes from their heartbeats; entries of nodes gone for a long time are
+        removed by ``zajel cluster status`` readers' filter, not here."""
+        now_ms = time.time() * 1000
+        peers: dict[str, dict[str, Any]] = {}
+        for key, value in heartbeats.items():
+            try:
+                beat = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if now_ms - beat.get("at", 0) <= NODE_TTL_MS:
+                peers[bytes(key).decode()] = beat
+        self.peers = peers
+        self.nodes_seen = max(len(peers), 1)
+
+    def _owner_seen(self, name: str, token: Owner) -> None:
+        running = self._running.get(name)
+        if running is not None and running[0] != token:
+            self._stop(name, "lease moved")
+        if self.owners[name] != token:
+            previous = self.owners[name]
+            self.owners[name] = None if owner_node(token) == self.instance else token
+            if previous is not None:
+                log.info(
+                    "service owner changed",
+                    extra=context(service=name, owner=owner_node(token), node=self.instance),
+                )
+            self._close_tracked(name, token)
+        mine = owner_node(token) == self.instance and self._nursery is not None
+        if mine and name not in self._running and name not in self._starting:
+            assert self._nursery is not None
+            self._starting.add(name)
+            self._nursery.start_soon(self._run_service, name, token)
+
+    async def _run_service(self, name: str, token: Owner) -> None:
+        """Run ``name`` while this node holds ``token``; it is visible to routing once started."""
+        scope = trio.CancelScope()
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    address = await nursery.start(self._runners[name], token)
+                    self._running[name] = (token, address, scope)
+                    self._starting.discard(name)
+                    self.owners[name] = token
+                    self._remote_forget(name)
+                    log.info("service owned", extra=context(service=name, node=self.node_id))
+        except Exception:
+            log.exception("service failed to start", extra=context(service=name))
+        finally:
+            self._starting.discard(name)
+            if self._running.get(name, (None,))[0] == token:
+                del self._running[name]
+                if self.owners[name] == token:
+                    self.owners[name] = None
+                self._close_tracked(name, None)
+                self._remote_forget(name)
+
+    def _stop(self, name: str, why: str) -> None:
+        running = self._running.pop(name, None)
+        if running is None:
+            return
+        log.warning("service stopped here", extra=context(service=name, why=why))
+        running[2].cancel()
+        self.owners[name] = None
+        self._close_tracked(name, None)
+        self._remote_forget(name)
+
+    # -- routing (the edge side) -------------------------------------------------------------
+
+    def route(self, name: str) -> LocalAddress | str:
+        """Where ``name`` runs now: its local address, or the owning node's id.
+
+        Raises ``ClusterUnavailable`` while degraded or while the service has no owner."""
+        if self.degraded:
+            raise ClusterUnavailable("Redis unreachable")
+        running = self._running.get(name)
+        if running is not None:
+            return running[1]
+        token = self.owners.get(name)
+        if token is None:
+            raise ClusterUnavailable(f"no owner for {name}")
+        return owner_node(token)
+
+    def current_token(self, name: str) -> Owner:
+        running = self._running.get(name)
+        if running is not None:
+            return running[0]
+        token = self.owners.get(name)
+        if token is None:
+            raise ClusterUnavailable(f"no owner for {name}")
+        return token
+
+    def track(self, name: str, conn: ConnId, peer: Peer, remote: bool) -> None:
+        """``conn`` of this node is attached to ``name`` under its current owner."""
+        self._tracked[name][conn] = (self.current_token(name), peer)
+        if remote:
+            entry = self._local_peers.get(conn)
+            if entry is None:
+                self._local_peers[conn] = [peer, 1]
+            else:
+                entry[1] += 1
+
+    def untrack(self, name: str, conn: ConnId) -> bool:
+        """Forget ``conn``'s attachment to ``name``; True when it was attached (under any
+        owner that is still current)."""
+        found = self._tracked[name].pop(conn, None) is not None
+        entry = self._local_peers.get(conn)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._local_peers[conn]
+        return found
+
+    def is_tracked(self, name: str, conn: ConnId) -> bool:
+        return conn in self._tracked[name]
+
+    def peer_of(self, name: str, conn: ConnId) -> Peer | None:
+        tracked = self._tracked[name].get(conn)
+        return tracked[1] if tracked is not None else None
+
+    async def flushed(self) -> None:
+        """Return after the next flush round."""
+        await self._flushed.wait()
+
+    def _close_tracked(self, name: str, token: Owner | None) -> None:
+        """Close (1012) this node's connections attached to ``name`` under another owner than
+        ``token``."""
+        tracked = self._tracked[name]
+        stale = [conn for conn, (owner, _) in tracked.items() if owner != token]
+        if stale:
+            log.info(
+                "closing connections of a moved service",
+                extra=context(service=name, connections=len(stale)),
+            )
+        for conn in stale:
+            _, peer = tracked.pop(conn)
+            entry = self._local_peers.pop(conn, None)
+            del entry
+            peer.close(CLOSE_SERVICE_RESTART)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def queue(self, node: str, op: list[Any]) -> None:
+        """Queue ``op`` for ``node``; sent with the next flush."""
+        ops = self._outgoing.get(node)
+        if ops is None:
+            self._outgoing[node] = ops = []
+            self._flush_wake.set()
+        ops.append(op)
+
+    def room(self, node: str) -> bool:
+        ops = self._outgoing.get(node)
+        return ops is None or len(ops) < MAX_QUEUED_OPS
+
+    def push(self, edge: str, conn: ConnId, text: str) -> None:
+        """Queue a push of ``text`` to ``conn`` on ``edge``: the same text to several
+        connections in a row is one op with their list."""
+        ops = self._outgoing.get(edge)
+        if ops:
+            last = ops[-1]
+            if last[0] == "p" and last[1] is text:
+                last[2].append(conn)
+                return
+        self.queue(edge, ["p", text, [conn]])
+
+    async def _run_flusher(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            # Let every task that is ready run first: what they queue goes in this round.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._flush()
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, {}
+        publisher = self._publisher
+        sent_at = time.time()
+        for node, ops in outgoing.items():
+            if publisher is None:
+                self._undeliverable(ops)
+                continue
+            payload = orjson.dumps([self.instance, sent_at, ops])
+            try:
+                publisher.publish_nowait((self._channel_prefix + node).encode(), payload)
+            except LinkError:
+                self._undeliverable(ops)
+                continue
+            self.hop.batches_out += 1
+            self.hop.messages_out += len(ops)
+            self.hop.bytes_out += len(payload)
+
+    def _undeliverable(self, ops: list[Any]) -> None:
+        """Ops that could not be sent: a caller waiting for a reply learns at once."""
+        for op in ops:
+            if op[0] == "q":
+                self._fail_call(op[2])
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(self, node: str, name: str, request: Any) -> Any:
+        """Send ``request`` to ``name`` on ``node`` and wait for its reply, within the call
+        deadline. Raises ``ClusterUnavailable``."""
+        call_id = next(self._call_ids)
+        send, receive = trio.open_memory_channel[Any](1)
+        self._calls[call_id] = send
+        self.hop.calls += 1
+        try:
+            self.queue(node, ["q", name, call_id, self.instance, wire.to_wire(request)])
+            with trio.move_on_after(self.call_timeout_s):
+                reply = await receive.receive()
+                if isinstance(reply, ClusterUnavailable):
+                    raise reply
+                return reply
+            self.hop.call_timeouts += 1
+            raise ClusterUnavailable(f"{name} did not answer in time")
+        finally:
+            self._calls.pop(call_id, None)
+
+    def _fail_call(self, call_id: int) -> None:
+        channel = self._calls.pop(call_id, None)
+        if channel is not None:
+            channel.send_nowait(ClusterUnavailable("Redis unreachable"))
+
+    def _fail_calls(self) -> None:
+        for call_id in list(self._calls):
+            self._fail_call(call_id)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _on_batch(self, payload: bytes) -> None:
+        try:
+            sender, sent_at, ops = orjson.loads(payload)
+        except (orjson.JSONDecodeError, ValueError):
+            log.error("undecodable cluster message", extra=context(size=len(payload)))
+            return
+        hop = self.hop
+        hop.batches_in += 1
+        hop.messages_in += len(ops)
+        hop.bytes_in += len(payload)
+        hop.latencies_ms.append((time.time() - sent_at) * 1000)
+        for op in ops:
+            try:
+                await self._on_op(sender, op)
+            except Exception:
+                log.exception("cluster message failed", extra=context(op=str(op[0])))
+
+    async def _on_op(self, sender: str, op: list[Any]) -> None:
+        kind = op[0]
+        if kind == "p":
+            _, text, conns = op
+            for conn in conns:
+                entry = self._local_peers.get(conn)
+                if entry is not None and not entry[0].send_nowait(text):
+                    log.warning("slow consumer disconnected", extra=context(conn=conn))
+                    entry[0].close(CLOSE_TRY_AGAIN_LATER)
+        elif kind == "n":
+            entry = self._local_peers.get(op[2])
+            if entry is not None:
+                entry[0].answer_nowait(op[1])
+        elif kind == "h":
+            entry = self._local_peers.get(op[1])
+            if entry is not None:
+                entry[0].handled()
+        elif kind == "x":
+            entry = self._local_peers.get(op[1])
+            if entry is not None:
+                entry[0].close(op[2])
+        elif kind == "y":
+            entry = self._local_peers.get(op[1])
+            if entry is not None:
+                entry[0].identify(wire.from_wire(op[2]))
+        elif kind == "r":
+            channel = self._calls.pop(op[1], None)
+            if channel is not None:
+                failed = len(op) > 3
+                channel.send_nowait(ClusterUnavailable(op[3]) if failed else wire.from_wire(op[2]))
+        else:
+            await self._on_service_op(sender, op)
+
+    async def _on_service_op(self, sender: str, op: list[Any]) -> None:
+        kind, name = op[0], op[1]
+        running = self._running.get(name)
+        if running is None:
+            # Not (or no longer) the owner: the edge learns of the new owner from the lease and
+            # closes its connections (1012); a call is answered at once.
+            if kind == "q":
+                self.queue(op[3], ["r", op[2], None, f"this node does not own {name}"])
+            return
+        address = running[1]
+        if kind == "a":
+            _, _, conn, ip = op
+            self._remote.setdefault(sender, {}).setdefault(name, set()).add(conn)
+            await address.cast(Attach(conn, RemotePeer(self, sender, conn), ip))
+        elif kind == "c":
+            request = wire.from_wire(op[2])
+            if type(request) is Detach:
+                held = self._remote.get(sender, {}).get(name)
+                if held is not None:
+                    held.discard(request.conn_id)
+            await address.cast(request)
+        elif kind == "q":
+            _, _, call_id, caller, request = op
+            reply = RemoteReply(self, caller, call_id)
+            await address.send(Envelope(wire.from_wire(request), reply))
+
+    def _edge_lost(self, edge: str) -> None:
+        """``edge`` is gone: its connections leave every service here (``lost``: state that
+        outlives a node is kept)."""
+        held = self._remote.pop(edge, {})
+        count = 0
+        for name, conns in held.items():
+            running = self._running.get(name)
+            if running is None:
+                continue
+            for conn in conns:
+                count += 1
+                try:
+                    running[1].cast_nowait(Detach(conn, lost=True))
+                except trio.WouldBlock:
+                    if self._nursery is not None:
+                        self._nursery.start_soon(running[1].cast, Detach(conn, lost=True))
+        if count:
+            log.warning(
+                "node gone: its connections detached", extra=context(edge=edge, count=count)
+            )
+
+    def _remote_forget(self, name: str) -> None:
+        for services in self._remote.values():
+            services.pop(name, None)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """``"cluster"`` of ``/stats``: this node, the node count and each service's owner."""
+        owners: dict[str, str | None] = {}
+        for name in self.owners:
+            if name in self._running:
+                owners[name] = self.node_id
+            else:
+                token = self.owners[name]
+                owners[name] = node_of(owner_node(token)) if token is not None else None
+        return {
+            "node": self.node_id,
+            "nodes": self.nodes_seen,
+            "owners": owners,
+            "degraded": self.degraded,
+            "per_node": {
+                node: {"connections": beat.get("connections", 0), "url": beat.get("url", "")}
+                for node, beat in sorted(self.peers.items())
+            },
+            "hop": self.hop.snapshot(),
+        }
