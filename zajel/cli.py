@@ -20,6 +20,7 @@ import trio
 from zajel import clock, logs
 from zajel.attestation import answer_challenge, check_release, make_reference, sign_build_token
 from zajel.bootstrap import SIGNATURE_HEADER, BootstrapError, verify_server_list
+from zajel.cluster import ClusterStartError
 from zajel.config import ENVIRONMENTS, Config, ConfigError
 from zajel.crypto import (
     InvalidKey,
@@ -41,6 +42,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env", choices=ENVIRONMENTS, help="environment (default development)")
     serve.add_argument("--data-dir", help="where the embedded store lives (default ./data)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    serve.add_argument(
+        "--cluster", metavar="URL", help="join the cluster on this Redis (docs/cluster.md)"
+    )
+    serve.add_argument("--node-id", help="this node's id in the cluster (default random)")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_const",
+        const="on",
+        help="bind with SO_REUSEPORT, so several nodes on one machine share the port",
+    )
+    cluster = commands.add_parser("cluster", help="inspect a cluster (docs/cluster.md)")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    status = cluster_commands.add_parser(
+        "status", help="the nodes, their heartbeats and the owner of each service"
+    )
+    status.add_argument(
+        "--cluster", metavar="URL", help="the cluster's Redis (default ZAJEL_CLUSTER_URL)"
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     keygen = commands.add_parser("keygen", help="print a new Ed25519 signing key")
     keygen.add_argument(
         "--seed-file", help="write the seed to this new file (mode 0600) instead of printing it"
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keygen":
         return _keygen(args)
+    if args.command == "cluster":
+        return _cluster_status(args)
     if args.command == "servers":
         return _servers(args)
     if args.command == "attest":
@@ -135,6 +157,9 @@ def _serve(args: argparse.Namespace) -> int:
             env=args.env,
             data_dir=args.data_dir,
             log_format=args.log_format,
+            cluster_url=args.cluster,
+            node_id=args.node_id,
+            reuse_port=args.reuse_port,
         )
     except ConfigError as exc:
         print(f"zajel: configuration error: {exc}", file=sys.stderr)
@@ -160,9 +185,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(run)
-    except (OSError, StoreError, BaseExceptionGroup) as exc:
-        # The start-up steps that fail on the machine, not in the settings: the store, then
-        # binding the address.
+    except (OSError, StoreError, ClusterStartError, BaseExceptionGroup) as exc:
+        # The start-up steps that fail on the machine, not in the settings: the cluster, the
+        # store, then binding the address.
+        cluster_failure = _only(exc, ClusterStartError)
+        if cluster_failure is not None:
+            return _fail(f"{cluster_failure} (ZAJEL_CLUSTER_URL)", 2)
         store_failure = _only(exc, StoreError)
         if store_failure is not None:
             return _fail(f"cannot open the store (ZAJEL_DATA_DIR): {store_failure}", 2)
@@ -196,6 +224,31 @@ async def _serve_and_report(config: Config, *, task_status: trio.TaskStatus[str]
     from zajel.server import serve
 
     await serve(config, exit_when_stuck=True, task_status=task_status)
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    """Exit 0 when every service has an owner, 1 when one has none, 2 when Redis cannot be
+    read."""
+    from zajel.cluster.link import RedisAddress
+    from zajel.cluster.status import read_status
+
+    url = args.cluster or os.environ.get("ZAJEL_CLUSTER_URL")
+    if not url:
+        return _fail("cluster status: give --cluster URL or set ZAJEL_CLUSTER_URL", 2)
+    try:
+        redacted = RedisAddress.parse(url).redacted()
+    except ValueError as exc:
+        return _fail(f"cluster status: --cluster: {exc}", 2)
+    try:
+        status = trio.run(read_status, url)
+    except Exception as exc:  # any failure to reach or read Redis
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        return _fail(f"cluster status: cannot read {redacted}: {reason}", 2)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        print("\n".join(status.lines()))
+    return 0 if status.complete else 1
 
 
 def _fail(message: str, status: int) -> int:

@@ -7,6 +7,7 @@ Invalid configuration stops the server at start with one clear line naming the s
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,6 +28,7 @@ LOG_LEVELS = {
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,13 @@ class Config:
     rendezvous_entries_per_ip: int = 2_000
     attest_registrations_per_ip_per_hour: int = 30
     attest_web_devices_max: int = 10_000
+
+    # Cluster mode (docs/cluster.md, "Settings"): unset cluster_url is a single node.
+    cluster_url: str | None = attrs.field(default=None, repr=False)
+    node_id: str | None = None
+    reuse_port: bool = False
+    cluster_lease_ms: int = 10_000
+    cluster_call_timeout_ms: int = 5_000
 
     @property
     def redacts_codes(self) -> bool:
@@ -200,6 +209,12 @@ class Config:
                 "ATTEST_REGISTRATIONS_PER_IP_PER_HOUR", 30, 1, 10**6
             ),
             attest_web_devices_max=reader.integer("ATTEST_WEB_DEVICES_MAX", 10_000, 1, 10**7),
+            cluster_url=reader.cluster_url("CLUSTER_URL"),
+            node_id=reader.node_id("NODE_ID"),
+            reuse_port=reader.choice("REUSE_PORT", "off", ("on", "off", "1", "0", "true", "false"))
+            in ("on", "1", "true"),
+            cluster_lease_ms=reader.integer("CLUSTER_LEASE_MS", 10_000, 1_000, 600_000),
+            cluster_call_timeout_ms=reader.integer("CLUSTER_CALL_TIMEOUT_MS", 5_000, 100, 600_000),
         )
 
 
@@ -257,6 +272,28 @@ class _Reader:
             return public_key_b64(parse_public_key(value))
         except InvalidKey as exc:
             raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+
+    def cluster_url(self, name: str) -> str | None:
+        """A ``redis://`` or ``rediss://`` URL; the message never repeats it (it may hold a
+        password)."""
+        value = self.optional(name)
+        if value is None:
+            return None
+        from zajel.cluster.link import RedisAddress
+
+        try:
+            RedisAddress.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+        return value
+
+    def node_id(self, name: str) -> str | None:
+        value = self.optional(name)
+        if value is not None and not _NODE_ID.fullmatch(value):
+            raise ConfigError(
+                f"ZAJEL_{name}: must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'"
+            )
+        return value
 
     def text(self, name: str, default: str) -> str:
         value = self.optional(name)

@@ -9,14 +9,15 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 
 from zajel.config import Config
 from zajel.logs import context
-from zajel.services import open_services
+from zajel.services import Services, open_services
 from zajel.storage import Store, open_store
 from zajel.web import create_app
 from zajel.web.fastws import FastTransport
@@ -118,10 +119,16 @@ async def serve(
         ConfigError: a service refused its configuration.
     """
     raise_fd_limit(config)
-    listener = open_listener(config.host, config.port, BACKLOG)
+    listener = open_listener(config.host, config.port, BACKLOG, reuse_port=config.reuse_port)
     shutdown = trio.Event()
     try:
-        async with open_store(config.data_dir) as store, trio.open_nursery() as outer:
+        async with (
+            _open_state(config, lambda: bound_url(listener)) as (
+                store,
+                services,
+            ),
+            trio.open_nursery() as outer,
+        ):
 
             async def trigger() -> None:
                 await shutdown_trigger()
@@ -130,33 +137,32 @@ async def serve(
             outer.start_soon(trigger)
             if exit_when_stuck:
                 outer.start_soon(_watchdog, shutdown, store)
-            async with open_services(config, store) as services:
-                table = ConnectionTable(
-                    config.http_max_connections_per_ip,
-                    config.trusted_proxies,
-                    stall_timeout=config.ws_idle_timeout,
-                )
-                app = create_app(config, services, shutdown=shutdown, connections=table)
-                async with trio.open_nursery() as front:
-                    await front.start(
-                        functools.partial(
-                            serve_tcp,
-                            app,
-                            hypercorn_config(config),
-                            table,
-                            listener,
-                            shutdown=shutdown,
-                            grace=GRACEFUL_TIMEOUT_S,
-                            websockets=(
-                                FastTransport(("/signal", "/relay"), config)
-                                if config.ws_transport == "fast"
-                                else None
-                            ),
-                        )
+            table = ConnectionTable(
+                config.http_max_connections_per_ip,
+                config.trusted_proxies,
+                stall_timeout=config.ws_idle_timeout,
+            )
+            app = create_app(config, services, shutdown=shutdown, connections=table)
+            async with trio.open_nursery() as front:
+                await front.start(
+                    functools.partial(
+                        serve_tcp,
+                        app,
+                        hypercorn_config(config),
+                        table,
+                        listener,
+                        shutdown=shutdown,
+                        grace=GRACEFUL_TIMEOUT_S,
+                        websockets=(
+                            FastTransport(("/signal", "/relay"), config)
+                            if config.ws_transport == "fast"
+                            else None
+                        ),
                     )
-                    url = bound_url(listener)
-                    log.info("listening", extra=context(url=url, env=config.env))
-                    task_status.started(url)
+                )
+                url = bound_url(listener)
+                log.info("listening", extra=context(url=url, env=config.env))
+                task_status.started(url)
             outer.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
@@ -164,15 +170,34 @@ async def serve(
     log.info("stopped")
 
 
-async def _watchdog(shutdown: trio.Event, store: Store) -> None:
+@asynccontextmanager
+async def _open_state(
+    config: Config, listen_url: Callable[[], str]
+) -> AsyncIterator[tuple[Store | None, Services]]:
+    """The store and the services: the embedded store and this process's services, or in
+    cluster mode this node's part of the cluster (docs/cluster.md), whose store is Redis."""
+    if config.cluster_url is None:
+        async with open_store(config.data_dir) as store, open_services(config, store) as services:
+            yield store, services
+        return
+    # Imported here: the Redis client costs a third of a second to import, which a single
+    # node never needs.
+    from zajel.cluster.services import open_cluster_services
+
+    async with open_cluster_services(config, listen_url=listen_url) as (services, _):
+        yield None, services
+
+
+async def _watchdog(shutdown: trio.Event, store: Store | None) -> None:
     """End the process if the shutdown is still not done well after its grace time: nothing
     acknowledged is lost (every write was committed before its reply), and the store is closed
     first."""
     await shutdown.wait()
     await trio.sleep(GRACEFUL_TIMEOUT_S + WATCHDOG_MARGIN_S)
     log.error("shutdown is stuck: closing the store and exiting")
-    with trio.move_on_after(WATCHDOG_MARGIN_S) as scope:
-        scope.shield = True
-        await store.aclose()
+    if store is not None:
+        with trio.move_on_after(WATCHDOG_MARGIN_S) as scope:
+            scope.shield = True
+            await store.aclose()
     logging.shutdown()
     os._exit(0)

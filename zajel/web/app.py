@@ -6,6 +6,7 @@ Protocol rules live in ``zajel.protocol`` and in the services.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
@@ -26,6 +27,7 @@ from zajel.protocol import relay as relay_protocol
 from zajel.protocol import signaling as signaling_protocol
 from zajel.protocol.limits import KeyedWindowLimiter
 from zajel.services import Address, CheckStore, Services, StoreOk
+from zajel.services._mailbox import Unavailable
 from zajel.services.attestation import GetAttestationStats
 from zajel.services.chunk_index import ChunkStats, GetChunkStats
 from zajel.services.relay import GetRelayStats, RelayStats
@@ -159,7 +161,10 @@ def create_app(
         caps=caps,
         shutdown=shutdown,
         connections=connections,
+        cluster=services.cluster,
     )
+    if services.cluster is not None:
+        services.cluster.count_connections(lambda: caps.total)
 
     def remote_ip() -> str:
         """The requesting client's per-IP key (IPv6 by its /64)."""
@@ -204,6 +209,15 @@ def create_app(
             response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
         return response
 
+    @app.errorhandler(Unavailable)
+    async def unavailable(error: Unavailable) -> Response:
+        # docs/cluster.md, "What clients see".
+        log.warning("cluster unavailable", extra=context(path=request.path, error=str(error)))
+        response = jsonify(error="Cluster unavailable")
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
         log.exception("request failed", extra=context(path=request.path), exc_info=error)
@@ -229,7 +243,7 @@ def create_app(
         replies: dict[str, Any] = {}
 
         async def ask(name: str, address: Address, request: Any) -> None:
-            with trio.move_on_after(HEALTH_TIMEOUT_S):
+            with trio.move_on_after(HEALTH_TIMEOUT_S), contextlib.suppress(Unavailable):
                 replies[name] = await address.call(request)
 
         async with trio.open_nursery() as nursery:
@@ -267,6 +281,8 @@ def create_app(
                 failing.append(name)
         if not all(isinstance(replies.get(n), StoreOk) for n in ("store", "store (attestation)")):
             failing.append("store")
+        if services.cluster is not None and not services.cluster.available:
+            failing.append("cluster")
         return sections, failing
 
     @app.get("/health")
@@ -288,7 +304,12 @@ def create_app(
             response = jsonify(error=f"Service unavailable: {', '.join(failing)}")
             response.status_code = 503
             return response
-        return jsonify({**sections, "connections": caps.total})
+        if services.cluster is None:
+            return jsonify({**sections, "connections": caps.total})
+        # docs/cluster.md, "Operators": the cluster's totals, and this node's view of it.
+        cluster = services.cluster.status()
+        total = sum(node["connections"] for node in cluster["per_node"].values())
+        return jsonify({**sections, "connections": max(total, caps.total), "cluster": cluster})
 
     if config.metrics:
 

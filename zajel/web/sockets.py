@@ -56,6 +56,7 @@ from zajel.services._peers import (
     Identity,
     Inbound,
 )
+from zajel.services._runtime import ClusterView
 from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.outbox import DirectWrite, Outbox
@@ -83,6 +84,14 @@ REJECTION_HEADERS = [
 ]
 
 _conn_ids = itertools.count(1)
+
+
+def start_conn_ids(first: int) -> None:
+    """Number this process's connections from ``first`` on: in a cluster every node numbers
+    from its own range, so a connection id names one connection in the whole cluster."""
+    global _conn_ids
+    _conn_ids = itertools.count(first)
+
 
 # The ASGI scope extension under which a WebSocket transport offers its connection as a
 # ``Link`` (``zajel.web.fastws``); under any other server the ASGI messages are the link.
@@ -246,8 +255,10 @@ class SocketRouter:
         caps: ConnectionCaps,
         shutdown: trio.Event,
         connections: ConnectionTable | None = None,
+        cluster: ClusterView | None = None,
     ) -> None:
         self.app = app
+        self.cluster = cluster
         self.endpoints = tuple(endpoints)
         self.config = config
         self.caps = caps
@@ -287,6 +298,13 @@ class SocketRouter:
         )
         if self.shutdown.is_set():
             await _reject(scope, send, 503, {"error": "Server shutting down"})
+            return
+        if self.cluster is not None and not self.cluster.available:
+            # docs/cluster.md, "What clients see": Redis is unreachable.
+            log.warning(
+                "connection refused: cluster unavailable", extra=context(endpoint=endpoint.name)
+            )
+            await _reject(scope, send, 503, {"error": "Cluster unavailable"})
             return
         if not self.caps.try_acquire(ip):
             log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))

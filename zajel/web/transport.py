@@ -364,8 +364,12 @@ def _hint(exc: OSError) -> str:
     return "the system is out of sockets or memory"
 
 
-def open_listener(host: str, port: int, backlog: int) -> trio.SocketListener:
-    """A listening TCP socket on ``host:port`` (port 0: a free one).
+def open_listener(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False
+) -> trio.SocketListener:
+    """A listening TCP socket on ``host:port`` (port 0: a free one). ``reuse_port``: bound
+    with ``SO_REUSEPORT``, so several nodes on one machine share the port and the kernel
+    spreads new connections over them (docs/cluster.md, "Deployment").
 
     Raises:
         OSError: the address cannot be bound (in use, not local).
@@ -376,6 +380,8 @@ def open_listener(host: str, port: int, backlog: int) -> trio.SocketListener:
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
