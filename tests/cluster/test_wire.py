@@ -669,9 +669,12 @@ def test_other_values_are_refused(value, message):
     [
         (b'{"@":"builtins.eval","x":1}', "unknown class 'builtins.eval'"),
         (b'{"@":["x"]}', "unknown class"),
-        (b'{"@":"services._peers.Detach"}', r"fields do not match \(missing \['conn_id'\]"),
+        (b'{"@":"services._peers.Detach"}', r"fields do not match \(missing \['conn_id', 'lost'\]"),
         (b'{"@":"services._peers.Detach","conn_id":1,"x":2}', r"unknown \['x'\]"),
-        (b'{"@":"services._peers.Detach","x":2}', r"missing \['conn_id'\], unknown \['x'\]"),
+        (
+            b'{"@":"services._peers.Detach","x":2}',
+            r"missing \['conn_id', 'lost'\], unknown \['x'\]",
+        ),
         (b'{"@pickle":"gASV"}', "unknown tag '@pickle'"),
         (b'{"@t":5}', "malformed '@t'"),
         (b'{"@t":[],"x":1}', "malformed '@t'"),
