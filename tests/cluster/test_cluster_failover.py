@@ -146,8 +146,18 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
             reply = await _http.post(node.url, "/servers", server_body(f"vps-{n}"))
             assert reply.status == 200
             acknowledged.append(f"vps-{n}")
-        redis.kill()
-        # Both nodes notice within a keeper round or two.
+        async with open_socket(b.ws_url) as early:
+            redis.kill()
+            # Both nodes notice within a keeper round or two.
+            while (await _http.get(b.url, "/health")).status != 503:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            # A frame that needs a service is answered, not lost.
+            await early.send({"type": "register", "pairingCode": "PPPPPP"})
+            assert await early.receive() == {
+                "type": "error",
+                "code": "unavailable",
+                "message": "Cluster unavailable",
+            }
         for node in (a, b):
             while (health := await _http.get(node.url, "/health")).status != 503:  # noqa: ASYNC110
                 await trio.sleep(0.05)

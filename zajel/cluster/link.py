@@ -221,10 +221,12 @@ class Publisher:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read)
                 await self._write()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            self.failed = LinkError(f"Redis connection lost: {error}")
-        except LinkError as error:
-            self.failed = error
+        except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            self.failed = LinkError(f"Redis connection lost: {group.exceptions[0]}")
+        except* LinkError as group:
+            failure = group.exceptions[0]
+            assert isinstance(failure, LinkError)
+            self.failed = failure
         finally:
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()

@@ -298,6 +298,9 @@ class Node:
                     "cluster hop down",
                     extra=context(node=self.node_id, error=str(group.exceptions[0])),
                 )
+            except* Exception:
+                # Whatever broke, the node stays up and opens the hop again.
+                log.exception("cluster hop failed", extra=context(node=self.node_id))
             self._hop_up = False
             self._publisher = None
             self._set_degraded()
@@ -443,6 +446,10 @@ class Node:
         if token is None:
             raise ClusterUnavailable(f"no owner for {name}")
         return owner_node(token)
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` runs on this node now."""
+        return name in self._running
 
     def current_token(self, name: str) -> Owner:
         running = self._running.get(name)
