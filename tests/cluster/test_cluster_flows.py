@@ -199,3 +199,22 @@ def test_cluster_status_without_redis_is_one_line_and_exit_2(tmp_path: Path):
     assert done.returncode == 2
     assert done.stderr.decode().count("\n") == 1
     assert b"secret" not in done.stderr
+
+
+async def test_metrics_count_the_cross_node_hop(nodes):
+    _, b, c = nodes
+    with trio.fail_after(10):
+        async with registered(b.ws_url, "QQQQQQ"), registered(c.ws_url, "RRRRRR"):
+            pass
+        text = (await _http.get(b.url, "/metrics")).body.decode()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("zajel_cluster")
+    }
+    assert values["zajel_cluster_nodes"] == 3
+    assert values["zajel_cluster_degraded"] == 0
+    assert values['zajel_cluster_owned{service="signaling"}'] == 0
+    assert values["zajel_cluster_hop_messages_out_total"] > 0
+    assert values["zajel_cluster_hop_messages_in_total"] > 0
+    assert values["zajel_cluster_hop_latency_p99_seconds"] >= 0

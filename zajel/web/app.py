@@ -325,6 +325,8 @@ def create_app(
                 for name, value in values.items():
                     metric = f"zajel_{section}_{_snake(name)}"
                     lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
+            if services.cluster is not None:
+                lines += _cluster_metrics(services.cluster.status())
             lines += [
                 "# TYPE zajel_up gauge",
                 f"zajel_up {int(not failing)}",
@@ -336,6 +338,51 @@ def create_app(
     add_server_routes(app, config, services.servers)
     add_attestation_routes(app, config, services.attestation, remote_ip)
     return app
+
+
+def _cluster_metrics(status: dict[str, Any]) -> list[str]:
+    """This node's part of the cluster and its cross-node hop (docs/cluster.md, "Operators")."""
+    hop = status["hop"]
+    lines = [
+        "# HELP zajel_cluster_nodes Live nodes of the cluster, as this node last read them.",
+        "# TYPE zajel_cluster_nodes gauge",
+        f"zajel_cluster_nodes {status['nodes']}",
+        "# HELP zajel_cluster_degraded 1 while this node cannot reach Redis.",
+        "# TYPE zajel_cluster_degraded gauge",
+        f"zajel_cluster_degraded {int(status['degraded'])}",
+        "# HELP zajel_cluster_owned Services this node runs (1) or not (0).",
+        "# TYPE zajel_cluster_owned gauge",
+    ]
+    lines += [
+        f'zajel_cluster_owned{{service="{name}"}} {int(owner == status["node"])}'
+        for name, owner in status["owners"].items()
+    ]
+    counters = {
+        "messages_out": "Messages this node sent other nodes.",
+        "messages_in": "Messages this node received from other nodes.",
+        "batches_out": "PUBLISH batches this node sent.",
+        "batches_in": "Batches this node received.",
+        "bytes_out": "Bytes this node published to other nodes.",
+        "bytes_in": "Bytes this node received from other nodes.",
+        "calls": "Calls this node made to services on other nodes.",
+        "call_timeouts": "Calls to other nodes that missed their deadline.",
+    }
+    for name, help_text in counters.items():
+        metric = f"zajel_cluster_hop_{name}_total"
+        lines += [
+            f"# HELP {metric} {help_text}",
+            f"# TYPE {metric} counter",
+            f"{metric} {hop[name]}",
+        ]
+    for quantile, value in hop["latency_ms"].items():
+        if value is not None:
+            metric = f"zajel_cluster_hop_latency_{quantile}_seconds"
+            lines += [
+                f"# HELP {metric} The hop's latency, {quantile} of the last samples.",
+                f"# TYPE {metric} gauge",
+                f"{metric} {value / 1000:.6f}",
+            ]
+    return lines
 
 
 def _snake(name: str) -> str:
