@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import signal
@@ -38,9 +37,14 @@ import trio_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._server import THROUGHPUT_ENV, emit, run_facts, running_server  # noqa: E402
-from zajel.client import ServerError, SignalClient, connect_signal, pair  # noqa: E402
-from zajel.client import generate_public_key  # noqa: E402
+from bench._server import THROUGHPUT_ENV, emit, run_facts, running_server
+from zajel.client import (
+    ServerError,
+    SignalClient,
+    connect_signal,
+    generate_public_key,
+    pair,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cluster_failover.jsonl"
 RETRY_S = 0.1
@@ -125,16 +129,20 @@ async def run_pair(
         stats.finished += 1
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", directory]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL), f"redis://127.0.0.1:{port}/0"
+
+
+def main_sync(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="zajel-cluster-") as directory:
-        port = free_port()
-        redis = subprocess.Popen(
-            [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-        )
+        redis, url = start_redis(directory)
         try:
-            return await run_cluster(args, f"redis://127.0.0.1:{port}/0")
+            time.sleep(0.3)  # its start, before the first node connects
+            result: dict[str, Any] = trio.run(run_cluster, args, url)
+            return result
         finally:
             redis.send_signal(signal.SIGTERM)
             redis.wait(timeout=10)
@@ -150,8 +158,10 @@ async def run_cluster(args: argparse.Namespace, redis_url: str) -> dict[str, Any
     def node(name: str) -> Any:
         return running_server(
             env,
-            command_args=("-m", "zajel", "serve", "--port", "0")
-            + ("--cluster", redis_url, "--node-id", name),
+            command_args=(
+                *("-m", "zajel", "serve", "--port", "0"),
+                *("--cluster", redis_url, "--node-id", name),
+            ),
         )
 
     stats = Stats()
@@ -208,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     os.environ.pop("ZAJEL_CLUSTER_URL", None)
-    result = trio.run(main_async, args)
+    result = main_sync(args)
     emit(result, Path(args.out))
     return 0 if result["errors"] == 0 and result["within_bound"] else 1
 
