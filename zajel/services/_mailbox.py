@@ -104,6 +104,10 @@ class LocalAddress:
         """Queue ``envelope`` as it is (a request whose reply goes elsewhere)."""
         await self._inbox.send(envelope)
 
+    def send_nowait(self, envelope: Envelope) -> None:
+        """Queue ``envelope`` now. Raises ``trio.WouldBlock`` when the inbox is full."""
+        self._inbox.send_nowait(envelope)
+
 
 async def run_service(
     service: Service,
