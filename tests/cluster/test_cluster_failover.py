@@ -17,8 +17,24 @@ from tests._redis import RedisServer
 from tests.cluster._nodes import TEST_LEASE_MS, NodeProcess, owner_of, wait_ready
 from tests.integration import _http
 from tests.integration._signal import open_socket, pair, registered
+from tests.integration.test_attestation_http import (
+    ATTESTATION_SEED,
+    CI,
+    CI_SECRET,
+    PIPELINE_SEED,
+    build_token,
+    reference_body,
+)
 from tests.integration.test_relay_flow import relays
+from zajel import crypto
 from zajel.client import RelayClient, SignalClient, generate_public_key
+
+# Every node signs with the same keys and takes the pipeline's uploads.
+ATTESTATION_ENV = {
+    "ZAJEL_ATTESTATION_SIGNING_KEY": ATTESTATION_SEED.hex(),
+    "ZAJEL_BUILD_TOKEN_VERIFY_KEY": crypto.public_key_b64(crypto.signing_key(PIPELINE_SEED)),
+    "ZAJEL_CI_UPLOAD_SECRET": CI_SECRET,
+}
 
 # docs/cluster.md, "What clients see": the connections of the lost owner are closed within the
 # lease plus 2 s.
@@ -30,7 +46,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, list[NodeProcess]]]:
     """Redis with every write on disk before it answers, and two nodes; n0 owns everything."""
     redis = RedisServer(tmp_path / "redis", durable=True)
     redis.start()
-    nodes = [NodeProcess(tmp_path / f"n{i}", redis, f"n{i}") for i in range(2)]
+    nodes = [NodeProcess(tmp_path / f"n{i}", redis, f"n{i}", ATTESTATION_ENV) for i in range(2)]
     try:
         nodes[0].start()
         wait_ready(nodes[:1])
@@ -146,6 +162,11 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
             reply = await _http.post(node.url, "/servers", server_body(f"vps-{n}"))
             assert reply.status == 200
             acknowledged.append(f"vps-{n}")
+        uploaded = await _http.post(a.url, "/attest/upload-reference", reference_body(), headers=CI)
+        assert uploaded.status == 200
+        for n, node in enumerate((a, b)):
+            device = {"device_id": f"device-{n}", "build_token": build_token()}
+            assert (await _http.post(node.url, "/attest/register", device)).status == 200
         async with open_socket(b.ws_url) as early:
             redis.kill()
             # Both nodes notice within a keeper round or two.
@@ -178,3 +199,5 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
             await pair(alice, bob)
         listed = (await _http.get(b.url, "/servers")).json()["servers"]
         assert sorted(server["serverId"] for server in listed) == sorted(acknowledged)
+        attestation = (await _http.get(b.url, "/stats")).json()["attestation"]
+        assert (attestation["devices"], attestation["references"]) == (2, 1)
