@@ -201,3 +201,17 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
         assert sorted(server["serverId"] for server in listed) == sorted(acknowledged)
         attestation = (await _http.get(b.url, "/stats")).json()["attestation"]
         assert (attestation["devices"], attestation["references"]) == (2, 1)
+
+
+async def test_an_owner_stopped_cleanly_hands_its_services_over_without_waiting_for_the_lease(
+    cluster,
+):
+    _, (owner, survivor) = cluster
+    with trio.fail_after(20):
+        await trio.to_thread.run_sync(owner.stop)  # SIGTERM: it releases its leases
+        stopped_at = time.monotonic()
+        while await owner_of(survivor, "signaling") != "n1":  # noqa: ASYNC110
+            await trio.sleep(0.02)
+        # The next keeper round (every 0.5 s), well before the lease (2 s) would have expired.
+        assert time.monotonic() - stopped_at < TEST_LEASE_MS / 1000
+        assert "left the cluster" in owner.log()

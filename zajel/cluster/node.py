@@ -72,6 +72,9 @@ LATENCY_SAMPLES: Final = 2048
 # Queued messages to one node past which ``cast_nowait`` refuses (the caller waits instead).
 MAX_QUEUED_OPS: Final = 20_000
 RECONNECT_DELAY_S: Final = 0.5
+LEAVE_TIMEOUT_S: Final = 2.0
+# A status entry (``zajel cluster status``) whose heartbeat is this old is removed.
+FORGET_NODE_MS: Final = 3_600_000
 
 Owner = str  # a lease token: "<node id>:<epoch>"
 
@@ -197,6 +200,21 @@ return result
 """
 
 
+# Give up leases still holding this node's tokens, its heartbeat and its status entry.
+# KEYS: the lease keys, then the alive key and the nodes hash. ARGV: the tokens, then the node id.
+_RELEASE_LUA: Final = """
+local leases = #KEYS - 2
+for i = 1, leases do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+redis.call('DEL', KEYS[leases + 1])
+redis.call('HDEL', KEYS[leases + 2], ARGV[leases + 1])
+return leases
+"""
+
+
 class Node:
     """See the module docstring. ``services`` maps a service name to the coroutine function
     that runs it while this node owns it: ``run(token, task_status)`` reports its
@@ -226,6 +244,10 @@ class Node:
         self.listen_url_of: Callable[[], str] = lambda: ""
         self.connections_of: Callable[[], int] = lambda: 0
         self.peers: dict[str, dict[str, Any]] = {}  # the live nodes' last heartbeats
+        self._forget: list[str] = []  # status entries of nodes long gone
+        # The lease tokens this node started services under (a clean stop releases them; the
+        # release checks each still holds the lease, so a stale one is harmless).
+        self._tokens: dict[str, Owner] = {}
         self.tick_s = min(0.5, lease_ms / 4000)
         self.owners: dict[str, Owner | None] = {name: None for name in services}
         self.degraded = True  # until the first keeper round and the hop are up
@@ -253,6 +275,7 @@ class Node:
         self._call_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._keeper = client.register_script(_KEEPER_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
         self.nodes_seen = 1
 
     # -- running ---------------------------------------------------------------------------
@@ -260,13 +283,36 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The node's tasks: the hop, the flusher, the keeper. Reports started once the first
         keeper round has read every lease (owned services may still be starting)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._run_hop)
-            nursery.start_soon(self._run_flusher)
-            await self._keep_once()
-            nursery.start_soon(self._run_keeper)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._run_hop)
+                nursery.start_soon(self._run_flusher)
+                await self._keep_once()
+                nursery.start_soon(self._run_keeper)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._leave()
+
+    async def _leave(self) -> None:
+        """A clean stop: give up the leases this node holds and its heartbeat, so that other
+        nodes take the services over in their next keeper round rather than after a lease."""
+        held = dict(self._tokens)
+        for name in list(self._running):
+            self._stop(name, "node stopping")
+        with trio.move_on_after(LEAVE_TIMEOUT_S):
+            try:
+                await self._release(
+                    keys=[lease_key(name) for name in held]
+                    + [f"{PREFIX}alive:{self.instance}", f"{PREFIX}nodes"],
+                    args=[*held.values(), self.node_id],
+                )
+                log.info("left the cluster", extra=context(node=self.node_id, released=len(held)))
+            except Exception as error:  # Redis gone too: the leases expire by themselves
+                log.warning(
+                    "cluster leave failed", extra=context(node=self.node_id, error=str(error))
+                )
 
     @property
     def available(self) -> bool:
@@ -330,6 +376,9 @@ class Node:
                     )
                     pipe.set(f"{PREFIX}alive:{self.instance}", heartbeat, px=NODE_TTL_MS)
                     pipe.hset(f"{PREFIX}nodes", {self.node_id: heartbeat})
+                    if self._forget:
+                        pipe.hdel(f"{PREFIX}nodes", self._forget)
+                        self._forget = []
                     everyone = pipe.hgetall(f"{PREFIX}nodes")
                     alive = [pipe.exists([f"{PREFIX}alive:{edge}"]) for edge in edges]
                     leases: Awaitable[Any] = self._keeper(
@@ -365,8 +414,8 @@ class Node:
         self.connections_of = count
 
     def _read_nodes(self, heartbeats: Any) -> None:
-        """The live nodes from their heartbeats; entries of nodes gone for a long time are
-        removed by ``zajel cluster status`` readers' filter, not here."""
+        """The live nodes from their heartbeats; entries of nodes gone for an hour are removed
+        in the next round."""
         now_ms = time.time() * 1000
         peers: dict[str, dict[str, Any]] = {}
         for key, value in heartbeats.items():
@@ -376,6 +425,8 @@ class Node:
                 continue
             if now_ms - beat.get("at", 0) <= NODE_TTL_MS:
                 peers[bytes(key).decode()] = beat
+            elif now_ms - beat.get("at", 0) > FORGET_NODE_MS:
+                self._forget.append(bytes(key).decode())
         self.peers = peers
         self.nodes_seen = max(len(peers), 1)
 
@@ -406,6 +457,7 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     address = await nursery.start(self._runners[name], token)
                     self._running[name] = (token, address, scope)
+                    self._tokens[name] = token
                     self._starting.discard(name)
                     self.owners[name] = token
                     self._remote_forget(name)
