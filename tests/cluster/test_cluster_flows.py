@@ -218,3 +218,19 @@ async def test_metrics_count_the_cross_node_hop(nodes):
     assert values["zajel_cluster_hop_messages_out_total"] > 0
     assert values["zajel_cluster_hop_messages_in_total"] > 0
     assert values["zajel_cluster_hop_latency_p99_seconds"] >= 0
+
+
+def test_serve_with_an_unreachable_cluster_stops_with_one_line_and_exit_2(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "zajel", "serve", "--port", "0"]
+        + ["--cluster", "redis://user:secret@127.0.0.1:1/0"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.decode().splitlines() if line.startswith("zajel:")]
+    assert len(lines) == 1
+    assert "cannot reach the cluster at redis://user:***@127.0.0.1:1/0" in lines[0]
+    assert b"secret" not in done.stderr
