@@ -220,10 +220,12 @@ async def test_metrics_count_the_cross_node_hop(nodes):
     assert values["zajel_cluster_hop_latency_p99_seconds"] >= 0
 
 
+SECRET_URL = "redis://user:secret@127.0.0.1:1/0"
+
+
 def test_serve_with_an_unreachable_cluster_stops_with_one_line_and_exit_2(tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "zajel", "serve", "--port", "0"]
-        + ["--cluster", "redis://user:secret@127.0.0.1:1/0"],
+        [*(sys.executable, "-m", "zajel", "serve", "--port", "0"), "--cluster", SECRET_URL],
         capture_output=True,
         timeout=30,
         check=False,
