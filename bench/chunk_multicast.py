@@ -38,6 +38,7 @@ import functools
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,22 @@ async def subscribe(client: RelayClient, chunks: int, window: int, counters: Cou
         counters.delivered_bytes += len(frame["data"])
 
 
-async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace,
+    url: str,
+    cpu: Any,
+    pid: int | None,
+    *,
+    subscriber_url: Callable[[int], str] | None = None,
+    mark: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """The whole scenario against the server at ``url``; its result line.
+
+    ``subscriber_url(i)``, if given, is where subscriber ``i`` connects (the source always
+    connects to ``url``): several servers can share the clients (``bench/cluster.py``).
+    ``mark`` is awaited with ``"start"`` right before each measured request phase and with
+    ``"end"`` right after it (not after a timeout).
+    """
     payloads = [
         base64.b64encode(secrets.token_bytes(args.size)).decode() for _ in range(args.chunks)
     ]
@@ -168,12 +184,15 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
                         started = setup.start()
                         subscribers = []
                         for index in range(wave * wave_size, (wave + 1) * wave_size):
+                            where = subscriber_url(index) if subscriber_url else url
                             client = await connected.enter_async_context(
-                                connect_relay(url, max_message_size=1 << 22)
+                                connect_relay(where, max_message_size=1 << 22)
                             )
                             await client.register(f"bench-subscriber-{index}")
                             subscribers.append(client)
                         setup.stop(started)
+                        if mark is not None:
+                            await mark("start")
                         started = measured.start()
                         try:
                             async with trio.open_nursery() as requests:
@@ -183,6 +202,8 @@ async def run(args: argparse.Namespace, url: str, cpu: Any, pid: int | None) -> 
                                     )
                         finally:
                             measured.stop(started)
+                        if mark is not None:
+                            await mark("end")
             timed_out = scope.cancelled_caught
             nursery.cancel_scope.cancel()
         seconds = measured.seconds

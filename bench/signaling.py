@@ -40,7 +40,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -199,9 +199,21 @@ async def exchange(
             nursery.start_soon(guarded, side, receive_frames, stall_timeout)
 
 
-async def open_pairs(stack: AsyncExitStack, url: str, pairs: int) -> list[tuple[SignalClient, ...]]:
-    """Connect, register and consent-pair ``pairs`` pairs of clients (kept open by ``stack``)."""
-    clients = [await stack.enter_async_context(connect_signal(url)) for _ in range(2 * pairs)]
+async def open_pairs(
+    stack: AsyncExitStack,
+    url: str,
+    pairs: int,
+    url_of: Callable[[int], str] | None = None,
+) -> list[tuple[SignalClient, ...]]:
+    """Connect, register and consent-pair ``pairs`` pairs of clients (kept open by ``stack``).
+
+    Client ``i`` connects to ``url_of(i)`` if given (pair ``p`` is clients ``2p`` and
+    ``2p + 1``), else to ``url``: several servers can share the clients (``bench/cluster.py``).
+    """
+    clients = [
+        await stack.enter_async_context(connect_signal(url_of(i) if url_of else url))
+        for i in range(2 * pairs)
+    ]
     used: set[str] = set()
 
     async def register(client: SignalClient) -> None:
@@ -253,9 +265,19 @@ async def run_all(
 
 
 async def measure(
-    url: str, cpu: Callable[[], float] | None, args: argparse.Namespace
+    url: str,
+    cpu: Callable[[], float] | None,
+    args: argparse.Namespace,
+    *,
+    url_of: Callable[[int], str] | None = None,
+    mark: Callable[[str], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """Pair, warm up, run the measured exchange; the numbers for the result line."""
+    """Pair, warm up, run the measured exchange; the numbers for the result line.
+
+    ``url_of`` places the clients (see ``open_pairs``). ``mark`` is awaited with ``"start"``
+    right before the measured exchange and with ``"end"`` right after it (not after a timeout),
+    for a caller that measures more than ``cpu`` does (``bench/cluster.py``).
+    """
     out: dict[str, Any] = {"timed_out": False, "setup_error": None}
     sides: list[Side] = []
     warm: list[Side] = []
@@ -263,12 +285,14 @@ async def measure(
     with trio.move_on_after(args.timeout) as overall:
         async with AsyncExitStack() as stack:
             try:
-                grouped = await open_pairs(stack, url, args.pairs)
+                grouped = await open_pairs(stack, url, args.pairs, url_of)
             except (*CONNECTION_ERRORS, ServerError, trio_websocket.HandshakeError) as exc:
                 out["setup_error"] = f"{type(exc).__name__}: {exc}"
                 return out
             if args.warmup > 0:
                 await run_all(grouped, 1, args.warmup, args, warm)
+            if mark is not None:
+                await mark("start")
             cpu_before = cpu() if cpu else None
             client_before = time.process_time()
             started = time.perf_counter()
@@ -279,6 +303,8 @@ async def measure(
                 client_cpu = time.process_time() - client_before
                 if cpu is not None and cpu_before is not None:
                     server_cpu = cpu() - cpu_before
+            if mark is not None:
+                await mark("end")
     if overall.cancelled_caught:
         out["timed_out"] = True
     out.update(sides=sides, warm=warm, seconds=seconds, client_cpu=client_cpu)
