@@ -186,6 +186,33 @@ def test_registry_benchmark_commits_every_heartbeat_and_verifies_the_list(tmp_pa
     assert result["heartbeat_p50_ms"] <= result["heartbeat_p99_ms"]
 
 
+def test_cluster_benchmark_loads_one_node_and_a_cluster_without_errors(tmp_path):
+    # The single node and the cluster (owner, two edges, Redis); --reuse-port is left out to
+    # keep this under ten seconds.
+    out = tmp_path / "cluster.jsonl"
+    result = reported("cluster.py", out, "--quick", "--variants=single,cluster")
+    assert json.loads(out.with_suffix(".json").read_text()) == result
+    assert result["benchmark"] == "cluster"
+    assert result["failed"] == []
+    assert result["errors"] == 0
+    assert result["one_pull_per_chunk"] is True
+    signaling, chunks = result["loads"]["signaling"], result["loads"]["chunks"]
+    assert signaling["cluster"]["items"] == 4 * 2 * 20  # 2 pairs, 20 messages each way
+    assert chunks["cluster"]["items"] == 4 * 4  # 4 subscribers, 4 chunks
+    for row in (signaling, chunks):
+        assert row["single"]["errors"] == row["cluster"]["errors"] == 0
+        assert set(row["single"]["cpu_s"]) == {"single"}
+        assert set(row["cluster"]["cpu_s"]) == {"owner", "edge1", "edge2", "redis"}
+        # The edges sent every client frame to the owner, which answered them.
+        hop = row["cluster"]["hop"]
+        assert hop["owner"]["messages_in"] > 0
+        assert hop["edge1"]["messages_in"] > 0
+        assert hop["edge2"]["messages_in"] > 0
+        assert "total_over_single" in row["cluster"]
+    assert chunks["single"]["max_pulls_of_one_chunk"] == 1
+    assert chunks["cluster"]["max_pulls_of_one_chunk"] == 1
+
+
 def test_run_all_reports_every_scenario_on_both_transports_with_the_floors(tmp_path):
     finished = run_bench("run_all.py", "--quick", f"--results={tmp_path}", timeout=240)
     summary = json.loads((tmp_path / "latest.json").read_text())
