@@ -57,17 +57,18 @@ async def address(request, redis, nursery) -> AsyncIterator[Address]:
     url = redis.url
     owner_client = redis_client(RedisAddress.parse(url))
     edge_client = redis_client(RedisAddress.parse(url))
-    async with owner_client, edge_client:
+    # The nodes stop (and leave the cluster) before their clients close.
+    async with owner_client, edge_client, trio.open_nursery() as nodes:
         owner = make_node(owner_client, url, "owner", 1)
         edge = make_node(edge_client, url, "edge", 2)
-        await nursery.start(owner.run)
+        await nodes.start(owner.run)
         with trio.fail_after(5):
             while not owner.owns("signaling"):  # noqa: ASYNC110
                 await trio.sleep(0.01)
-        await nursery.start(edge.run)
+        await nodes.start(edge.run)
         assert edge.route("signaling") == owner.instance
         yield ClusterAddress(edge, "signaling")
-        nursery.cancel_scope.cancel()
+        nodes.cancel_scope.cancel()
 
 
 async def settle(peer: FakePeer, handled: int) -> None:
@@ -104,13 +105,13 @@ async def test_frames_are_handled_in_order_with_answers_pushes_and_handled_marks
                 await trio.sleep(0.005)
 
 
-async def test_a_cluster_call_nobody_answers_is_unavailable_not_a_hang(redis, nursery):
+async def test_a_cluster_call_nobody_answers_is_unavailable_not_a_hang(redis):
     url = redis.url
     client = redis_client(RedisAddress.parse(url))
-    async with client:
+    async with client, trio.open_nursery() as nodes:
         edge = make_node(client, url, "edge", 7)
-        await nursery.start(edge.run)
+        await nodes.start(edge.run)
         # The lease names an owner that is gone: nothing answers on its channel.
         with trio.fail_after(5), pytest.raises(ClusterUnavailable):
             await edge.call("ghost@9", "signaling", GetStats())
-        nursery.cancel_scope.cancel()
+        nodes.cancel_scope.cancel()

@@ -57,6 +57,20 @@ class ClusterAddress:
             node.track(name, request.conn_id, request.peer, remote=True)
             node.queue(route, ["a", name, request.conn_id, request.ip])
             return
+        if kind is Inbound:
+            # The hottest message crosses flat: no wrapper to walk on either side.
+            identity = request.identity
+            node.queue(
+                route,
+                [
+                    "i",
+                    name,
+                    request.conn_id,
+                    wire.to_wire(request.message),
+                    None if identity is None else wire.to_wire(identity),
+                ],
+            )
+            return
         if kind is Detach and not node.untrack(name, request.conn_id):
             return
         node.queue(route, ["c", name, wire.to_wire(request)])

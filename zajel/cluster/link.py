@@ -104,6 +104,33 @@ class Reader:
             self._pos = 0
         self._buffer += data
 
+    def messages(self) -> list[bytes]:
+        """The payloads of the complete pub/sub ``message`` replies at the front of the buffer
+        (the common case, parsed without the general parser); what follows is left to
+        ``next``."""
+        buffer, pos = self._buffer, self._pos
+        found = []
+        head = _MESSAGE_HEAD
+        while buffer.startswith(head, pos):
+            start = pos + len(head)
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            dollar = end + 2 + int(buffer[start:end]) + 2  # past the channel and its CRLF
+            if buffer[dollar : dollar + 1] != b"$":
+                break
+            size_end = buffer.find(b"\r\n", dollar + 1)
+            if size_end < 0:
+                break
+            payload_start = size_end + 2
+            payload_end = payload_start + int(buffer[dollar + 1 : size_end])
+            if len(buffer) < payload_end + 2:
+                break
+            found.append(bytes(buffer[payload_start:payload_end]))
+            pos = payload_end + 2
+        self._pos = pos
+        return found
+
     def next(self) -> object:
         """The next complete reply, or ``None`` when more bytes are needed."""
         parsed = self._parse(self._pos)
@@ -153,6 +180,9 @@ class Reader:
 
 
 _NIL: Final = object()
+# The start of every pub/sub message: a 3-element array whose first element is "message",
+# then the channel's length.
+_MESSAGE_HEAD: Final = b"*3\r\n$7\r\nmessage\r\n$"
 
 
 async def connect(address: RedisAddress) -> trio.abc.Stream:
@@ -244,17 +274,20 @@ class Publisher:
                 await self._stream.send_all(data)
 
     async def _read(self) -> None:
-        reader = Reader()
+        # Every reply on this connection is one line: ``:N`` (the subscribers that got the
+        # message) or ``-ERR ...``.
+        pending = b""
         while True:
             data = await self._stream.receive_some(_READ_BYTES)
             if not data:
                 raise LinkError("Redis closed the connection")
-            reader.feed(data)
-            while (reply := reader.next()) is not None:
-                if isinstance(reply, LinkError):
-                    raise reply
-                if reply == 0:
+            lines = (pending + data).split(b"\r\n")
+            pending = lines.pop()
+            for line in lines:
+                if line == b":0":
                     self.unheard += 1
+                elif line[:1] != b":":
+                    raise LinkError(f"Redis refused a PUBLISH: {line[:200]!r}")
 
 
 class Subscriber:
@@ -283,6 +316,11 @@ class Subscriber:
                 if not data:
                     raise LinkError("Redis closed the connection")
                 reader.feed(data)
+                if subscribed:
+                    for payload in reader.messages():
+                        self.received += 1
+                        self.bytes += len(payload)
+                        await on_message(payload)
                 while (reply := reader.next()) is not None:
                     if isinstance(reply, LinkError):
                         raise reply

@@ -58,6 +58,7 @@ from zajel.services._peers import (
     ConnId,
     Detach,
     Identity,
+    Inbound,
     Peer,
 )
 
@@ -170,7 +171,7 @@ class RemotePeer:
         self._node.queue(self._edge, ["n", frame, self._conn])
 
     def handled(self) -> None:
-        self._node.queue(self._edge, ["h", self._conn])
+        self._node.mark_handled(self._edge, self._conn)
 
     def close(self, code: int) -> None:
         self._node.queue(self._edge, ["x", self._conn, code])
@@ -269,6 +270,7 @@ class Node:
         # conns.
         self._remote: dict[str, dict[str, set[ConnId]]] = {}
         self._outgoing: dict[str, list[Any]] = {}
+        self._marks: dict[str, dict[ConnId, int]] = {}  # edge -> conn -> frames handled
         self._flush_wake = trio.Event()
         self._flushed = trio.Event()
         self._calls: dict[int, trio.MemorySendChannel[Any]] = {}
@@ -574,6 +576,17 @@ class Node:
         ops = self._outgoing.get(node)
         return ops is None or len(ops) < MAX_QUEUED_OPS
 
+    def mark_handled(self, edge: str, conn: ConnId) -> None:
+        """One frame of ``conn`` on ``edge`` was handled. The marks of a round travel together
+        at the end of its batch, after every answer of the round: only later, never earlier."""
+        marks = self._marks.get(edge)
+        if marks is None:
+            self._marks[edge] = marks = {}
+            if edge not in self._outgoing:
+                self._outgoing[edge] = []
+                self._flush_wake.set()
+        marks[conn] = marks.get(conn, 0) + 1
+
     def push(self, edge: str, conn: ConnId, text: str) -> None:
         """Queue a push of ``text`` to ``conn`` on ``edge``: the same text to several
         connections in a row is one op with their list."""
@@ -597,9 +610,13 @@ class Node:
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, {}
+        marks, self._marks = self._marks, {}
         publisher = self._publisher
         sent_at = time.time()
         for node, ops in outgoing.items():
+            handled = marks.get(node)
+            if handled:
+                ops.append(["H", [item for pair in handled.items() for item in pair]])
             if publisher is None:
                 self._undeliverable(ops)
                 continue
@@ -681,10 +698,14 @@ class Node:
             entry = self._local_peers.get(op[2])
             if entry is not None:
                 entry[0].answer_nowait(op[1])
-        elif kind == "h":
-            entry = self._local_peers.get(op[1])
-            if entry is not None:
-                entry[0].handled()
+        elif kind == "H":
+            marks = op[1]
+            for index in range(0, len(marks), 2):
+                entry = self._local_peers.get(marks[index])
+                if entry is not None:
+                    peer = entry[0]
+                    for _ in range(marks[index + 1]):
+                        peer.handled()
         elif kind == "x":
             entry = self._local_peers.get(op[1])
             if entry is not None:
@@ -711,7 +732,16 @@ class Node:
                 self.queue(op[3], ["r", op[2], None, f"this node does not own {name}"])
             return
         address = running[1]
-        if kind == "c":
+        if kind == "i":
+            identity = op[4]
+            envelope = Envelope(
+                Inbound(
+                    op[2],
+                    wire.from_wire(op[3]),
+                    None if identity is None else wire.from_wire(identity),
+                )
+            )
+        elif kind == "c":
             request = wire.from_wire(op[2])
             if type(request) is Detach:
                 held = self._remote.get(sender, {}).get(name)
