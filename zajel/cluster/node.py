@@ -74,6 +74,9 @@ LATENCY_SAMPLES: Final = 2048
 MAX_QUEUED_OPS: Final = 20_000
 RECONNECT_DELAY_S: Final = 0.5
 LEAVE_TIMEOUT_S: Final = 2.0
+# A flush round that sent at least BUSY_OPS ops makes the next one wait LINGER_S for more.
+BUSY_OPS: Final = 8
+LINGER_S: Final = 0.002
 # A status entry (``zajel cluster status``) whose heartbeat is this old is removed.
 FORGET_NODE_MS: Final = 3_600_000
 
@@ -599,17 +602,26 @@ class Node:
         self.queue(edge, ["p", text, [conn]])
 
     async def _run_flusher(self) -> None:
+        busy = False
         while True:
             await self._flush_wake.wait()
             self._flush_wake = trio.Event()
-            # Let every task that is ready run first: what they queue goes in this round.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            self._flush()
+            if busy:
+                # Under load, a round waits a little for more: each PUBLISH costs its
+                # sender, Redis and its receiver the same whatever it carries
+                # (docs/cluster.md, "Batching").
+                await trio.sleep(LINGER_S)
+            else:
+                # Let every task that is ready run first: what they queue goes in this round.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            busy = self._flush() >= BUSY_OPS
             self._flushed.set()
             self._flushed = trio.Event()
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Send what is queued, one PUBLISH per node; the number of ops sent."""
         outgoing, self._outgoing = self._outgoing, {}
+        sent = 0
         marks, self._marks = self._marks, {}
         publisher = self._publisher
         sent_at = time.time()
@@ -629,6 +641,8 @@ class Node:
             self.hop.batches_out += 1
             self.hop.messages_out += len(ops)
             self.hop.bytes_out += len(payload)
+            sent += len(ops)
+        return sent
 
     def _undeliverable(self, ops: list[Any]) -> None:
         """Ops that could not be sent: a caller waiting for a reply learns at once."""
