@@ -35,11 +35,11 @@ from typing import Any
 import trio
 
 from zajel import logs
+from zajel.cluster import ClusterStartError
 from zajel.config import Config, ConfigError
 from zajel.logs import context
-from zajel.server import GRACEFUL_TIMEOUT_S, hypercorn_config, raise_fd_limit
-from zajel.services import open_services
-from zajel.storage import StoreError, open_store
+from zajel.server import GRACEFUL_TIMEOUT_S, hypercorn_config, open_state, raise_fd_limit
+from zajel.storage import StoreError
 from zajel.web import create_app
 from zajel.web.sockets import ASGIApp, ASGIReceive, ASGISend
 
@@ -83,7 +83,8 @@ class AsgiApp:
             return
         logs.configure(config.log_level, config.log_format)
         try:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            if config.cluster_url is None:  # a cluster node keeps nothing on disk
+                config.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             reason = f"ZAJEL_DATA_DIR: cannot create {config.data_dir}: {exc.strerror}"
             await _failed(send, f"configuration error: {reason}")
@@ -93,8 +94,9 @@ class AsgiApp:
         completed: list[Any] = []
         async with AsyncExitStack() as stack:
             try:
-                store = await stack.enter_async_context(open_store(config.data_dir))
-                services = await stack.enter_async_context(open_services(config, store))
+                # The embedded store and this process's services, or a node of the cluster
+                # (docs/cluster.md).
+                _, services = await stack.enter_async_context(open_state(config))
             except Exception as exc:  # every start-up failure fails the startup, with its reason
                 await _failed(send, _start_failure(exc))
                 return
@@ -145,6 +147,8 @@ def _start_failure(exc: Exception) -> str:
         return f"cannot open the store (ZAJEL_DATA_DIR): {inner}"
     if isinstance(inner, ConfigError):
         return f"configuration error: {inner}"
+    if isinstance(inner, ClusterStartError):
+        return f"{inner} (ZAJEL_CLUSTER_URL)"
     log.error("start-up failed", exc_info=exc)
     return f"start-up failed: {inner!r}"
 

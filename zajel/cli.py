@@ -165,7 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"zajel: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if config.cluster_url is None:  # a cluster node keeps nothing on disk
+            config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(
             f"zajel: configuration error: ZAJEL_DATA_DIR: cannot create {config.data_dir}: "

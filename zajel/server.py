@@ -123,7 +123,7 @@ async def serve(
     shutdown = trio.Event()
     try:
         async with (
-            _open_state(config, lambda: bound_url(listener)) as (
+            open_state(config, lambda: bound_url(listener)) as (
                 store,
                 services,
             ),
@@ -171,8 +171,8 @@ async def serve(
 
 
 @asynccontextmanager
-async def _open_state(
-    config: Config, listen_url: Callable[[], str]
+async def open_state(
+    config: Config, listen_url: Callable[[], str] = lambda: ""
 ) -> AsyncIterator[tuple[Store | None, Services]]:
     """The store and the services: the embedded store and this process's services, or in
     cluster mode this node's part of the cluster (docs/cluster.md), whose store is Redis."""
