@@ -48,6 +48,12 @@ class NodeProcess:
         return self.url.replace("http://", "ws://", 1)
 
     def start(self, *args: str) -> None:
+        """Start the node and wait until it listens."""
+        self.spawn(*args)
+        self.wait_listening()
+
+    def spawn(self, *args: str) -> None:
+        """Start the node; ``wait_listening`` waits for it."""
         environment = {
             name: value for name, value in os.environ.items() if not name.startswith("ZAJEL_")
         }
@@ -82,6 +88,10 @@ class NodeProcess:
             env=environment,
         )
         log.close()
+
+    def wait_listening(self) -> None:
+        """Block until the node prints the URL it listens on."""
+        assert self.process is not None
         assert self.process.stdout is not None
         output = b""
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -125,6 +135,19 @@ class NodeProcess:
         except urllib.error.HTTPError as error:
             error.close()  # it holds the response's socket
             raise OSError(f"/stats answered {error.code}") from None
+
+
+def start_all(nodes: list[NodeProcess]) -> None:
+    """Start ``nodes`` at once; return when every one sees the cluster complete, with ``nodes``
+    reordered so that the owner comes first. (Each keeper round takes every free lease in one
+    script, so the node whose first round runs first owns every service.)"""
+    for node in nodes:
+        node.spawn()
+    for node in nodes:
+        node.wait_listening()
+    wait_ready(nodes)
+    owner = nodes[0].stats()["cluster"]["owners"]["signaling"]
+    nodes.sort(key=lambda node: node.node_id != owner)
 
 
 def wait_ready(nodes: list[NodeProcess], *, within: float = START_TIMEOUT_S) -> None:

@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 from tests._redis import RedisServer
-from tests.cluster._nodes import TEST_LEASE_MS, NodeProcess, owner_of, wait_ready
+from tests.cluster._nodes import TEST_LEASE_MS, NodeProcess, owner_of, start_all, wait_ready
 from tests.integration import _http
 from tests.integration._signal import open_socket, pair, registered
 from tests.integration.test_attestation_http import (
@@ -43,15 +43,13 @@ FAILOVER_BOUND_S = TEST_LEASE_MS / 1000 + 2
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, list[NodeProcess]]]:
-    """Redis with every write on disk before it answers, and two nodes; n0 owns everything."""
+    """Redis with every write on disk before it answers, and two nodes; the first owns
+    everything."""
     redis = RedisServer(tmp_path / "redis", durable=True)
     redis.start()
     nodes = [NodeProcess(tmp_path / f"n{i}", redis, f"n{i}", ATTESTATION_ENV) for i in range(2)]
     try:
-        nodes[0].start()
-        wait_ready(nodes[:1])
-        nodes[1].start()
-        wait_ready(nodes)
+        start_all(nodes)
         yield redis, nodes
     finally:
         for node in nodes:
@@ -115,7 +113,7 @@ async def test_owner_killed_clients_get_1012_and_pair_again_through_the_new_owne
         async with registered(survivor.ws_url, "HHHHHH", "MMMMMM") as (alice, bob):
             await pair(alice, bob)
         assert time.monotonic() - killed_at <= FAILOVER_BOUND_S
-        assert await owner_of(survivor, "signaling") == "n1"
+        assert await owner_of(survivor, "signaling") == survivor.node_id
 
 
 async def test_a_dead_drop_outlives_the_node_that_received_it(cluster):
@@ -134,7 +132,7 @@ async def test_a_dead_drop_outlives_the_node_that_received_it(cluster):
             edge.start()
             wait_ready([owner, edge])
             owner.kill()
-        while await owner_of(edge, "relay") != "n1":  # noqa: ASYNC110
+        while await owner_of(edge, "relay") != edge.node_id:  # noqa: ASYNC110
             await trio.sleep(0.05)
         async with relays(edge.ws_url, "drop-bob") as (bob,):
             found = await bob.register_rendezvous(daily_points=["point-1", "point-2"])
@@ -210,7 +208,7 @@ async def test_an_owner_stopped_cleanly_hands_its_services_over_without_waiting_
     with trio.fail_after(20):
         await trio.to_thread.run_sync(owner.stop)  # SIGTERM: it releases its leases
         stopped_at = time.monotonic()
-        while await owner_of(survivor, "signaling") != "n1":  # noqa: ASYNC110
+        while await owner_of(survivor, "signaling") != survivor.node_id:  # noqa: ASYNC110
             await trio.sleep(0.02)
         # The next keeper round (every 0.5 s), well before the lease (2 s) would have expired.
         assert time.monotonic() - stopped_at < TEST_LEASE_MS / 1000

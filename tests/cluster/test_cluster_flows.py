@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from tests._redis import RedisServer
-from tests.cluster._nodes import NodeProcess, stats, wait_ready
+from tests.cluster._nodes import NodeProcess, start_all, stats
 from tests.integration import _http
 from tests.integration._signal import assert_quiet, expect, pair, registered
 from tests.integration.test_relay_flow import relays
@@ -23,18 +23,14 @@ from zajel.client import ServerError, connect_signal, generate_public_key
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    """Three nodes; the first one started owns every service, so the other two are pure
+    """Three nodes; the first of the list owns every service, so the other two are pure
     edges and every message of a client on them crosses Redis."""
     base = tmp_path_factory.mktemp("cluster")
     redis = RedisServer(base / "redis")
     redis.start()
     started = [NodeProcess(base / f"n{i}", redis, f"n{i}") for i in range(3)]
     try:
-        started[0].start()
-        wait_ready(started[:1])
-        for node in started[1:]:
-            node.start()
-        wait_ready(started)
+        start_all(started)
         yield started
     finally:
         for node in started:
@@ -160,7 +156,7 @@ async def test_stats_give_the_cluster_totals_and_owners(nodes):
                 view = await stats(node)
                 assert view["cluster"]["node"] == node.node_id
                 assert view["cluster"]["nodes"] == 3
-                assert set(view["cluster"]["owners"].values()) == {"n0"}
+                assert set(view["cluster"]["owners"].values()) == {a.node_id}
             # The heartbeats carry each node's connections (within a heartbeat).
             with trio.fail_after(5):
                 while (await stats(a))["connections"] < 2:  # noqa: ASYNC110
@@ -178,7 +174,7 @@ def test_cluster_status_lists_nodes_and_owners(nodes):
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert {row["node"] for row in status["nodes"] if row["alive"]} == {"n0", "n1", "n2"}
-    assert set(status["owners"].values()) == {"n0"}
+    assert set(status["owners"].values()) == {nodes[0].node_id}
 
 
 def test_cluster_status_without_redis_is_one_line_and_exit_2(tmp_path: Path):
