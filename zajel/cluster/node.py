@@ -183,17 +183,19 @@ class RemotePeer:
         self._node.queue(self._edge, ["y", self._conn, wire.to_wire(identity)])
 
 
-# Renew what this node holds, take what nobody holds, and read every lease, in one call.
-# KEYS: the lease keys. ARGV[1]: node id, ARGV[2]: lease ms, ARGV[3..]: the tokens this node
-# holds, one per key ("" for none). Returns the value of every lease after the call.
+# Renew what this node holds, take what nobody holds (or what names this instance but is not
+# held: a stale token of its own), and read every lease, in one call. KEYS: the lease keys.
+# ARGV[1]: the instance, ARGV[2]: lease ms, ARGV[3..]: the tokens this node holds, one per key
+# ("" for none). Returns the value of every lease after the call.
 _KEEPER_LUA: Final = """
 local result = {}
+local mine = ARGV[1] .. ':'
 for i, key in ipairs(KEYS) do
   local held = ARGV[i + 2]
   local value = redis.call('GET', key)
   if value and held ~= '' and value == held then
     redis.call('PEXPIRE', key, ARGV[2])
-  elseif not value then
+  elseif (not value) or (held == '' and string.sub(value, 1, #mine) == mine) then
     local epoch = redis.call('INCR', key .. ':epoch')
     value = ARGV[1] .. ':' .. epoch
     redis.call('SET', key, value, 'PX', ARGV[2])
@@ -264,7 +266,7 @@ class Node:
         self._last_renewal = -math.inf
         # Services this node runs: name -> (token, its local address, its cancel scope).
         self._running: dict[str, tuple[Owner, LocalAddress, trio.CancelScope]] = {}
-        self._starting: set[str] = set()
+        self._starting: dict[str, Owner] = {}  # services starting here, under their token
         # Connections of this node, per service: conn -> (owner token, peer).
         self._tracked: dict[str, dict[ConnId, tuple[Owner, Peer]]] = {n: {} for n in services}
         # Connections of this node attached to a remote owner: conn -> (peer, attachments).
@@ -367,7 +369,13 @@ class Node:
     async def _keep_once(self) -> None:
         """One round: heartbeat, leases, and the edges this node's services hold state of."""
         names = list(self.owners)
-        held = [self._running[name][0] if name in self._running else "" for name in names]
+        # The token of each service this node runs or is starting; "" for the others (a lease
+        # that names this instance then is stale: the keeper takes it again under a new epoch,
+        # so that the edges see the owner's state as lost, which it is).
+        held = [
+            self._running[name][0] if name in self._running else self._starting.get(name, "")
+            for name in names
+        ]
         edges = sorted(self._remote)
         now = trio.current_time()
         try:
@@ -402,10 +410,16 @@ class Node:
                 )
             self._keeper_ok = False
             self._set_degraded()
-            if now - self._last_renewal > self.lease_ms / 1000:
+            # Stopped a little before the lease can expire, so two owners never run at once.
+            if now - self._last_renewal > self.lease_ms / 1000 - 2 * self.tick_s:
                 for name in list(self._running):
                     self._stop(name, "lease not renewed")
             return
+        if not self._keeper_ok and now - self._last_renewal > NODE_TTL_MS / 1000:
+            # This node was out of the cluster for longer than its heartbeat: the owners may
+            # have detached its connections (docs/cluster.md, "Failover"), so they start again.
+            for name in self._tracked:
+                self._close_tracked(name, None)
         self._keeper_ok = True
         self._last_renewal = now
         self._set_degraded()
@@ -452,7 +466,7 @@ class Node:
         mine = owner_node(token) == self.instance and self._nursery is not None
         if mine and name not in self._running and name not in self._starting:
             assert self._nursery is not None
-            self._starting.add(name)
+            self._starting[name] = token
             self._nursery.start_soon(self._run_service, name, token)
 
     async def _run_service(self, name: str, token: Owner) -> None:
@@ -464,14 +478,14 @@ class Node:
                     address = await nursery.start(self._runners[name], token)
                     self._running[name] = (token, address, scope)
                     self._tokens[name] = token
-                    self._starting.discard(name)
+                    self._starting.pop(name, None)
                     self.owners[name] = token
                     self._remote_forget(name)
                     log.info("service owned", extra=context(service=name, node=self.node_id))
         except Exception:
             log.exception("service failed to start", extra=context(service=name))
         finally:
-            self._starting.discard(name)
+            self._starting.pop(name, None)
             if self._running.get(name, (None,))[0] == token:
                 del self._running[name]
                 if self.owners[name] == token:
