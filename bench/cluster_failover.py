@@ -21,12 +21,8 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -37,7 +33,8 @@ import trio_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._server import THROUGHPUT_ENV, emit, run_facts, running_server
+from bench._cluster import running_node, running_redis
+from bench._server import THROUGHPUT_ENV, emit, run_facts
 from zajel.client import (
     ServerError,
     SignalClient,
@@ -49,20 +46,6 @@ from zajel.client import (
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cluster_failover.jsonl"
 RETRY_S = 0.1
 CLIENT_TIMEOUT_S = 60.0
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
-    if not Path(found).exists():
-        raise SystemExit("no redis-server on PATH or beside the interpreter")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def code_for(pair_index: int, side: int, attempt: int) -> str:
@@ -129,23 +112,9 @@ async def run_pair(
         stats.finished += 1
 
 
-def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", directory]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL), f"redis://127.0.0.1:{port}/0"
-
-
-def main_sync(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="zajel-cluster-") as directory:
-        redis, url = start_redis(directory)
-        try:
-            time.sleep(0.3)  # its start, before the first node connects
-            result: dict[str, Any] = trio.run(run_cluster, args, url)
-            return result
-        finally:
-            redis.send_signal(signal.SIGTERM)
-            redis.wait(timeout=10)
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    async with running_redis() as redis:
+        return await run_cluster(args, redis.url)
 
 
 async def run_cluster(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
@@ -156,13 +125,7 @@ async def run_cluster(args: argparse.Namespace, redis_url: str) -> dict[str, Any
     }
 
     def node(name: str) -> Any:
-        return running_server(
-            env,
-            command_args=(
-                *("-m", "zajel", "serve", "--port", "0"),
-                *("--cluster", redis_url, "--node-id", name),
-            ),
-        )
+        return running_node(redis_url, name, env)
 
     stats = Stats()
     kill = trio.Event()
@@ -218,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     os.environ.pop("ZAJEL_CLUSTER_URL", None)
-    result = main_sync(args)
+    result = trio.run(main_async, args)
     emit(result, Path(args.out))
     return 0 if result["errors"] == 0 and result["within_bound"] else 1
 

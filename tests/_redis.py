@@ -7,34 +7,15 @@ The binary is the one on ``PATH``, else the one the dev extra installs beside th
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+# One lookup of the binary for the tests and the benchmarks.
+from bench._cluster import free_port, redis_server_binary
+
 START_TIMEOUT_S = 10.0
-
-
-def redis_server_binary() -> str:
-    """The ``redis-server`` to start: on ``PATH``, else beside ``sys.executable``."""
-    found = shutil.which("redis-server")
-    if found is not None:
-        return found
-    beside = Path(sys.executable).parent / "redis-server"
-    if beside.exists():
-        return str(beside)
-    raise RuntimeError(
-        "no redis-server on PATH or beside the interpreter: `make test` installs one"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisServer:
