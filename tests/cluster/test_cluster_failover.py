@@ -17,24 +17,12 @@ from tests._redis import RedisServer
 from tests.cluster._nodes import TEST_LEASE_MS, NodeProcess, owner_of, start_all, wait_ready
 from tests.integration import _http
 from tests.integration._signal import open_socket, pair, registered
-from tests.integration.test_attestation_http import (
-    ATTESTATION_SEED,
-    CI,
-    CI_SECRET,
-    PIPELINE_SEED,
-    build_token,
-    reference_body,
-)
+from tests.integration.test_attestation_durability import ENV as ATTESTATION_ENV
+from tests.integration.test_attestation_http import CI, build_token, reference_body
 from tests.integration.test_relay_flow import relays
-from zajel import crypto
 from zajel.client import RelayClient, SignalClient, generate_public_key
 
-# Every node signs with the same keys and takes the pipeline's uploads.
-ATTESTATION_ENV = {
-    "ZAJEL_ATTESTATION_SIGNING_KEY": ATTESTATION_SEED.hex(),
-    "ZAJEL_BUILD_TOKEN_VERIFY_KEY": crypto.public_key_b64(crypto.signing_key(PIPELINE_SEED)),
-    "ZAJEL_CI_UPLOAD_SECRET": CI_SECRET,
-}
+# Every node signs with the same keys and takes the pipeline's uploads (ATTESTATION_ENV).
 
 # docs/cluster.md, "What clients see": the connections of the lost owner are closed within the
 # lease plus 2 s.
