@@ -12,11 +12,12 @@ import coredis
 import pytest
 import trio
 
+from tests._redis import RedisServer, coredis_failed_connections
 from tests.conftest import make_config
 from tests.services.fakes import FakePeer
 from zajel.cluster.address import ClusterAddress
 from zajel.cluster.link import RedisAddress
-from zajel.cluster.node import ClusterUnavailable, Node
+from zajel.cluster.node import NODE_TTL_MS, ClusterUnavailable, Node
 from zajel.cluster.services import redis_client
 from zajel.protocol.signaling import decode
 from zajel.services import Address
@@ -115,3 +116,68 @@ async def test_a_cluster_call_nobody_answers_is_unavailable_not_a_hang(redis):
         with trio.fail_after(5), pytest.raises(ClusterUnavailable):
             await edge.call("ghost@9", "signaling", GetStats())
         nodes.cancel_scope.cancel()
+
+
+async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tmp_path, clock):
+    """The owners may have detached its connections while it was away (docs/cluster.md,
+    "Failover"): they are closed with 1012, to register again. And an owner away for longer
+    than its lease comes back under a new epoch."""
+    redis = RedisServer(tmp_path / "redis", durable=True)  # the lease survives the restart
+    redis.start()
+    try:
+        url = redis.url
+        owner_client = redis_client(RedisAddress.parse(url))
+        edge_client = redis_client(RedisAddress.parse(url))
+        async with owner_client, edge_client, trio.open_nursery() as nodes:
+            owner = make_node(owner_client, url, "owner", 1)
+            edge = make_node(edge_client, url, "edge", 2)
+            await nodes.start(owner.run)
+            with trio.fail_after(5):
+                while not owner.owns("signaling"):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            await nodes.start(edge.run)
+            token = edge.current_token("signaling")
+            peer = FakePeer()
+            await ClusterAddress(edge, "signaling").cast(Attach(5, peer, "10.0.0.5"))
+            with coredis_failed_connections():
+                redis.stop()
+                with trio.fail_after(10):
+                    while edge.heartbeat_ok:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                # Away for longer than a heartbeat, on trio's clock.
+                clock.jump(NODE_TTL_MS / 1000 + 1)
+                redis.start()
+                with trio.fail_after(10):
+                    while not edge.available:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+            assert peer.closed == [1012]
+            assert edge.current_token("signaling") == token  # the same owner all along
+
+            # Away for longer than a lease: the owner stops its service before the lease can
+            # expire, then finds its own lease still in Redis and takes it under a new epoch,
+            # so the edges see the state as new.
+            later = FakePeer()
+            await ClusterAddress(edge, "signaling").cast(Attach(6, later, "10.0.0.6"))
+            with coredis_failed_connections():
+                redis.stop()
+                with trio.fail_after(10):
+                    while owner.heartbeat_ok or edge.heartbeat_ok:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                clock.jump(10)  # the lease, on trio's clock; Redis' own clock keeps it
+                with trio.fail_after(10):
+                    while owner.owns("signaling"):  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                redis.start()
+                with trio.fail_after(10):
+                    while not (owner.owns("signaling") and edge.available):  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+            renewed = owner.current_token("signaling")
+            assert renewed.rpartition(":")[0] == token.rpartition(":")[0]  # the same run
+            assert int(renewed.rpartition(":")[2]) > int(token.rpartition(":")[2])
+            with trio.fail_after(5):
+                while edge.current_token("signaling") != renewed:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            assert later.closed == [1012]
+            nodes.cancel_scope.cancel()
+    finally:
+        redis.stop()

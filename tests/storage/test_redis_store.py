@@ -3,17 +3,14 @@ going away, the schema version, and the layout other tools read."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import coredis
 import pytest
 
-from tests._redis import RedisServer
+from tests._redis import RedisServer, coredis_failed_connections
 from tests.storage.test_attestation_store import (
     POLICY,
     challenge,
@@ -151,20 +148,6 @@ async def test_a_write_probe_changes_no_record(client):
 
 
 # -- failures ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def coredis_failed_connections() -> Iterator[None]:
-    """A block whose Redis connections may fail to connect. coredis closes a connection's
-    internal anyio streams only once it connected, so each failed attempt leaves some unclosed,
-    and anyio warns when they are collected: they are collected here, where that warning is
-    expected, rather than in whatever test runs later."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"Unclosed <MemoryObject", ResourceWarning)
-        try:
-            yield
-        finally:
-            gc.collect()
 
 
 async def failure(call: Callable[[], Awaitable[object]]) -> tuple[type, type]:

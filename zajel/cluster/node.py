@@ -326,6 +326,11 @@ class Node:
     def available(self) -> bool:
         return not self.degraded
 
+    @property
+    def heartbeat_ok(self) -> bool:
+        """Whether the last keeper round (heartbeat and leases) reached Redis."""
+        return self._keeper_ok
+
     def _set_degraded(self) -> None:
         degraded = not (self._hop_up and self._keeper_ok)
         if degraded != self.degraded:
