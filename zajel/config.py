@@ -104,6 +104,7 @@ class Config:
     reuse_port: bool = False
     cluster_lease_ms: int = 10_000
     cluster_call_timeout_ms: int = 5_000
+    cluster_linger_ms: int = 5
 
     @property
     def redacts_codes(self) -> bool:
@@ -215,6 +216,7 @@ class Config:
             in ("on", "1", "true"),
             cluster_lease_ms=reader.integer("CLUSTER_LEASE_MS", 10_000, 1_000, 600_000),
             cluster_call_timeout_ms=reader.integer("CLUSTER_CALL_TIMEOUT_MS", 5_000, 100, 600_000),
+            cluster_linger_ms=reader.integer("CLUSTER_LINGER_MS", 5, 0, 100),
         )
 
 

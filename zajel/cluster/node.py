@@ -74,9 +74,8 @@ LATENCY_SAMPLES: Final = 2048
 MAX_QUEUED_OPS: Final = 20_000
 RECONNECT_DELAY_S: Final = 0.5
 LEAVE_TIMEOUT_S: Final = 2.0
-# A flush round that sent at least BUSY_OPS ops makes the next one wait LINGER_S for more.
+# A flush round that sent at least BUSY_OPS ops makes the next one wait ``linger_ms`` for more.
 BUSY_OPS: Final = 8
-LINGER_S: Final = 0.002
 # A status entry (``zajel cluster status``) whose heartbeat is this old is removed.
 FORGET_NODE_MS: Final = 3_600_000
 
@@ -236,6 +235,7 @@ class Node:
         services: dict[str, Callable[..., Awaitable[None]]],
         lease_ms: int,
         call_timeout_ms: int,
+        linger_ms: int = 5,
     ) -> None:
         self.node_id = node_id
         # This run of the node: a node restarted with the same id is another instance, so the
@@ -246,6 +246,7 @@ class Node:
         self._runners = services
         self.lease_ms = lease_ms
         self.call_timeout_s = call_timeout_ms / 1000
+        self.linger_s = linger_ms / 1000
         # Set by the server once listening: reported in the heartbeat.
         self.listen_url_of: Callable[[], str] = lambda: ""
         self.connections_of: Callable[[], int] = lambda: 0
@@ -636,7 +637,7 @@ class Node:
                 # Under load, a round waits a little for more: each PUBLISH costs its
                 # sender, Redis and its receiver the same whatever it carries
                 # (docs/cluster.md, "Batching").
-                await trio.sleep(LINGER_S)
+                await trio.sleep(self.linger_s)
             else:
                 # Let every task that is ready run first: what they queue goes in this round.
                 await trio.lowlevel.cancel_shielded_checkpoint()

@@ -133,6 +133,7 @@ async def open_cluster_services(
             services=runners,
             lease_ms=config.cluster_lease_ms,
             call_timeout_ms=config.cluster_call_timeout_ms,
+            linger_ms=config.cluster_linger_ms,
         )
         node.listen_url_of = listen_url
         log.info(
