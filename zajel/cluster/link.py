@@ -1,8 +1,9 @@
 """The node-to-node hop: PUBLISH to another node's inbox channel, SUBSCRIBE to our own.
 
 Everything else in cluster mode talks to Redis through coredis; this hop does not, because it
-carries every message between nodes and coredis costs about 235 µs of CPU per command on this
-machine against about 10 µs for a pipelined PUBLISH written here (docs/cluster.md, "The hop").
+carries every message between nodes, and a PUBLISH costs about 184 µs of CPU through coredis
+against about 3 µs here (``bench/redis_publish.py``; docs/cluster.md, "Why pub/sub, and why its
+own connection").
 It speaks just enough RESP2 for two connections:
 
 - ``Publisher``: ``publish_nowait`` appends the encoded command to a buffer and never waits;
