@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/cluster.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
