@@ -309,3 +309,20 @@ def test_run_all_summary_sets_the_transports_side_by_side_and_checks_bars_on_our
     assert chunks["figures"]["hypercorn"]["failed"] is False
     assert list(registry["figures"]) == ["http"]
     assert registry["figures"]["http"]["server_cpu_us_per_item"] == 900.0
+
+
+def test_cluster_failover_benchmark_sees_1012_and_pairs_again_within_the_bound(tmp_path):
+    out = tmp_path / "failover.jsonl"
+    result = reported(
+        "cluster_failover.py",
+        out,
+        "--pairs=2",
+        "--messages=1500",  # still relaying when the owner dies
+        "--lease-ms=1000",
+        "--kill-after=0.3",
+    )
+    assert result["bench"] == "cluster_failover"
+    assert result["closes"].get("1012", 0) >= 2
+    assert result["within_bound"] is True
+    assert result["errors"] == 0
+    assert result["pairs_finished"] == 2
