@@ -212,8 +212,7 @@ class Config:
             attest_web_devices_max=reader.integer("ATTEST_WEB_DEVICES_MAX", 10_000, 1, 10**7),
             cluster_url=reader.cluster_url("CLUSTER_URL"),
             node_id=reader.node_id("NODE_ID"),
-            reuse_port=reader.choice("REUSE_PORT", "off", ("on", "off", "1", "0", "true", "false"))
-            in ("on", "1", "true"),
+            reuse_port=reader.choice("REUSE_PORT", "off", ("on", "off")) == "on",
             cluster_lease_ms=reader.integer("CLUSTER_LEASE_MS", 10_000, 1_000, 600_000),
             cluster_call_timeout_ms=reader.integer("CLUSTER_CALL_TIMEOUT_MS", 5_000, 100, 600_000),
             cluster_linger_ms=reader.integer("CLUSTER_LINGER_MS", 5, 0, 100),

@@ -317,22 +317,19 @@ class Subscriber:
                 if not data:
                     raise LinkError("Redis closed the connection")
                 reader.feed(data)
-                if subscribed:
+                while True:
+                    # Messages by the fast path; any other reply (the subscription's
+                    # confirmation, an error) by the general parser, then messages again.
                     for payload in reader.messages():
                         self.received += 1
                         self.bytes += len(payload)
                         await on_message(payload)
-                while (reply := reader.next()) is not None:
+                    reply = reader.next()
+                    if reply is None:
+                        break
                     if isinstance(reply, LinkError):
                         raise reply
-                    if not isinstance(reply, list) or len(reply) != 3:
-                        continue
-                    kind, _, payload = reply
-                    if kind == b"message" and isinstance(payload, bytes):
-                        self.received += 1
-                        self.bytes += len(payload)
-                        await on_message(payload)
-                    elif kind == b"subscribe" and not subscribed:
+                    if isinstance(reply, list) and reply[:1] == [b"subscribe"] and not subscribed:
                         subscribed = True
                         task_status.started()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:

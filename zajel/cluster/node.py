@@ -277,7 +277,6 @@ class Node:
         self._remote: dict[str, dict[str, set[ConnId]]] = {}
         self._outgoing: dict[str, list[Any]] = {}
         self._marks: dict[str, dict[ConnId, int]] = {}  # edge -> conn -> frames handled
-        self._owner_nodes: dict[Owner, str] = {}  # token -> its instance (``route``'s cache)
         self._flush_wake = trio.Event()
         self._flushed = trio.Event()
         self._calls: dict[int, trio.MemorySendChannel[Any]] = {}
@@ -520,16 +519,7 @@ class Node:
         running = self._running.get(name)
         if running is not None:
             return running[1]
-        token = self.owners.get(name)
-        if token is None:
-            raise ClusterUnavailable(f"no owner for {name}")
-        owner = self._owner_nodes.get(token)
-        if owner is None:
-            self._owner_nodes = {
-                token: owner_node(token) for token in self.owners.values() if token
-            }
-            owner = self._owner_nodes[token]
-        return owner
+        return owner_node(self.current_token(name))
 
     def owns(self, name: str) -> bool:
         """Whether ``name`` runs on this node now."""
@@ -588,8 +578,7 @@ class Node:
             )
         for conn in stale:
             _, peer = tracked.pop(conn)
-            entry = self._local_peers.pop(conn, None)
-            del entry
+            self._local_peers.pop(conn, None)
             peer.close(CLOSE_SERVICE_RESTART)
 
     # -- sending -----------------------------------------------------------------------------
@@ -788,16 +777,8 @@ class Node:
                 self.queue(op[3], ["r", op[2], None, f"this node does not own {name}"])
             return
         address = running[1]
-        if kind == "i":
-            identity = op[4]
-            envelope = Envelope(
-                Inbound(
-                    op[2],
-                    wire.from_wire(op[3]),
-                    None if identity is None else wire.from_wire(identity),
-                )
-            )
-        elif kind == "c":
+        # ("i", a client's frame for a service that runs here, is handled in ``_on_batch``.)
+        if kind == "c":
             request = wire.from_wire(op[2])
             if type(request) is Detach:
                 held = self._remote.get(sender, {}).get(name)
