@@ -36,6 +36,10 @@ def test_defaults():
     assert config.trust_proxy is None
     assert config.bootstrap_signing_key is None
     assert config.server_registry_secret is None
+    # docs/cluster.md, "Settings": a single node unless a cluster URL is given.
+    assert (config.cluster_url, config.node_id, config.reuse_port) == (None, None, False)
+    assert (config.cluster_lease_ms, config.cluster_call_timeout_ms) == (10_000, 5_000)
+    assert config.cluster_linger_ms == 5
     assert (config.ws_max_message_bytes, config.chunk_max_bytes) == (262_144, 65_536)
     assert (config.ws_message_rate, config.ws_message_burst) == (100.0, 200)
     assert (config.pair_requests_per_minute, config.pair_pending_per_target) == (10, 10)
@@ -260,6 +264,17 @@ def test_log_levels(environ, level):
         ("RENDEZVOUS_ENTRIES_PER_IP", "0"),
         ("ATTEST_REGISTRATIONS_PER_IP_PER_HOUR", "0"),
         ("ATTEST_WEB_DEVICES_MAX", "0"),
+        ("CLUSTER_URL", "http://127.0.0.1:6379/0"),
+        ("CLUSTER_URL", "redis:///0"),
+        ("CLUSTER_URL", "redis://127.0.0.1:port/0"),
+        ("CLUSTER_URL", "redis://127.0.0.1:6379/zero"),
+        ("NODE_ID", "a b"),
+        ("NODE_ID", "n" * 65),
+        ("NODE_ID", "node/1"),
+        ("REUSE_PORT", "yes"),
+        ("CLUSTER_LEASE_MS", "999"),
+        ("CLUSTER_CALL_TIMEOUT_MS", "0"),
+        ("CLUSTER_LINGER_MS", "101"),
     ],
 )
 def test_invalid_values_name_the_setting(name, value):
@@ -408,3 +423,28 @@ def test_the_attestation_key_must_differ_from_the_build_token_key():
                 "ZAJEL_BUILD_TOKEN_VERIFY_KEY": own_public_key,
             }
         )
+
+
+def test_cluster_settings():
+    config = Config.from_env(
+        {
+            "ZAJEL_CLUSTER_URL": "redis://user:p%40ss@redis.internal:6380/2",
+            "ZAJEL_NODE_ID": "edge-1.eu_west",
+            "ZAJEL_REUSE_PORT": "on",
+            "ZAJEL_CLUSTER_LEASE_MS": "5000",
+            "ZAJEL_CLUSTER_CALL_TIMEOUT_MS": "250",
+            "ZAJEL_CLUSTER_LINGER_MS": "0",
+        }
+    )
+    assert config.cluster_url == "redis://user:p%40ss@redis.internal:6380/2"
+    assert (config.node_id, config.reuse_port) == ("edge-1.eu_west", True)
+    assert (config.cluster_lease_ms, config.cluster_call_timeout_ms) == (5000, 250)
+    assert config.cluster_linger_ms == 0
+    # docs/cluster.md, "Settings": the URL may hold a password, so it is kept out of repr.
+    assert "p%40ss" not in repr(config)
+
+
+def test_a_bad_cluster_url_is_refused_without_repeating_it():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"ZAJEL_CLUSTER_URL": "ftp://user:secret@host/0"})
+    assert "secret" not in str(caught.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import coredis
@@ -50,15 +51,12 @@ def make_node(client: coredis.Redis[bytes], url: str, node_id: str, number: int)
     )
 
 
-@pytest.fixture(params=["local", "redis"])
-async def address(request, redis, nursery) -> AsyncIterator[Address]:
-    if request.param == "local":
-        yield start_service(nursery, SignalingRoom.from_config(make_config()))
-        return
-    url = redis.url
+@asynccontextmanager
+async def owner_and_edge(url: str) -> AsyncIterator[tuple[Node, Node]]:
+    """Two nodes on the Redis at ``url``: ``owner`` runs the SignalingRoom, ``edge`` reaches it
+    over Redis. They stop (and leave the cluster) before their clients close."""
     owner_client = redis_client(RedisAddress.parse(url))
     edge_client = redis_client(RedisAddress.parse(url))
-    # The nodes stop (and leave the cluster) before their clients close.
     async with owner_client, edge_client, trio.open_nursery() as nodes:
         owner = make_node(owner_client, url, "owner", 1)
         edge = make_node(edge_client, url, "edge", 2)
@@ -68,8 +66,17 @@ async def address(request, redis, nursery) -> AsyncIterator[Address]:
                 await trio.sleep(0.01)
         await nodes.start(edge.run)
         assert edge.route("signaling") == owner.instance
-        yield ClusterAddress(edge, "signaling")
+        yield owner, edge
         nodes.cancel_scope.cancel()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def address(request, redis, nursery) -> AsyncIterator[Address]:
+    if request.param == "local":
+        yield start_service(nursery, SignalingRoom.from_config(make_config()))
+        return
+    async with owner_and_edge(redis.url) as (_, edge):
+        yield ClusterAddress(edge, "signaling")
 
 
 async def settle(peer: FakePeer, handled: int) -> None:
@@ -123,30 +130,20 @@ async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tm
     "Failover"): they are closed with 1012, to register again. And an owner away for longer
     than its lease comes back under a new epoch."""
     redis = RedisServer(tmp_path / "redis", durable=True)  # the lease survives the restart
-    redis.start()
+    await trio.to_thread.run_sync(redis.start)
     try:
-        url = redis.url
-        owner_client = redis_client(RedisAddress.parse(url))
-        edge_client = redis_client(RedisAddress.parse(url))
-        async with owner_client, edge_client, trio.open_nursery() as nodes:
-            owner = make_node(owner_client, url, "owner", 1)
-            edge = make_node(edge_client, url, "edge", 2)
-            await nodes.start(owner.run)
-            with trio.fail_after(5):
-                while not owner.owns("signaling"):  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            await nodes.start(edge.run)
+        async with owner_and_edge(redis.url) as (owner, edge):
             token = edge.current_token("signaling")
             peer = FakePeer()
             await ClusterAddress(edge, "signaling").cast(Attach(5, peer, "10.0.0.5"))
             with coredis_failed_connections():
-                redis.stop()
+                await trio.to_thread.run_sync(redis.stop)
                 with trio.fail_after(10):
                     while edge.heartbeat_ok:  # noqa: ASYNC110
                         await trio.sleep(0.02)
                 # Away for longer than a heartbeat, on trio's clock.
                 clock.jump(NODE_TTL_MS / 1000 + 1)
-                redis.start()
+                await trio.to_thread.run_sync(redis.start)
                 with trio.fail_after(10):
                     while not edge.available:  # noqa: ASYNC110
                         await trio.sleep(0.02)
@@ -159,7 +156,7 @@ async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tm
             later = FakePeer()
             await ClusterAddress(edge, "signaling").cast(Attach(6, later, "10.0.0.6"))
             with coredis_failed_connections():
-                redis.stop()
+                await trio.to_thread.run_sync(redis.stop)
                 with trio.fail_after(10):
                     while owner.heartbeat_ok or edge.heartbeat_ok:  # noqa: ASYNC110
                         await trio.sleep(0.02)
@@ -167,7 +164,7 @@ async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tm
                 with trio.fail_after(10):
                     while owner.owns("signaling"):  # noqa: ASYNC110
                         await trio.sleep(0.02)
-                redis.start()
+                await trio.to_thread.run_sync(redis.start)
                 with trio.fail_after(10):
                     while not (owner.owns("signaling") and edge.available):  # noqa: ASYNC110
                         await trio.sleep(0.02)
@@ -178,6 +175,5 @@ async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tm
                 while edge.current_token("signaling") != renewed:  # noqa: ASYNC110
                     await trio.sleep(0.02)
             assert later.closed == [1012]
-            nodes.cancel_scope.cancel()
     finally:
         redis.stop()

@@ -84,7 +84,7 @@ async def test_owner_killed_clients_get_1012_and_pair_again_through_the_new_owne
         async with owned(survivor.ws_url, "HHHHHH", "MMMMMM") as (alice, bob):
             await pair(alice, bob)
             killed_at = time.monotonic()
-            owner.kill()
+            await trio.to_thread.run_sync(owner.kill)
             codes: list[int | None] = []
 
             async def watch(client: SignalClient) -> None:
@@ -111,15 +111,15 @@ async def test_a_dead_drop_outlives_the_node_that_received_it(cluster):
         async with open_socket(edge.ws_url, "/relay", client_class=RelayClient) as alice:
             await alice.register("drop-alice")
             await alice.register_rendezvous(daily_points=["point-1"], dead_drop="sealed-1")
-            edge.kill()
+            await trio.to_thread.run_sync(edge.kill)
         # Left through the owner, which is then killed too (after a new edge joins): the entry
         # is in Redis, and the new owner loads it.
         async with open_socket(owner.ws_url, "/relay", client_class=RelayClient) as carol:
             await carol.register("drop-carol")
             await carol.register_rendezvous(daily_points=["point-2"], dead_drop="sealed-2")
-            edge.start()
-            wait_ready([owner, edge])
-            owner.kill()
+            await trio.to_thread.run_sync(edge.start)
+            await trio.to_thread.run_sync(wait_ready, [owner, edge])
+            await trio.to_thread.run_sync(owner.kill)
         while await owner_of(edge, "relay") != edge.node_id:  # noqa: ASYNC110
             await trio.sleep(0.05)
         async with relays(edge.ws_url, "drop-bob") as (bob,):
@@ -154,7 +154,7 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
             device = {"device_id": f"device-{n}", "build_token": build_token()}
             assert (await _http.post(node.url, "/attest/register", device)).status == 200
         async with open_socket(b.ws_url) as early:
-            redis.kill()
+            await trio.to_thread.run_sync(redis.kill)
             # Both nodes notice within a keeper round or two.
             while (await _http.get(b.url, "/health")).status != 503:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -173,7 +173,7 @@ async def test_redis_down_then_back_degrades_and_recovers_losing_no_acknowledged
             refused = await _http.post(node.url, "/servers", server_body("vps-never"))
             assert (refused.status, refused.json()) == (503, {"error": "Cluster unavailable"})
             assert not await accepts(node)
-        redis.start()
+        await trio.to_thread.run_sync(redis.start)
         for node in (a, b):
             while (await _http.get(node.url, "/health")).status != 200:  # noqa: ASYNC110
                 await trio.sleep(0.05)
