@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zajel.cluster.link import LinkError, Reader, RedisAddress, command
+from zajel.cluster.link import (
+    LinkError,
+    Publisher,
+    Reader,
+    RedisAddress,
+    Subscriber,
+    command,
+    connect,
+)
 
 
 def message(channel: bytes, payload: bytes) -> bytes:
@@ -51,3 +62,33 @@ def test_a_url_is_parsed_and_redacted_without_its_password():
     assert address.password == "p@ss"
     assert "p@ss" not in address.redacted()
     assert "p@ss" not in repr(address)
+
+
+async def test_several_publishes_are_one_atomic_step_and_every_reply_is_read(redis):
+    """``publish_all_nowait`` sends MULTI, the PUBLISHes and EXEC (docs/cluster.md, "Direct
+    relay"): each subscriber gets its message, and the replies (+OK, +QUEUED, the EXEC array)
+    are read without failing the link; a channel nobody hears is counted."""
+    address = RedisAddress.parse(redis.url)
+    got: dict[bytes, list[bytes]] = {b"one": [], b"two": []}
+
+    def collect(channel: bytes) -> Callable[[bytes], Awaitable[None]]:
+        async def on_message(payload: bytes) -> None:
+            got[channel].append(payload)
+
+        return on_message
+
+    async with trio.open_nursery() as nursery:
+        for channel in got:
+            subscriber = Subscriber(await connect(address), channel)
+            await nursery.start(subscriber.run, collect(channel))
+        publisher = Publisher(await connect(address))
+        nursery.start_soon(publisher.run)
+        publisher.publish_all_nowait([(b"one", b"1a"), (b"two", b"2a"), (b"nobody", b"x")])
+        publisher.publish_all_nowait([(b"two", b"2b")])
+        publisher.publish_nowait(b"one", b"1b")
+        with trio.fail_after(5):
+            while len(got[b"one"]) < 2 or len(got[b"two"]) < 2 or publisher.unheard < 1:  # noqa: ASYNC110
+                await trio.sleep(0.005)
+        assert got == {b"one": [b"1a", b"1b"], b"two": [b"2a", b"2b"]}
+        assert (publisher.failed, publisher.unheard, publisher.sent) == (None, 1, 5)
+        nursery.cancel_scope.cancel()

@@ -347,3 +347,46 @@ async def test_a_message_whose_handling_fails_gets_internal_error_and_the_room_g
     assert peer.take() == [
         {"type": "registered", "pairingCode": A, "reconnectToken": room.tokens[A]}
     ]
+
+
+class RoutedFakePeer(FakePeer):
+    """A peer that relays by routes, as a cluster edge's connection does: records them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: list[tuple[str | None, dict[str, Any]]] = []
+
+    def relay_routes(self, code: str | None, targets: dict[str, Any]) -> None:
+        self.routes.append((code, dict(targets)))
+
+
+async def test_routed_peers_are_told_their_routes_when_pairing_changes_them(autojump_clock, room):
+    """docs/cluster.md, "Direct relay": after a registration, a match, a peer leaving and a
+    peer back within the grace time, each routed peer concerned learns where it may relay."""
+    a, b, c = RoutedFakePeer(), RoutedFakePeer(), FakePeer()
+    await room.attach(1, a)
+    await room.attach(2, b)
+    await room.attach(3, c)
+    await room.send(1, type="register", pairingCode=A, publicKey=KEY_A)
+    await room.send(2, type="register", pairingCode=B, publicKey=KEY_B)
+    await room.send(3, type="register", pairingCode=C)
+    await room.settle()
+    assert (a.routes, b.routes) == ([(A, {})], [(B, {})])
+    await room.match(1, A, 2, B)
+    await room.match(1, A, 3, C)  # c is not routed: it is not told, but is a target
+    await room.send(1, type="ping")  # no pairing change: nothing told
+    await room.settle()
+    assert a.routes[1:] == [(A, {B: b}), (A, {B: b, C: c})]
+    assert b.routes[1:] == [(B, {A: a})]
+    assert c.take()[-1]["type"] == "pair_matched"
+
+    await room.address.cast(Detach(2))
+    await room.settle()
+    assert a.routes[-1] == (A, {C: c})  # b left: its code is reserved, not live
+    back = RoutedFakePeer()
+    await room.attach(4, back)
+    token = next(f for f in b.frames if f["type"] == "registered")["reconnectToken"]
+    await room.send(4, type="register", pairingCode=B, publicKey=KEY_B, reconnectToken=token)
+    await room.settle()
+    assert back.routes == [(B, {A: a})]
+    assert a.routes[-1] == (A, {B: back, C: c})

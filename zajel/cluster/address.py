@@ -8,6 +8,8 @@ difference (docs/cluster.md, "Edges and owners").
 - ``Attach`` and ``Detach`` are also recorded on the node, so that a connection whose owner
   state is lost is closed with 1012. A ``Detach`` of a connection that was already closed for
   that reason goes nowhere: the new owner never knew it.
+- A signaling ``Relay`` between matched peers goes straight to the peer's node when the owner
+  has told this node the route (``Node.relay_direct``); every other frame goes to the owner.
 - When the cluster is unavailable, a client's frame is answered with the ``unavailable`` error
   (docs/cluster.md, "What clients see"), an ``Attach`` closes the new connection with 1012, and
   ``call`` raises ``ClusterUnavailable`` (HTTP 503).
@@ -23,6 +25,7 @@ from zajel.cluster import wire
 from zajel.cluster.node import CLOSE_SERVICE_RESTART, ClusterUnavailable, Node
 from zajel.protocol import errors
 from zajel.protocol.frames import encode
+from zajel.protocol.signaling import Relay
 from zajel.services._mailbox import LocalAddress
 from zajel.services._peers import Attach, Detach, Inbound
 
@@ -35,6 +38,8 @@ class ClusterAddress:
     def __init__(self, node: Node, name: str) -> None:
         self.node = node
         self.name = name
+        # A matched pair's relays go edge to edge (docs/cluster.md, "Direct relay").
+        self._direct = name == "signaling"
 
     def cast_nowait(self, request: Any) -> None:
         """Send ``request`` now; raises ``trio.WouldBlock`` when the way there is full."""
@@ -58,7 +63,14 @@ class ClusterAddress:
             node.queue(route, ["a", name, request.conn_id, request.ip])
             return
         if kind is Inbound:
+            if (
+                self._direct
+                and type(request.message) is Relay
+                and node.relay_direct(request.conn_id, request.message)
+            ):
+                return
             # The hottest message crosses flat: no wrapper to walk on either side.
+            node.forwarded(request.conn_id)
             identity = request.identity
             node.queue(
                 route,

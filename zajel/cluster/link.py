@@ -7,7 +7,9 @@ own connection").
 It speaks just enough RESP2 for two connections:
 
 - ``Publisher``: ``publish_nowait`` appends the encoded command to a buffer and never waits;
-  one task writes the buffer (many commands per write) and another reads the integer replies.
+  one task writes the buffer (many commands per write) and another reads the replies.
+  ``publish_all_nowait`` wraps several PUBLISHes in MULTI/EXEC, so that Redis runs them as one
+  step: no other client's command comes between them.
   The buffer is bounded: past ``MAX_BUFFER_BYTES`` the link is failed, never grown.
 - ``Subscriber``: subscribes to one channel and hands every message's payload to a callback.
 
@@ -30,6 +32,9 @@ import trio
 MAX_BUFFER_BYTES: Final = 64 << 20
 CONNECT_TIMEOUT_S: Final = 5.0
 _READ_BYTES: Final = 1 << 16
+_MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
+_ACCEPTED: Final = (b":", b"+", b"*")
 
 
 class LinkError(Exception):
@@ -246,6 +251,19 @@ class Publisher:
         self.sent += 1
         self._wake.set()
 
+    def publish_all_nowait(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Queue the PUBLISH of every ``(channel, payload)`` as one atomic step (MULTI/EXEC
+        when there are several). Raises ``LinkError`` like ``publish_nowait``."""
+        if len(messages) == 1:
+            self.publish_nowait(*messages[0])
+            return
+        if self.failed is not None:
+            raise self.failed
+        self._buffer += _MULTI
+        for channel, payload in messages:
+            self.publish_nowait(channel, payload)
+        self._buffer += _EXEC
+
     async def run(self) -> None:
         """Write and read until the connection fails; raises ``LinkError``."""
         try:
@@ -275,8 +293,9 @@ class Publisher:
                 await self._stream.send_all(data)
 
     async def _read(self) -> None:
-        # Every reply on this connection is one line: ``:N`` (the subscribers that got the
-        # message) or ``-ERR ...``.
+        # Every reply on this connection is made of lines: ``:N`` (the subscribers that got
+        # the message), ``+OK`` (MULTI), ``+QUEUED`` (a PUBLISH in MULTI), ``*N`` (EXEC, then
+        # its N ``:N`` lines) or ``-ERR ...``.
         pending = b""
         while True:
             data = await self._stream.receive_some(_READ_BYTES)
@@ -287,7 +306,7 @@ class Publisher:
             for line in lines:
                 if line == b":0":
                     self.unheard += 1
-                elif line[:1] != b":":
+                elif line[:1] not in _ACCEPTED:
                     raise LinkError(f"Redis refused a PUBLISH: {line[:200]!r}")
 
 

@@ -51,6 +51,8 @@ from zajel.cluster.link import (
     connect,
 )
 from zajel.logs import context
+from zajel.protocol.frames import encode
+from zajel.protocol.signaling import Relay
 from zajel.services._mailbox import Envelope, LocalAddress, Unavailable
 from zajel.services._peers import (
     CLOSE_TRY_AGAIN_LATER,
@@ -61,6 +63,7 @@ from zajel.services._peers import (
     Inbound,
     Peer,
 )
+from zajel.services.signaling import peer_not_found, relayed
 
 log = logging.getLogger("zajel.cluster")
 
@@ -109,6 +112,12 @@ class HopStats:
     batches_in: int = 0
     calls: int = 0
     call_timeouts: int = 0
+    # Signaling frames an edge relayed by its routes (docs/cluster.md, "Direct relay"): sent
+    # to another node or delivered here, delivered here from another node, and refused (the
+    # route was no longer right: ``peer_not_found``).
+    direct_out: int = 0
+    direct_in: int = 0
+    direct_refused: int = 0
     latencies_ms: collections.deque[float] = attrs.field(
         factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
     )
@@ -130,6 +139,9 @@ class HopStats:
             "batches_in": self.batches_in,
             "calls": self.calls,
             "call_timeouts": self.call_timeouts,
+            "direct_out": self.direct_out,
+            "direct_in": self.direct_in,
+            "direct_refused": self.direct_refused,
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99)},
         }
 
@@ -180,6 +192,16 @@ class RemotePeer:
 
     def identify(self, identity: Identity) -> None:
         self._node.queue(self._edge, ["y", self._conn, wire.to_wire(identity)])
+
+    def relay_routes(self, code: str | None, targets: dict[str, Peer]) -> None:
+        """The edge relays this connection's frames to the targets served by edges itself
+        (``Node.relay_direct``); the others, on this node, still come here."""
+        routes = [
+            [target, peer._edge, peer._conn]
+            for target, peer in targets.items()
+            if type(peer) is RemotePeer
+        ]
+        self._node.queue(self._edge, ["R", self._conn, code, routes])
 
 
 # Renew what this node holds, take what nobody holds (or what names this instance but is not
@@ -275,6 +297,11 @@ class Node:
         # Connections of other nodes attached to services this node runs: edge -> service ->
         # conns.
         self._remote: dict[str, dict[str, set[ConnId]]] = {}
+        # Direct relay (docs/cluster.md): per connection of this node, the code it holds and
+        # where each matched code's connection is (instance, conn), as the signaling owner last
+        # said; and per connection, its frames sent to owners and not yet handled there.
+        self._routes: dict[ConnId, tuple[str, dict[str, tuple[str, ConnId]]]] = {}
+        self._in_flight: dict[ConnId, int] = {}
         self._outgoing: dict[str, list[Any]] = {}
         self._marks: dict[str, dict[ConnId, int]] = {}  # edge -> conn -> frames handled
         self._flush_wake = trio.Event()
@@ -552,8 +579,13 @@ class Node:
         if entry is not None:
             entry[1] -= 1
             if entry[1] <= 0:
-                del self._local_peers[conn]
+                self._forget_conn(conn)
         return found
+
+    def _forget_conn(self, conn: ConnId) -> None:
+        self._local_peers.pop(conn, None)
+        self._routes.pop(conn, None)
+        self._in_flight.pop(conn, None)
 
     def is_tracked(self, name: str, conn: ConnId) -> bool:
         return conn in self._tracked[name]
@@ -578,7 +610,7 @@ class Node:
             )
         for conn in stale:
             _, peer = tracked.pop(conn)
-            self._local_peers.pop(conn, None)
+            self._forget_conn(conn)
             peer.close(CLOSE_SERVICE_RESTART)
 
     # -- sending -----------------------------------------------------------------------------
@@ -617,6 +649,89 @@ class Node:
                 return
         self.queue(edge, ["p", text, [conn]])
 
+    # -- direct relay (the edge side; docs/cluster.md, "Direct relay") -----------------------
+
+    def forwarded(self, conn: ConnId) -> None:
+        """One frame of ``conn`` went to a remote owner: until it is handled there, ``conn``
+        relays through the owner, so that no frame of its overtakes an earlier one."""
+        self._in_flight[conn] = self._in_flight.get(conn, 0) + 1
+
+    def relay_direct(self, conn: ConnId, message: Relay) -> bool:
+        """Relay ``message`` of ``conn`` to its matched peer straight from this edge, as the
+        signaling owner would; False when it must go to the owner (no route to its target, or
+        a frame of ``conn``'s still there, or no room on the way)."""
+        route = self._routes.get(conn)
+        if route is None or conn in self._in_flight:
+            return False
+        code, targets = route
+        target = targets.get(message.target)
+        entry = self._local_peers.get(conn)
+        if target is None or entry is None:
+            return False
+        instance, target_conn = target
+        text = encode(relayed(message, code))
+        if instance == self.instance:
+            self._relay_arrived(instance, conn, target_conn, code, message.target, text)
+        elif self.room(instance):
+            self.queue(instance, ["d", conn, target_conn, code, message.target, text])
+        else:
+            return False
+        self.hop.direct_out += 1
+        entry[0].handled()
+        return True
+
+    def _relay_arrived(
+        self,
+        sender: str,
+        source: ConnId,
+        conn: ConnId,
+        code: str,
+        target: str,
+        text: str,
+    ) -> None:
+        """A frame relayed by ``sender``'s routes from ``code`` (its ``source``) to ``target``
+        at ``conn`` of this node: delivered when this node's routes for ``conn`` agree (both
+        came from the owner in one atomic flush), else answered ``peer_not_found``, as the
+        owner would have once the change that made them differ was made."""
+        route = self._routes.get(conn)
+        entry = self._local_peers.get(conn)
+        if (
+            entry is not None
+            and route is not None
+            and route[0] == target
+            and route[1].get(code) == (sender, source)
+        ):
+            self.hop.direct_in += 1
+            if not entry[0].send_nowait(text):
+                log.warning("slow consumer disconnected", extra=context(conn=conn))
+                entry[0].close(CLOSE_TRY_AGAIN_LATER)
+            return
+        self.hop.direct_refused += 1
+        refusal = ["b", source, target, encode(peer_not_found(target))]
+        if sender == self.instance:
+            self._relay_refused(refusal)
+        else:
+            self.queue(sender, refusal)
+
+    def _relay_refused(self, op: list[Any]) -> None:
+        """A frame relayed by this node's routes was refused: answer its sender and drop the
+        route, so that its next frames to that code go through the owner."""
+        _, conn, target, text = op
+        entry = self._local_peers.get(conn)
+        if entry is not None:
+            entry[0].answer_nowait(text)
+        route = self._routes.get(conn)
+        if route is not None:
+            route[1].pop(target, None)
+
+    def _routes_told(self, op: list[Any]) -> None:
+        """The signaling owner says where ``conn`` may relay now."""
+        _, conn, code, targets = op
+        if code is None or conn not in self._local_peers:
+            self._routes.pop(conn, None)
+        else:
+            self._routes[conn] = (code, {target: (node, other) for target, node, other in targets})
+
     async def _run_flusher(self) -> None:
         busy = False
         while True:
@@ -641,6 +756,7 @@ class Node:
         marks, self._marks = self._marks, {}
         publisher = self._publisher
         sent_at = time.time()
+        batches: list[tuple[bytes, bytes]] = []
         for node, ops in outgoing.items():
             handled = marks.get(node)
             if handled:
@@ -649,15 +765,23 @@ class Node:
                 self._undeliverable(ops)
                 continue
             payload = orjson.dumps([self.instance, sent_at, ops])
-            try:
-                publisher.publish_nowait((self._channel_prefix + node).encode(), payload)
-            except LinkError:
-                self._undeliverable(ops)
-                continue
-            self.hop.batches_out += 1
-            self.hop.messages_out += len(ops)
-            self.hop.bytes_out += len(payload)
+            batches.append(((self._channel_prefix + node).encode(), payload))
             sent += len(ops)
+        if not batches:
+            return sent
+        assert publisher is not None
+        try:
+            # One atomic step in Redis: a node that reacts to its batch never gets ahead of
+            # what this round sent another node (docs/cluster.md, "Direct relay").
+            publisher.publish_all_nowait(batches)
+        except LinkError:
+            for ops in outgoing.values():
+                self._undeliverable(ops)
+            return 0
+        hop = self.hop
+        hop.batches_out += len(batches)
+        hop.messages_out += sent
+        hop.bytes_out += sum(len(payload) for _, payload in batches)
         return sent
 
     def _undeliverable(self, ops: list[Any]) -> None:
@@ -745,12 +869,26 @@ class Node:
                 entry[0].answer_nowait(op[1])
         elif kind == "H":
             marks = op[1]
+            in_flight = self._in_flight
             for index in range(0, len(marks), 2):
-                entry = self._local_peers.get(marks[index])
+                conn, count = marks[index], marks[index + 1]
+                entry = self._local_peers.get(conn)
                 if entry is not None:
                     peer = entry[0]
-                    for _ in range(marks[index + 1]):
+                    for _ in range(count):
                         peer.handled()
+                left = in_flight.get(conn, 0) - count
+                if left > 0:
+                    in_flight[conn] = left
+                else:
+                    in_flight.pop(conn, None)
+        elif kind == "d":
+            _, source, conn, code, target, text = op
+            self._relay_arrived(sender, source, conn, code, target, text)
+        elif kind == "R":
+            self._routes_told(op)
+        elif kind == "b":
+            self._relay_refused(op)
         elif kind == "x":
             entry = self._local_peers.get(op[1])
             if entry is not None:

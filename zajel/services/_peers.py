@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -46,6 +46,15 @@ class Peer(Protocol):
     def identify(self, identity: Identity) -> None:
         """The connection registered as ``identity``: the front end quotes it on the frames it
         hands to the other service of its endpoint (docs/architecture.md, "Identity")."""
+
+
+@runtime_checkable
+class RoutedPeer(Peer, Protocol):
+    """A peer that relays its client's signaling frames itself, by the routes the room gives
+    it: a connection of a cluster edge (docs/cluster.md, "Direct relay")."""
+
+    def relay_routes(self, code: str | None, targets: dict[str, Peer]) -> None:
+        """The client holds ``code`` and may relay to each code of ``targets``."""
 
 
 @attrs.frozen
@@ -142,6 +151,21 @@ class PeerTable:
             index += 1
             if not self._send(conn, encode(frame), sender):
                 outs.extend(drop(conn))
+
+    def relays_by_routes(self, conn: ConnId) -> bool:
+        """Whether ``conn``'s peer relays frames itself once told its routes (a connection of a
+        cluster edge, ``RoutedPeer``)."""
+        return isinstance(self._peers.get(conn), RoutedPeer)
+
+    def relay_routes(self, conn: ConnId, code: str | None, routes: dict[str, ConnId]) -> None:
+        """Tell ``conn``'s peer that it holds ``code`` and may relay to each code of ``routes``,
+        whose connection is given (docs/cluster.md, "Direct relay")."""
+        peer = self._peers.get(conn)
+        if isinstance(peer, RoutedPeer):
+            targets = {target: self._peers.get(other) for target, other in routes.items()}
+            peer.relay_routes(
+                code, {target: other for target, other in targets.items() if other is not None}
+            )
 
     def handled(self, sender: ConnId) -> None:
         """Tell ``sender`` that its frame has been handled: every answer to it is queued."""

@@ -68,6 +68,8 @@ _REDACT_ALWAYS: Final = CodeRedactor(enabled=True)
 _EXPIRES_IN_MS: Final = int(PAIR_REQUEST_LIFETIME_S * 1000)
 _REMAINING_S: Final = int(PAIR_REQUEST_LIFETIME_S - PAIR_EXPIRING_WARNING_S)
 PAIR_REQUEST_WINDOW_S: Final = 60.0
+# Frames whose recipient's relay routes may have changed (``SignalingRoom._announce_routes``).
+_ROUTE_EVENTS: Final = frozenset({"registered", "pair_matched", "peer_left", "peer_joined"})
 
 
 @attrs.frozen
@@ -228,6 +230,20 @@ class SignalingState:
             return None
         return Identity("signal", code, self._codes[code].public_key)
 
+    def relay_routes(self, conn: ConnId) -> tuple[str | None, dict[str, ConnId]]:
+        """Where ``conn`` may relay now: its code and each matched code's live connection
+        (``None`` and nothing while unregistered). A cluster edge relays by these itself
+        (docs/cluster.md, "Direct relay")."""
+        code = self._conn_codes.get(conn)
+        if code is None:
+            return None, {}
+        routes: dict[str, ConnId] = {}
+        for partner in self._codes[code].matches:
+            partner_conn = self._live_conn(partner)
+            if partner_conn is not None:
+                routes[partner] = partner_conn
+        return code, routes
+
     def statistics(self) -> SignalingStats:
         return SignalingStats(
             connections=len(self._connections),
@@ -385,8 +401,8 @@ class SignalingState:
         target = message.target
         target_conn = self._live_conn(target) if target in self._codes[sender].matches else None
         if target_conn is None:
-            return [(conn, _error(errors.PEER_NOT_FOUND, f"Peer not found: {target}"))]
-        return [(target_conn, {"type": message.type, "from": sender, "payload": message.payload})]
+            return [(conn, peer_not_found(target))]
+        return [(target_conn, relayed(message, sender))]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -429,6 +445,16 @@ class SignalingState:
         _discard(self._outgoing, requester, target)
         self._timers.cancel(("warn", requester, target))
         self._timers.cancel(("timeout", requester, target))
+
+
+def relayed(message: Relay, sender: str) -> dict[str, Any]:
+    """The frame a matched peer gets for ``message`` from the code ``sender``."""
+    return {"type": message.type, "from": sender, "payload": message.payload}
+
+
+def peer_not_found(target: str) -> dict[str, Any]:
+    """The answer to a relay whose target is not a live, matched code."""
+    return _error(errors.PEER_NOT_FOUND, f"Peer not found: {target}")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -486,17 +512,22 @@ class SignalingRoom:
                 log.exception("message failed", extra=context(conn=request.conn_id))
                 outs = [(request.conn_id, errors.internal_error().to_frame())]
             self._deliver(outs, now, sender=request.conn_id)
-            if type(request.message) is Register:
+            kind = type(request.message)
+            if kind is Register:
                 identity = self._state.identity(request.conn_id)
                 if identity is not None:
                     self._peers.identify(request.conn_id, identity)
+            if kind is Register or kind is PairAnswer:
+                self._announce_routes(outs)
             self._peers.handled(request.conn_id)
         elif type(request) is Attach:
             self._peers.attach(request.conn_id, request.peer)
             self._state.connect(request.conn_id, request.ip)
         elif type(request) is Detach:
             self._peers.detach(request.conn_id)
-            self._deliver(self._state.disconnect(request.conn_id, now), now)
+            outs = self._state.disconnect(request.conn_id, now)
+            self._deliver(outs, now)
+            self._announce_routes(outs)
         elif type(request) is GetStats:
             return self._state.statistics()
         else:
@@ -508,6 +539,14 @@ class SignalingRoom:
 
     def expire(self, now: float) -> None:
         self._deliver(self._state.expire(now), now)
+
+    def _announce_routes(self, outs: list[Out]) -> None:
+        """Tell the connections whose relay routes these frames changed (and whose peer
+        relays by routes: a cluster edge's) where they may relay now."""
+        for conn in sorted({conn for conn, frame in outs if frame.get("type") in _ROUTE_EVENTS}):
+            if self._peers.relays_by_routes(conn):
+                code, routes = self._state.relay_routes(conn)
+                self._peers.relay_routes(conn, code, routes)
 
     def _deliver(self, outs: list[Out], now: float, sender: ConnId | None = None) -> None:
         """Queue ``outs``; those for ``sender`` (whose frame produced them) are answers."""
