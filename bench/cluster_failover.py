@@ -2,11 +2,14 @@
 
 Usage (from the repository root)::
 
-    python bench/cluster_failover.py [--pairs 10] [--messages 400] [--lease-ms 10000]
+    python bench/cluster_failover.py [--pairs 10] [--messages 400] [--interval 0.05]
+                                     [--lease-ms 10000]
 
 A Redis, an owner node (started first, so it takes every lease, and given no clients) and two
 edge nodes. Each pair has one side on each edge; it registers, pairs and relays ``offer``
-messages both ways. Once every pair is relaying, the owner is killed with SIGKILL. Every client
+messages, one every ``--interval`` seconds, so that the load outlasts the lease. Once every pair
+is relaying, the owner is killed with SIGKILL. A matched pair's relays go edge to edge
+(docs/cluster.md, "Direct relay") and go on until the lease moves; then every client
 must see its connection closed with 1012 (service restart), reconnect (a refused handshake is
 tried again every 100 ms, as the apps do), register, pair again and finish its messages.
 
@@ -67,10 +70,18 @@ class Stats:
         self.killed_at: float | None = None
         self.pairings_after_kill: list[float] = []
         self.finished = 0
+        # Offers relayed after the kill on connections opened before it: edge to edge, with
+        # no owner (docs/cluster.md, "Direct relay").
+        self.relayed_without_owner = 0
 
 
 async def run_pair(
-    index: int, urls: tuple[str, str], messages: int, stats: Stats, deadline: float
+    index: int,
+    urls: tuple[str, str],
+    messages: int,
+    interval: float,
+    stats: Stats,
+    deadline: float,
 ) -> None:
     """Relay ``messages`` offers each way, starting again from registration after any close."""
     done = 0
@@ -90,13 +101,17 @@ async def run_pair(
                 await alice.register(code_for(index, 0, attempt), generate_public_key())
                 await bob.register(code_for(index, 1, attempt), generate_public_key())
                 await pair(alice, bob)
-                if stats.killed_at is not None:
+                after_kill = stats.killed_at is not None
+                if after_kill:
                     stats.pairings_after_kill.append(time.monotonic() - stats.killed_at)
                 assert bob.code is not None
                 while done < messages:
                     await alice.send({"type": "offer", "target": bob.code, "payload": {"n": done}})
                     await bob.expect("offer")
                     done += 1
+                    if stats.killed_at is not None and not after_kill:
+                        stats.relayed_without_owner += 1
+                    await trio.sleep(interval)
         except trio_websocket.ConnectionClosed as closed:
             code = None if closed.reason is None else closed.reason.code
             stats.closes[str(code)] += 1
@@ -147,7 +162,9 @@ async def run_cluster(args: argparse.Namespace, redis_url: str) -> dict[str, Any
         deadline = time.monotonic() + args.timeout
         async with trio.open_nursery() as nursery:
             for index in range(args.pairs):
-                nursery.start_soon(run_pair, index, urls, args.messages, stats, deadline)
+                nursery.start_soon(
+                    run_pair, index, urls, args.messages, args.interval, stats, deadline
+                )
             await trio.sleep(args.kill_after)
             stats.killed_at = time.monotonic()
             kill.set()
@@ -158,10 +175,12 @@ async def run_cluster(args: argparse.Namespace, redis_url: str) -> dict[str, Any
         **run_facts(),
         "pairs": args.pairs,
         "messages_each": args.messages,
+        "interval_s": args.interval,
         "lease_ms": args.lease_ms,
         "closes": dict(stats.closes),
         "handshakes_refused": stats.refused,
         "retried_errors": dict(collections.Counter(stats.errors)),
+        "relayed_without_owner": stats.relayed_without_owner,
         "first_pairing_after_kill_s": round(after[0], 3) if after else None,
         "last_pairing_after_kill_s": round(after[-1], 3) if after else None,
         "bound_s": bound,
@@ -175,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--messages", type=int, default=400, help="offers per pair")
+    parser.add_argument(
+        "--interval", type=float, default=0.05, help="seconds between a pair's offers"
+    )
     parser.add_argument("--lease-ms", type=int, default=10_000)
     parser.add_argument("--kill-after", type=float, default=1.0, help="seconds of load first")
     parser.add_argument("--timeout", type=float, default=120.0)
