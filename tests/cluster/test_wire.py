@@ -27,6 +27,7 @@ from zajel.cluster.wire import WireError
 from zajel.protocol import attestation, channels, chunks, errors, relay, servers, signaling
 from zajel.protocol.errors import ProtocolError
 from zajel.protocol.frames import Invalid
+from zajel.protocol.signaling import Relay
 from zajel.services import _durable, _mailbox
 from zajel.services import attestation as attestation_service
 from zajel.services import servers as servers_service
@@ -823,3 +824,24 @@ def test_the_bytes_are_what_orjson_reads():
         "message": {"@": "protocol.signaling.Ping"},
         "identity": None,
     }
+
+
+def test_the_text_memo_decodes_alike_texts_once_and_keeps_only_what_is_safe_to_share():
+    memo = wire.TextMemo(wire.CODEC, size=3)
+    request = signaling.decode('{"type":"chunk_request","chunkId":"ch_1","channelId":"c"}')
+    text = wire.dumps(request).decode()
+    first = memo.decode(text)
+    assert first == request
+    assert memo.decode(str(text)) is first  # the same text again: the kept value
+    # A relay holds its payload, a dict: each text decodes afresh, so no two share it.
+    relay = Relay("offer", "ABCDEF", {"sdp": "v=0"})
+    relay_text = wire.dumps(relay).decode()
+    assert memo.decode(relay_text) == relay
+    assert memo.decode(relay_text) is not memo.decode(relay_text)
+    assert len(memo) == 1
+    # Bounded: past its size the memo starts again.
+    for code in ("AAAAAA", "BBBBBB", "CCCCCC"):
+        assert memo.decode(wire.dumps(Identity("signal", code, None)).decode()).peer_id == code
+    assert len(memo) == 1
+    with pytest.raises(WireError):
+        memo.decode('{"@": "nope"}')

@@ -78,8 +78,8 @@ class ClusterAddress:
                     "i",
                     name,
                     request.conn_id,
-                    wire.to_wire(request.message),
-                    None if identity is None else wire.to_wire(identity),
+                    node.message_text(request.message),
+                    None if identity is None else node.identity_text(identity),
                 ],
             )
             return

@@ -79,6 +79,8 @@ RECONNECT_DELAY_S: Final = 0.5
 LEAVE_TIMEOUT_S: Final = 2.0
 # A flush round that sent at least BUSY_OPS ops makes the next one wait ``linger_ms`` for more.
 BUSY_OPS: Final = 8
+# Identities whose wire text an edge keeps (``Node.identity_text``); past it, it starts again.
+MAX_IDENTITY_TEXTS: Final = 8192
 # A status entry (``zajel cluster status``) whose heartbeat is this old is removed.
 FORGET_NODE_MS: Final = 3_600_000
 
@@ -307,6 +309,10 @@ class Node:
         self._flush_wake = trio.Event()
         self._flushed = trio.Event()
         self._calls: dict[int, trio.MemorySendChannel[Any]] = {}
+        # Clients' messages and identities arrive as JSON texts: those many send alike are
+        # decoded once (``wire.TextMemo``); this edge's own identities' texts, likewise.
+        self._texts = wire.TextMemo(wire.CODEC)
+        self._identity_texts: dict[Identity, str] = {}
         self._call_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._keeper = client.register_script(_KEEPER_LUA)
@@ -649,6 +655,19 @@ class Node:
                 return
         self.queue(edge, ["p", text, [conn]])
 
+    def message_text(self, message: Any) -> str:
+        """A client's decoded message as the JSON text an ``i`` op carries."""
+        return wire.dumps(message).decode()
+
+    def identity_text(self, identity: Identity) -> str:
+        """``identity`` as the JSON text an ``i`` op carries: made once per identity."""
+        text = self._identity_texts.get(identity)
+        if text is None:
+            if len(self._identity_texts) >= MAX_IDENTITY_TEXTS:
+                self._identity_texts.clear()
+            text = self._identity_texts[identity] = wire.dumps(identity).decode()
+        return text
+
     # -- direct relay (the edge side; docs/cluster.md, "Direct relay") -----------------------
 
     def forwarded(self, conn: ConnId) -> None:
@@ -834,16 +853,14 @@ class Node:
         hop.bytes_in += len(payload)
         hop.latencies_ms.append((time.time() - sent_at) * 1000)
         running = self._running
-        decode = wire.from_wire
+        texts = self._texts.decode
         for op in ops:
             try:
                 if op[0] == "i" and (service := running.get(op[1])) is not None:
                     # The hottest op, inline: a client's frame for a service that runs here.
                     identity = op[4]
                     envelope = Envelope(
-                        Inbound(
-                            op[2], decode(op[3]), None if identity is None else decode(identity)
-                        )
+                        Inbound(op[2], texts(op[3]), None if identity is None else texts(identity))
                     )
                     try:
                         service[1].send_nowait(envelope)

@@ -585,6 +585,38 @@ def _field_mismatch(spec: _Class, data: Mapping[str, Any]) -> WireError:
     return WireError(f"{spec.name}: fields do not match (missing {missing}, unknown {extra[:8]})")
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+class TextMemo:
+    """Decodes the JSON texts of values (``dumps(...).decode()``) and keeps those that are safe
+    to share: attrs values whose fields are all strings, numbers, booleans or None. Many
+    clients send the same request (every subscriber of a chunk asks for it), and a connection
+    quotes the same identity on every frame, so most texts are decoded once. At most ``size``
+    texts are kept; past that the memo starts again empty."""
+
+    def __init__(self, codec: Codec, size: int = 4096) -> None:
+        self._codec = codec
+        self._size = size
+        self._values: dict[str, Any] = {}
+
+    def decode(self, text: str) -> Any:
+        value = self._values.get(text)
+        if value is not None:
+            return value
+        value = self._codec.loads(text)
+        if attrs.has(type(value)) and all(
+            type(getattr(value, field.name)) in _SCALARS for field in attrs.fields(type(value))
+        ):
+            if len(self._values) >= self._size:
+                self._values.clear()
+            self._values[text] = value
+        return value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 CODEC: Final = Codec(MODULES)
 # The default codec's functions, for the cluster layer.
 to_wire: Final = CODEC.to_wire
