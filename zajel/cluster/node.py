@@ -114,9 +114,9 @@ class HopStats:
     batches_in: int = 0
     calls: int = 0
     call_timeouts: int = 0
-    # Signaling frames an edge relayed by its routes (docs/cluster.md, "Direct relay"): sent
-    # to another node or delivered here, delivered here from another node, and refused (the
-    # route was no longer right: ``peer_not_found``).
+    # Signaling frames relayed by routes (docs/cluster.md, "Direct relay"): sent by this
+    # node's routes, delivered to a connection of this node (by its own routes or another
+    # node's), and refused here (the route was no longer right: ``peer_not_found``).
     direct_out: int = 0
     direct_in: int = 0
     direct_refused: int = 0
