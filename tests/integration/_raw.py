@@ -46,8 +46,11 @@ def port_of(url: str) -> int:
 
 
 def server_sockets(port: int) -> Counter[str]:
-    """The TCP sockets whose local port is ``port`` (the server's side), by state, listening
-    socket and TIME_WAIT (which holds no file) left out."""
+    """The TCP sockets whose local address is 127.0.0.1:``port`` (the server's side), by
+    state, listening socket and TIME_WAIT (which holds no file) left out. The address counts
+    too: a client socket of another process may have the same port on another loopback
+    address."""
+    local = {f"0100007F:{port:04X}", f"0000000000000000FFFF00000100007F:{port:04X}"}
     states: Counter[str] = Counter()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -55,9 +58,8 @@ def server_sockets(port: int) -> Counter[str]:
                 next(lines)
                 for line in lines:
                     fields = line.split()
-                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
                     state = TCP_STATES.get(fields[3], fields[3])
-                    if local_port == port and state not in {"LISTEN", "TIME_WAIT"}:
+                    if fields[1] in local and state not in {"LISTEN", "TIME_WAIT"}:
                         states[state] += 1
         except FileNotFoundError:
             continue
