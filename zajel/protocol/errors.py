@@ -29,6 +29,8 @@ NOT_FOUND = "not_found"
 STORE_UNAVAILABLE = "store_unavailable"
 # docs/cluster.md, "What clients see": a message that needs another node while Redis is down.
 UNAVAILABLE = "unavailable"
+# docs/operations.md, "Limits and back-pressure": a service's inbox stayed full; nothing was done.
+BUSY = "busy"
 # The AttestationRegistry (docs/protocol/attestation.md, "Requests"): 403 refusals and 429 limits.
 FORBIDDEN = "forbidden"
 TOO_MANY = "too_many"
@@ -120,6 +122,10 @@ def unauthorized() -> ProtocolError:
 
 def cluster_unavailable() -> ProtocolError:
     return ProtocolError(UNAVAILABLE, "Cluster unavailable")
+
+
+def busy() -> ProtocolError:
+    return ProtocolError(BUSY, "Server busy, try again")
 
 
 def store_unavailable() -> ProtocolError:

@@ -9,18 +9,27 @@ the services, as long as requests and replies stay plain attrs values.
 
 Periodic work (timers, sweeps) is driven by ``Service.next_deadline()`` on trio's clock, so a
 test's mock clock controls it.
+
+An inbox holds at most ``inbox_size`` envelopes. A caller that finds it full waits for room at
+most ``BUSY_WAIT_S``, then is refused with ``Busy`` (HTTP 503 with ``Retry-After``, the
+``busy`` error on WebSockets): load is shed, never queued without bound nor waited for without
+end (docs/operations.md, "Limits and back-pressure").
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
 from zajel.logs import context
+
+# How long a request waits for room in a full inbox before it is refused as ``Busy``: a burst
+# is absorbed, a service that cannot keep up sheds the excess.
+BUSY_WAIT_S: Final = 1.0
 
 
 class Reply(Protocol):
@@ -44,6 +53,13 @@ class Unavailable(Exception):
     """The service cannot be reached now (in cluster mode: Redis is down, the service has no
     owner, or its owner did not answer in time); the front end answers 503 or the
     ``unavailable`` error (docs/cluster.md, "What clients see")."""
+
+
+class Busy(Unavailable):
+    """The service's inbox stayed full for ``BUSY_WAIT_S``: the request was not queued and
+    nothing of it was done. The front end answers 503 with ``Retry-After``, or the ``busy``
+    error (docs/operations.md, "Limits and back-pressure"). A subclass of ``Unavailable``, so
+    a caller that treats a service it cannot reach as failing (``/health``) counts it too."""
 
 
 @attrs.frozen
@@ -72,7 +88,11 @@ class Address(Protocol):
     """How the front end (or another service) reaches a service."""
 
     async def call(self, request: Any) -> Any:
-        """Send ``request`` and wait for the reply."""
+        """Send ``request`` and wait for the reply.
+
+        Raises:
+            Busy: the inbox had no room for ``BUSY_WAIT_S`` (``LocalAddress``).
+        """
 
     async def cast(self, request: Any) -> None:
         """Send ``request`` without waiting for a reply (waits only for inbox room)."""
@@ -91,7 +111,17 @@ class LocalAddress:
     async def call(self, request: Any) -> Any:
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
         async with reply_receive:
-            await self._inbox.send(Envelope(request, reply_send))
+            envelope = Envelope(request, reply_send)
+            try:
+                self._inbox.send_nowait(envelope)
+            except trio.WouldBlock:
+                with trio.move_on_after(BUSY_WAIT_S) as waited:
+                    await self._inbox.send(envelope)
+                if waited.cancelled_caught:
+                    reply_send.close()
+                    raise Busy(f"{self.name}: inbox full") from None
+            # Once queued, the request is handled: its answer is waited for (a durable write
+            # is answered only once it is on disk).
             return await reply_receive.receive()
 
     async def cast(self, request: Any) -> None:

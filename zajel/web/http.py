@@ -15,6 +15,7 @@ from zajel.logs import context
 from zajel.protocol import errors
 from zajel.protocol.errors import ProtocolError
 from zajel.services import Address, ServiceFailure, StoreFailure
+from zajel.services._mailbox import Busy
 
 log = logging.getLogger("zajel.web")
 
@@ -30,7 +31,10 @@ HTTP_STATUS: Final = {
     errors.REGISTRY_FULL: 503,
     errors.NOT_CONFIGURED: 503,
     errors.STORE_UNAVAILABLE: 503,
+    errors.BUSY: 503,
 }
+# Seconds a client is asked to wait before it tries again after a ``busy`` 503.
+BUSY_RETRY_AFTER_S: Final = 1
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -46,7 +50,10 @@ def error_response(error: ProtocolError) -> Response:
         "request refused",
         extra=context(method=request.method, path=request.path, status=status, error=error.message),
     )
-    return json_response({"error": error.message}, status)
+    response = json_response({"error": error.message}, status)
+    if error.code == errors.BUSY:
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+    return response
 
 
 def failure_response(reply: Any) -> Response | None:
@@ -109,11 +116,16 @@ async def serve_call(
     render: Callable[[Any], Response],
 ) -> Response:
     """The shape of every JSON route: ``decode`` (checks, reads and decodes the request; raises
-    ``ProtocolError``), ask ``service``, and ``render`` its reply unless it is a refusal."""
+    ``ProtocolError``), ask ``service``, and ``render`` its reply unless it is a refusal.
+    A service whose inbox stays full answers 503 ``busy`` with ``Retry-After`` (docs/
+    operations.md, "Limits and back-pressure")."""
     try:
         message = await decode()
     except ProtocolError as error:
         return error_response(error)
-    reply = await service.call(message)
+    try:
+        reply = await service.call(message)
+    except Busy:
+        return error_response(errors.busy())
     failure = failure_response(reply)
     return failure if failure is not None else render(reply)

@@ -35,7 +35,7 @@ import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -43,9 +43,9 @@ import trio
 from zajel.config import Config
 from zajel.logs import context
 from zajel.protocol import errors
-from zajel.protocol.frames import Invalid
+from zajel.protocol.frames import Invalid, encode
 from zajel.protocol.limits import SlidingWindow, TokenBucket
-from zajel.services import Address
+from zajel.services import Address, _mailbox
 from zajel.services._peers import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
@@ -71,6 +71,11 @@ FLOOD_WINDOW_S = 10.0
 # How long a closing connection gets to take what was queued before the close, the close frame,
 # and to answer it, before its socket is dropped.
 CLOSE_TIMEOUT_S = 5.0
+
+# A frame refused because its service's inbox stayed full (docs/operations.md, "Limits and
+# back-pressure"); at most one log line per BUSY_LOG_INTERVAL_S says how many were refused.
+BUSY_FRAME: Final = encode(errors.busy().to_frame())
+BUSY_LOG_INTERVAL_S: Final = 10.0
 
 # ASGI callables, kept loose: hypercorn's precise event unions add nothing at this layer.
 ASGIReceive = Callable[[], Awaitable[Any]]
@@ -447,7 +452,8 @@ class HandOver:
     ``take`` never waits, so a transport can run it outside the connection's task, where the
     read was made (``zajel.web.fastws``); whatever has to wait (the queue over its bound, the
     other service still handling earlier frames, a full inbox) is left to ``resume``, which
-    only the connection's task calls.
+    only the connection's task calls. A full inbox is waited for at most
+    ``_mailbox.BUSY_WAIT_S``: then the frame is dropped and its sender gets the ``busy`` error.
     """
 
     def __init__(self, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
@@ -519,14 +525,39 @@ class HandOver:
             await self.outbox.wait_until_settled()
             inbound = self._inbound(service, message)
             self.outbox.handing_over()
-        await service.cast(inbound)
         self.held = None
+        with trio.move_on_after(_mailbox.BUSY_WAIT_S) as waited:
+            await service.cast(inbound)
+        if waited.cancelled_caught:
+            # The service cannot keep up: shed this frame rather than queue without bound or
+            # hold the connection for ever. Nothing of it was done; the client may resend.
+            self.peer.answer_nowait(BUSY_FRAME)
+            self.outbox.handled()
+            _busy_log.refused(trio.current_time())
 
     def _inbound(self, service: Address, message: Any) -> Inbound:
         """``message`` as ``service`` gets it: the side service also gets the connection's
         identity, as it is when the message is handed over."""
         peer = self.peer
         return Inbound(peer.conn_id, message, peer.identity if service is self.side else None)
+
+
+class _BusyLog:
+    """Refused frames, logged at most once per ``BUSY_LOG_INTERVAL_S`` with their count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = -BUSY_LOG_INTERVAL_S
+
+    def refused(self, now: float) -> None:
+        self.count += 1
+        if not 0 <= now - self.logged_at < BUSY_LOG_INTERVAL_S:
+            log.warning("service busy: frames refused", extra=context(refused=self.count))
+            self.count = 0
+            self.logged_at = now
+
+
+_busy_log = _BusyLog()
 
 
 async def _read(link: Link, peer: SocketPeer, endpoint: Endpoint, config: Config) -> None:
