@@ -251,6 +251,7 @@ class Config:
             cluster_lease_ms=reader.integer("CLUSTER_LEASE_MS", 10_000, 1_000, 600_000),
             cluster_call_timeout_ms=reader.integer("CLUSTER_CALL_TIMEOUT_MS", 5_000, 100, 600_000),
             cluster_linger_ms=reader.integer("CLUSTER_LINGER_MS", 5, 0, 100),
+            # Last: once every setting above has been asked for by name.
             warnings=tuple(_unknown_variables(environ, reader.asked)),
         )
         if reader.errors:
