@@ -138,7 +138,7 @@ server = deployments(ZAJEL_SERVE)
 def restore_logging() -> Iterator[None]:
     """``zajel.logs.configure`` changes process-wide loggers; put them back as they were."""
     saved = {}
-    for name in ("zajel", "hypercorn.error"):
+    for name in ("", "zajel", "hypercorn.error"):  # "": the root logger
         logger = logging.getLogger(name)
         saved[name] = (logger.handlers[:], logger.level, logger.propagate)
     try:

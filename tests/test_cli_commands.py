@@ -8,6 +8,7 @@ serving whatever reply the test sets.
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import re
 import socket
@@ -20,7 +21,7 @@ import attrs
 import pytest
 
 from zajel import clock
-from zajel.cli import main
+from zajel.cli import build_parser, main, serve_config
 from zajel.crypto import (
     generate_seed,
     load_seed,
@@ -121,6 +122,69 @@ def test_keygen_reports_a_seed_file_it_cannot_create(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"zajel: cannot create {path}: No such file or directory\n"
+
+
+def test_keygen_prints_the_public_key_of_an_inline_seed_or_a_seed_file(capsys, tmp_path):
+    seed = bytes(range(32)).hex()
+    path = tmp_path / "bootstrap.key"
+    path.write_text(seed.upper() + "\n")
+    assert main(["keygen", "--public-key-of", seed]) == 0
+    assert main(["keygen", "--public-key-of", f"@{path}"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out == f"public_key={PUBLIC_KEY}\n" * 2
+    assert seed not in out
+
+
+@pytest.mark.parametrize("value", ["abc", "g" * 64, "@/nonexistent/zajel/seed.key", "@"])
+def test_keygen_refuses_a_bad_seed_in_one_line_without_echoing_it(capsys, value):
+    assert main(["keygen", "--public-key-of", value]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("zajel: --public-key-of: ")
+    assert len(err.splitlines()) == 1
+    if not value.startswith("@"):
+        assert value not in err
+
+
+def test_keygen_takes_a_seed_file_or_a_seed_not_both(capsys, tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        main(["keygen", "--seed-file", str(tmp_path / "k"), "--public-key-of", "a" * 64])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
+
+
+# -- --version, serve's --log-level, configuration errors -----------------------------------
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"zajel {importlib.metadata.version('zajel')}\n"
+
+
+def test_log_level_flag_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("ZAJEL_LOG_LEVEL", "debug")
+    assert serve_config(build_parser().parse_args(["serve"])).log_level == "DEBUG"
+    args = build_parser().parse_args(["serve", "--log-level", "WARNING"])
+    assert serve_config(args).log_level == "WARNING"
+
+
+def test_serve_prints_every_configuration_error_and_exits_2(capsys, monkeypatch):
+    monkeypatch.setenv("ZAJEL_PORT", "http")
+    monkeypatch.setenv("ZAJEL_WS_MAX_CONNECTIONS", "0")
+    assert main(["serve", "--env", "qa"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line.split(":")[2].strip() for line in err.splitlines()] == [
+        "ZAJEL_BOOTSTRAP_SIGNING_KEY",
+        "ZAJEL_ATTESTATION_SIGNING_KEY",
+        "ZAJEL_PORT",
+        "ZAJEL_WS_MAX_CONNECTIONS",
+    ]
+    assert all(line.startswith("zajel: configuration error: ") for line in err.splitlines())
 
 
 # -- servers: a loopback HTTP server -------------------------------------------------------

@@ -357,7 +357,7 @@ def test_config_is_frozen():
 @pytest.mark.parametrize("env", ["production", "qa"])
 def test_production_and_qa_refuse_to_start_without_a_bootstrap_signing_key(env):
     with pytest.raises(ConfigError) as caught:
-        Config.from_env({"ZAJEL_ENV": env})
+        Config.from_env({"ZAJEL_ENV": env, "ZAJEL_ATTESTATION_SIGNING_KEY": "d" * 64})
     assert str(caught.value) == (
         f"ZAJEL_BOOTSTRAP_SIGNING_KEY: required in {env}; make one with `zajel keygen`"
     )
@@ -448,3 +448,56 @@ def test_a_bad_cluster_url_is_refused_without_repeating_it():
     with pytest.raises(ConfigError) as caught:
         Config.from_env({"ZAJEL_CLUSTER_URL": "ftp://user:secret@host/0"})
     assert "secret" not in str(caught.value)
+
+
+# -- every error at once, unknown variables (docs/operations.md, "Configuration") ----------
+
+
+def test_every_invalid_setting_is_reported_in_one_error():
+    secret = "not-a-seed-but-secret"
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(
+            {
+                "ZAJEL_ENV": "production",
+                "ZAJEL_PORT": "http",
+                "ZAJEL_WS_MESSAGE_RATE": "NaN",
+                "ZAJEL_ATTESTATION_SIGNING_KEY": secret,
+                "ZAJEL_TRUST_PROXY": "X-Forwarded-For",
+            },
+            log_format="yaml",
+        )
+    errors = caught.value.errors
+    assert [error.split(":")[0] for error in errors] == [
+        "ZAJEL_BOOTSTRAP_SIGNING_KEY",
+        "ZAJEL_ATTESTATION_SIGNING_KEY",
+        "ZAJEL_TRUSTED_PROXIES",
+        "ZAJEL_PORT",
+        "ZAJEL_LOG_FORMAT",
+        "ZAJEL_WS_MESSAGE_RATE",
+    ]
+    assert (
+        errors[0]
+        == "ZAJEL_BOOTSTRAP_SIGNING_KEY: required in production; make one with `zajel keygen`"
+    )
+    assert str(caught.value) == "; ".join(errors)
+    assert secret not in str(caught.value)
+
+
+def test_an_unknown_zajel_variable_is_a_warning_naming_it_and_the_close_setting():
+    environ = {
+        "ZAJEL_WS_MAX_CONECTIONS": "5",
+        "ZAJEL_FROBNICATE": "secret-value",
+        "ZAJEL_PORT": "9000",
+        "OTHER_PORT": "1",
+    }
+    config = Config.from_env(environ)
+    assert config.port == 9000
+    assert config.ws_max_connections == 10_000
+    assert config.warnings == (
+        "unknown setting ZAJEL_FROBNICATE is ignored",
+        "unknown setting ZAJEL_WS_MAX_CONECTIONS is ignored; "
+        "did you mean ZAJEL_WS_MAX_CONNECTIONS?",
+    )
+    assert "secret-value" not in repr(config)
+    assert config == Config.from_env({"ZAJEL_PORT": "9000"})  # warnings are not settings
+    assert Config.from_env({"ZAJEL_PORT": "9000"}).warnings == ()

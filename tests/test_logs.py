@@ -9,6 +9,8 @@ import re
 import pytest
 
 from zajel import logs
+from zajel.config import Config
+from zajel.crypto import public_key_b64, signing_key
 from zajel.logs import CodeRedactor, context, redact
 
 
@@ -248,3 +250,74 @@ def test_json_format_is_one_ascii_line_whatever_the_values(value, capsys, restor
     entry = json.loads(err)
     assert entry["path"] == value
     assert entry["message"] == f"got {value}"
+
+
+# -- other libraries' loggers, the start-up lines ------------------------------------------
+
+
+def test_every_library_logger_goes_through_the_format(capsys, restore_logging):
+    """trio's, hypercorn's and any other library's lines are written like the server's own, at
+    info or above; hypercorn's "hypercorn.error" is written as "hypercorn"."""
+    logs.configure("DEBUG", "text")
+    logging.getLogger("hypercorn.error").info("Running on %s", "http://127.0.0.1:1")
+    logging.getLogger("trio.serve_listeners").error("accept failed", extra=context(errno=24))
+    logging.getLogger("coredis.connection").debug("a library's debug line is not shown")
+    logging.getLogger("zajel.web").debug("the server's own is")
+    lines = capsys.readouterr().err.splitlines()
+    assert [parse_text_line(line) for line in lines] == [
+        ("INFO", "hypercorn", "Running on http://127.0.0.1:1", {}),
+        ("ERROR", "trio.serve_listeners", "accept failed", {"errno": "24"}),
+        ("DEBUG", "zajel.web", "the server's own is", {}),
+    ]
+
+
+def test_hypercorn_is_named_hypercorn_in_json_too_and_configure_replaces_itself(
+    capsys, restore_logging
+):
+    logs.configure("INFO", "text")
+    logs.configure("WARNING", "json")  # again: one handler, the last format and level
+    logging.getLogger("hypercorn.error").info("hidden below warning")
+    logging.getLogger("hypercorn.error").warning("shown")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert (entry["service"], entry["level"], entry["message"]) == ("hypercorn", "warning", "shown")
+
+
+SEEDS = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "5e" * 32, "ZAJEL_ATTESTATION_SIGNING_KEY": "6f" * 32}
+
+
+@pytest.mark.parametrize("env", ["production", "qa"])
+def test_production_and_qa_log_the_public_keys_they_sign_with(env, capsys, restore_logging):
+    config = Config.from_env({"ZAJEL_ENV": env, "ZAJEL_PORTT": "1", **SEEDS})
+    logs.configure("INFO", "json")
+    logs.log_start(config)
+    err = capsys.readouterr().err
+    entries = [json.loads(line) for line in err.splitlines()]
+    assert entries == [
+        {
+            "ts": entries[0]["ts"],
+            "level": "warning",
+            "service": "zajel.server",
+            "message": "unknown setting ZAJEL_PORTT is ignored; did you mean ZAJEL_PORT?",
+        },
+        *(
+            {
+                "ts": entry["ts"],
+                "level": "info",
+                "service": "zajel.server",
+                "message": "signing key",
+                "setting": setting,
+                "public_key": public_key_b64(signing_key(bytes.fromhex(seed))),
+            }
+            for entry, (setting, seed) in zip(entries[1:], SEEDS.items(), strict=True)
+        ),
+    ]
+    for seed in SEEDS.values():
+        assert seed not in err
+
+
+def test_development_logs_no_configured_key_at_start(capsys, restore_logging):
+    logs.configure("DEBUG", "text")
+    logs.log_start(Config.from_env(SEEDS))
+    assert capsys.readouterr().err == ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.metadata
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from zajel import clock, logs
 from zajel.attestation import answer_challenge, check_release, make_reference, sign_build_token
 from zajel.bootstrap import SIGNATURE_HEADER, BootstrapError, verify_server_list
 from zajel.cluster import ClusterStartError
-from zajel.config import ENVIRONMENTS, Config, ConfigError
+from zajel.config import ENVIRONMENTS, LOG_LEVELS, Config, ConfigError
 from zajel.crypto import (
     InvalidKey,
     generate_seed,
@@ -33,8 +34,9 @@ from zajel.crypto import (
 from zajel.storage import StoreError
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zajel", description="Zajel coordination server")
+    parser.add_argument("--version", action="version", version=f"zajel {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server (one process per node)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env", choices=ENVIRONMENTS, help="environment (default development)")
     serve.add_argument("--data-dir", help="where the embedded store lives (default ./data)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    serve.add_argument(
+        "--log-level",
+        choices=tuple(LOG_LEVELS),
+        type=str.lower,
+        help="lowest level logged (default info in production and qa, debug in development)",
+    )
     serve.add_argument(
         "--cluster", metavar="URL", help="join the cluster on this Redis (docs/cluster.md)"
     )
@@ -62,8 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     keygen = commands.add_parser("keygen", help="print a new Ed25519 signing key")
-    keygen.add_argument(
+    keygen_mode = keygen.add_mutually_exclusive_group()
+    keygen_mode.add_argument(
         "--seed-file", help="write the seed to this new file (mode 0600) instead of printing it"
+    )
+    keygen_mode.add_argument(
+        "--public-key-of",
+        metavar="SEED|@FILE",
+        help="print the public key of an existing seed: 64 hex, or @FILE holding them "
+        "(prefer @FILE: a command line is visible to other users)",
     )
     servers = commands.add_parser("servers", help="fetch, verify and show the signed server list")
     servers.add_argument("--url", required=True, help="the server's URL, e.g. https://host")
@@ -129,7 +144,7 @@ def _add_attest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "keygen":
@@ -147,22 +162,39 @@ def main(argv: list[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse requires a command
 
 
-def _serve(args: argparse.Namespace) -> int:
-
+def _version() -> str:
     try:
-        config = Config.from_env(
-            os.environ,
-            host=args.host,
-            port=args.port,
-            env=args.env,
-            data_dir=args.data_dir,
-            log_format=args.log_format,
-            cluster_url=args.cluster,
-            node_id=args.node_id,
-            reuse_port=args.reuse_port,
-        )
+        return importlib.metadata.version("zajel")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def serve_config(args: argparse.Namespace) -> Config:
+    """The configuration of ``zajel serve``: the ``ZAJEL_*`` variables, and its flags over them.
+
+    Raises:
+        ConfigError: listing every invalid setting.
+    """
+    return Config.from_env(
+        os.environ,
+        host=args.host,
+        port=args.port,
+        env=args.env,
+        data_dir=args.data_dir,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        cluster_url=args.cluster,
+        node_id=args.node_id,
+        reuse_port=args.reuse_port,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = serve_config(args)
     except ConfigError as exc:
-        print(f"zajel: configuration error: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every invalid setting, one line each
+            print(f"zajel: configuration error: {error}", file=sys.stderr)
         return 2
     try:
         if config.cluster_url is None:  # a cluster node keeps nothing on disk
@@ -175,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     logs.configure(config.log_level, config.log_format)
+    logs.log_start(config)
 
     async def run() -> None:
         from zajel.server import tune_gc
@@ -260,6 +293,14 @@ def _fail(message: str, status: int) -> int:
 
 def _keygen(args: argparse.Namespace) -> int:
     # docs/operations.md, "Other commands": `seed=<64 hex>` and `public_key=<base64>`, two lines.
+    if args.public_key_of is not None:
+        try:
+            # InvalidKey never carries the seed, only what is wrong with it (or the file's path).
+            seed = load_seed(args.public_key_of)
+        except InvalidKey as exc:
+            return _fail(f"--public-key-of: {exc}", 2)
+        print(f"public_key={public_key_b64(signing_key(seed))}")
+        return 0
     seed = generate_seed()
     public_key = public_key_b64(signing_key(seed))
     if args.seed_file is None:

@@ -1,14 +1,16 @@
 """One frozen configuration, read once from ``ZAJEL_*`` variables and ``zajel serve`` flags.
 
-Invalid configuration stops the server at start with one clear line naming the setting
+Invalid configuration stops the server at start with one clear line per invalid setting, all
+reported at once; an unknown ``ZAJEL_*`` variable is a warning naming it
 (``docs/operations.md``, "Configuration").
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -32,7 +34,15 @@ _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ConfigError(ValueError):
-    """A setting is invalid; the message names it and says what it must be."""
+    """One or more settings are invalid.
+
+    ``errors`` holds one line per problem, each naming its setting and saying what it must be;
+    the message is those lines joined with ``"; "``.
+    """
+
+    def __init__(self, errors: str | Sequence[str]) -> None:
+        self.errors: tuple[str, ...] = (errors,) if isinstance(errors, str) else tuple(errors)
+        super().__init__("; ".join(self.errors))
 
 
 @attrs.frozen(kw_only=True)
@@ -106,11 +116,28 @@ class Config:
     cluster_call_timeout_ms: int = 5_000
     cluster_linger_ms: int = 5
 
+    # What the environment held that does not stop the server, one line each: an unknown
+    # ``ZAJEL_*`` variable (``zajel serve`` logs them at start). Not part of equality.
+    warnings: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+
     @property
     def redacts_codes(self) -> bool:
         """Pairing codes are redacted in logs outside development (docs/operations.md,
         "Redaction")."""
         return self.env != "development"
+
+    def signing_public_keys(self) -> dict[str, str]:
+        """The public key (standard base64) of each signing key set, by setting name: what
+        apps and VPS servers verify with. Never the seeds."""
+        seeds = {
+            "ZAJEL_BOOTSTRAP_SIGNING_KEY": self.bootstrap_signing_key,
+            "ZAJEL_ATTESTATION_SIGNING_KEY": self.attestation_signing_key,
+        }
+        return {
+            setting: public_key_b64(signing_key(bytes.fromhex(seed)))
+            for setting, seed in seeds.items()
+            if seed is not None
+        }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Config:
@@ -119,12 +146,20 @@ class Config:
         Overrides whose value is ``None`` are ignored, so unset flags fall back to the
         environment.
 
+        Every setting is read and checked before anything is refused, so one error reports
+        every invalid setting. ``warnings`` of the result names each unknown ``ZAJEL_*``
+        variable.
+
         Raises:
-            ConfigError: naming the first invalid setting.
+            ConfigError: listing every invalid setting, one entry each.
         """
         flags = {name: value for name, value in overrides.items() if value is not None}
         reader = _Reader(environ, flags)
-        default_env = "development" if reader.optional("ENV") else _default_env(environ)
+        default_env = (
+            "development"
+            if reader.optional("ENV")
+            else reader.collect("development", _default_env, environ)
+        )
         env = reader.choice("ENV", default_env, ENVIRONMENTS)
         level = reader.choice("LOG_LEVEL", "info" if env != "development" else "debug", LOG_LEVELS)
         bootstrap_key = reader.signing_seed(
@@ -139,7 +174,7 @@ class Config:
             if own == build_token_key:
                 # docs/protocol/attestation.md, "Keys and secrets": session tokens and build tokens
                 # are signed by different keys, so the server's key can never make a build token.
-                raise ConfigError(
+                reader.error(
                     "ZAJEL_ATTESTATION_SIGNING_KEY: must differ from the build-token key "
                     "(ZAJEL_BUILD_TOKEN_VERIFY_KEY is its public key)"
                 )
@@ -148,11 +183,11 @@ class Config:
         if trust_proxy is not None and not trusted_proxies:
             # A header believed from anyone lets every client pick its own IP, and with it
             # every per-IP cap (docs/operations.md, "Behind a TLS-terminating proxy").
-            raise ConfigError(
+            reader.error(
                 "ZAJEL_TRUSTED_PROXIES: required with ZAJEL_TRUST_PROXY; list the addresses "
                 "or CIDRs of the proxies whose header is believed"
             )
-        return cls(
+        config = cls(
             env=env,
             host=reader.text("HOST", "127.0.0.1"),
             port=reader.integer("PORT", 8080, 0, 65_535),
@@ -216,7 +251,30 @@ class Config:
             cluster_lease_ms=reader.integer("CLUSTER_LEASE_MS", 10_000, 1_000, 600_000),
             cluster_call_timeout_ms=reader.integer("CLUSTER_CALL_TIMEOUT_MS", 5_000, 100, 600_000),
             cluster_linger_ms=reader.integer("CLUSTER_LINGER_MS", 5, 0, 100),
+            # Last: once every setting above has been asked for by name.
+            warnings=tuple(_unknown_variables(environ, reader.asked)),
         )
+        if reader.errors:
+            raise ConfigError(reader.errors)
+        return config
+
+
+def _unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[str]:
+    """One warning per ``ZAJEL_*`` variable that is no setting, with the closest setting's
+    name when one is close (a typo). Only names are written, never values (they may be
+    secrets)."""
+    warnings = []
+    for variable in sorted(environ):
+        if not variable.startswith("ZAJEL_") or variable[len("ZAJEL_") :] in known:
+            continue
+        line = f"unknown setting {variable} is ignored"
+        close = difflib.get_close_matches(
+            variable, [f"ZAJEL_{name}" for name in sorted(known)], n=1, cutoff=0.8
+        )
+        if close:
+            line += f"; did you mean {close[0]}?"
+        warnings.append(line)
+    return warnings
 
 
 def _default_env(environ: Mapping[str, str]) -> str:
@@ -236,10 +294,28 @@ def _default_env(environ: Mapping[str, str]) -> str:
 
 @attrs.frozen
 class _Reader:
+    """Reads settings by name; an invalid one is recorded in ``errors`` and read as its
+    default, so every setting is checked before the configuration is refused."""
+
     environ: Mapping[str, str]
     flags: Mapping[str, Any]
+    errors: list[str] = attrs.field(factory=list)
+    # Every setting name read (without ``ZAJEL_``): the others in the environment are unknown.
+    asked: set[str] = attrs.field(factory=set)
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+    def collect(self, default: T, read: Callable[..., T], *args: Any) -> T:
+        """``read(*args)``, or ``default`` once its ``ConfigError`` is recorded."""
+        try:
+            return read(*args)
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return default
 
     def _raw(self, name: str) -> Any:
+        self.asked.add(name)
         flag = name.lower()
         if flag in self.flags:
             return self.flags[flag]
@@ -257,12 +333,13 @@ class _Reader:
         value = self.optional(name)
         if value is None:
             if required:
-                raise ConfigError(f"ZAJEL_{name}: required in {env}; make one with `zajel keygen`")
+                self.error(f"ZAJEL_{name}: required in {env}; make one with `zajel keygen`")
             return None
         try:
             return load_seed(value).hex()
         except InvalidKey as exc:
-            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+            self.error(f"ZAJEL_{name}: {exc}")
+            return None
 
     def public_key(self, name: str) -> str | None:
         """An Ed25519 public key in standard base64 (what ``zajel keygen`` prints)."""
@@ -272,7 +349,8 @@ class _Reader:
         try:
             return public_key_b64(parse_public_key(value))
         except InvalidKey as exc:
-            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+            self.error(f"ZAJEL_{name}: {exc}")
+            return None
 
     def cluster_url(self, name: str) -> str | None:
         """A ``redis://`` or ``rediss://`` URL; the message never repeats it (it may hold a
@@ -285,15 +363,15 @@ class _Reader:
         try:
             RedisAddress.parse(value)
         except ValueError as exc:
-            raise ConfigError(f"ZAJEL_{name}: {exc}") from None
+            self.error(f"ZAJEL_{name}: {exc}")
+            return None
         return value
 
     def node_id(self, name: str) -> str | None:
         value = self.optional(name)
         if value is not None and not _NODE_ID.fullmatch(value):
-            raise ConfigError(
-                f"ZAJEL_{name}: must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'"
-            )
+            self.error(f"ZAJEL_{name}: must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+            return None
         return value
 
     def text(self, name: str, default: str) -> str:
@@ -303,7 +381,8 @@ class _Reader:
     def choice(self, name: str, default: str, allowed: Any) -> Any:
         value = self.text(name, default).lower()
         if value not in allowed:
-            raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+            self.error(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+            return default
         return value
 
     def optional_choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -313,7 +392,8 @@ class _Reader:
         for option in allowed:
             if value.lower() == option.lower():
                 return option
-        raise ConfigError(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+        self.error(f"ZAJEL_{name}: must be one of {', '.join(allowed)}; got {value!r}")
+        return None
 
     def networks(self, name: str) -> tuple[Network, ...]:
         """Comma-separated addresses or CIDRs, e.g. ``10.0.0.0/8, ::1``."""
@@ -328,7 +408,7 @@ class _Reader:
             try:
                 networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise ConfigError(f"ZAJEL_{name}: {item!r} is not an IP address or CIDR") from None
+                self.error(f"ZAJEL_{name}: {item!r} is not an IP address or CIDR")
         return tuple(networks)
 
     def _parsed(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
@@ -338,16 +418,19 @@ class _Reader:
         try:
             return parse(str(value).strip())
         except ValueError:
-            raise ConfigError(f"ZAJEL_{name}: must be {kind}; got {value!r}") from None
+            self.error(f"ZAJEL_{name}: must be {kind}; got {value!r}")
+            return default
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self._parsed(name, default, int, "an integer")
         if not low <= value <= high:
-            raise ConfigError(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+            self.error(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+            return default
         return value
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         value = self._parsed(name, default, float, "a number")
         if not low <= value <= high:  # also refuses NaN
-            raise ConfigError(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+            self.error(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
+            return default
         return value

@@ -10,9 +10,15 @@ quoted, with ``\"`` for a quote inside, and so is a message that is empty or hol
 ``"``: a bare message runs up to the first `` key=``. The traceback of an exception is the quoted
 value of ``exception``. In ``json`` the encoder escapes every control and non-ASCII character.
 
+Every logger writes through the one handler ``configure`` installs: the server's own
+(``zajel.*``) at the configured level, every other library's (trio, hypercorn, quart,
+trio-websocket, coredis) at ``info`` or above, all in the same format. hypercorn's
+``hypercorn.error`` logger, which also carries its info lines, is written as ``hypercorn``.
+
 Pairing codes go through ``redact`` outside development (``docs/operations.md``, "Redaction").
-Public keys, dead drops, chunk data, nonces, HMACs, tokens and secrets are never logged in any
-environment: code that logs must not pass them.
+Clients' public keys, dead drops, chunk data, nonces, HMACs, tokens and secrets are never logged
+in any environment: code that logs must not pass them. The only public keys logged are the
+server's own (``log_start``, and the ephemeral keys of development).
 """
 
 from __future__ import annotations
@@ -21,9 +27,14 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from zajel.config import Config
 
 _SIMPLE_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Loggers written under another name: hypercorn logs its info lines too on "hypercorn.error".
+_RENAMED: Final = {"hypercorn.error": "hypercorn"}
 
 
 def redact(code: str) -> str:
@@ -89,7 +100,7 @@ def _message(text: str) -> str:
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name}: "
+        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {_name(record)}: "
         line += _message(record.getMessage())
         context = getattr(record, "context", None) or {}
         line += "".join(f" {escape(str(key))}={_value(value)}" for key, value in context.items())
@@ -103,7 +114,7 @@ class _JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": round(record.created * 1000),
             "level": record.levelname.lower(),
-            "service": record.name,
+            "service": _name(record),
             "message": record.getMessage(),
         }
         entry.update(getattr(record, "context", None) or {})
@@ -112,20 +123,47 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _name(record: logging.LogRecord) -> str:
+    return _RENAMED.get(record.name, record.name)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure`` installs (told apart from others on the root logger)."""
+
+
 def configure(level: str, fmt: Literal["text", "json"] = "text") -> None:
-    """Send every ``zajel`` log line to stderr in ``fmt`` at ``level`` and above."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every log line to stderr in ``fmt``: the ``zajel`` loggers' at ``level`` and above,
+    every other logger's (trio, hypercorn, quart, ...) at ``level`` or ``info``, whichever is
+    higher. Calling it again replaces the previous set-up."""
+    handler = _Handler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    root = logging.getLogger("zajel")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # hypercorn's own logs (access, errors) follow the same level and format.
-    for name in ("hypercorn.error",):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(max(logging.getLevelName(level), logging.INFO))
-        logger.propagate = False
+    own = logging.getLogger("zajel")
+    own.handlers[:] = [handler]
+    own.setLevel(level)
+    own.propagate = False
+    # Every other library's logger propagates to the root; a library's debug lines are not the
+    # server's. Other handlers on the root (a test runner's) are left in place.
+    root = logging.getLogger()
+    root.handlers[:] = [old for old in root.handlers if not isinstance(old, _Handler)] + [handler]
+    root.setLevel(max(logging.getLevelName(level), logging.INFO))
+    # hypercorn's logger had a handler of its own before; it now goes through the root's.
+    hypercorn = logging.getLogger("hypercorn.error")
+    hypercorn.handlers[:] = []
+    hypercorn.setLevel(logging.NOTSET)
+    hypercorn.propagate = True
+
+
+def log_start(config: Config) -> None:
+    """What an operator checks at start (docs/operations.md, "What is logged"): each unknown
+    ``ZAJEL_*`` variable, and in production and qa the public keys the server signs with (never
+    the seeds)."""
+    log = logging.getLogger("zajel.server")
+    for warning in config.warnings:
+        log.warning(warning)
+    if config.env == "development":
+        return  # development without keys logs its ephemeral ones as it makes them
+    for setting, public_key in config.signing_public_keys().items():
+        log.info("signing key", extra=context(setting=setting, public_key=public_key))
 
 
 def context(**values: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Logs of a real ``zajel serve`` (docs/operations.md, "Logging"): outside development every pairing
-code is redacted (``ABC234`` -> ``A****4``); in development codes are logged in full; public keys
-are never logged. A request crafted to plant a line in the text log stays one line."""
+code is redacted (``ABC234`` -> ``A****4``); in development codes are logged in full; clients'
+public keys are never logged, and production and qa log the server's own at start. A request
+crafted to plant a line in the text log stays one line."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from tests.integration._process import zajel_serve
 from tests.test_logs import parse_text_line
 from zajel import logs
 from zajel.client import connect_signal, generate_public_key, pair
+from zajel.crypto import public_key_b64, signing_key
 from zajel.logs import redact
 
 CODES = ("ABC234", "XYZ789")
+SEEDS = {"ZAJEL_BOOTSTRAP_SIGNING_KEY": "5e" * 32, "ZAJEL_ATTESTATION_SIGNING_KEY": "6f" * 32}
 
 
 async def run_session_and_read_logs(tmp_path, env: str) -> tuple[list[dict], list[str]]:
@@ -30,11 +33,7 @@ async def run_session_and_read_logs(tmp_path, env: str) -> tuple[list[dict], lis
             env,
             "--log-format",
             "json",
-            env={
-                "ZAJEL_LOG_LEVEL": "debug",
-                "ZAJEL_BOOTSTRAP_SIGNING_KEY": "5e" * 32,
-                "ZAJEL_ATTESTATION_SIGNING_KEY": "6f" * 32,
-            },
+            env={"ZAJEL_LOG_LEVEL": "debug", **SEEDS},
         ) as (process, url):
             async with connect_signal(url) as a, connect_signal(url) as b:
                 await a.register(CODES[0], keys[0])
@@ -61,6 +60,13 @@ async def test_codes_are_redacted_outside_development(tmp_path, env):
         assert redact(code) in text
     for key in keys:
         assert key not in text
+    # The public keys the server signs with, once at start; never their seeds.
+    signing = {entry["setting"]: entry["public_key"] for entry in entries if "setting" in entry}
+    assert signing == {
+        name: public_key_b64(signing_key(bytes.fromhex(seed))) for name, seed in SEEDS.items()
+    }
+    for seed in SEEDS.values():
+        assert seed not in text
 
 
 async def test_codes_are_logged_in_full_in_development(tmp_path):

@@ -128,7 +128,9 @@ async def test_a_data_file_that_is_not_a_database_is_refused(tmp_path):
 
 @pytest.mark.parametrize("env", ["production", "qa"])
 async def test_production_and_qa_refuse_to_start_without_a_signing_key(tmp_path, env):
-    line = last_line(await run_serve(tmp_path, {"ZAJEL_ENV": env}))
+    line = last_line(
+        await run_serve(tmp_path, {"ZAJEL_ENV": env, "ZAJEL_ATTESTATION_SIGNING_KEY": "6f" * 32})
+    )
     assert line == (
         f"zajel: configuration error: ZAJEL_BOOTSTRAP_SIGNING_KEY: required in {env}; "
         "make one with `zajel keygen`"
