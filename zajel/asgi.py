@@ -82,6 +82,7 @@ class AsgiApp:
             await _failed(send, f"configuration error: {exc}")
             return
         logs.configure(config.log_level, config.log_format)
+        logs.log_start(config)
         try:
             if config.cluster_url is None:  # a cluster node keeps nothing on disk
                 config.data_dir.mkdir(parents=True, exist_ok=True)
