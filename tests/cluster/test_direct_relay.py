@@ -3,6 +3,8 @@ from one edge to the other without the signaling owner, and give exactly what th
 have given: the frame in order, or ``peer_not_found`` once the route is no longer right.
 
 Three nodes in this process on a real Redis: an owner that serves no client, and two edges.
+The same set-up shows that a ``Detach`` refused while a node was degraded reaches the owner once
+it is back (docs/cluster.md, "Failover").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zajel.cluster.node import Node
 from zajel.cluster.services import redis_client
 from zajel.protocol.signaling import decode
 from zajel.services._peers import Attach, Detach, Inbound
+from zajel.services.signaling import GetStats
 
 A, B = "AAAAAA", "BBBBBB"
 KEY = base64.b64encode(b"\x0a" * 32).decode()
@@ -181,3 +184,26 @@ async def test_a_frame_behind_one_at_the_owner_keeps_its_place(redis):
         assert b.take()[0]["payload"] == {"sdp": "o2"}
         assert one.node.hop.direct_out == 2
         assert a.take() == [{"type": "pong"}]
+
+
+async def test_a_detach_refused_while_degraded_reaches_the_owner_once_back(redis):
+    """A connection that closes while its node cannot reach Redis cannot send its ``Detach``;
+    back from degraded, the node tells each owner which connections it still has, and the
+    owner detaches the others (docs/cluster.md, "Failover")."""
+    async with cluster(redis.url) as (owner, one, _):
+        stay = await one.join(1, A)
+        await one.join(2, B)
+        one.node._keeper_ok = False  # as after a keeper round that failed
+        one.node._set_degraded()
+        await one.address.cast(Detach(2))  # refused: only forgotten here
+        before = owner.hop.messages_in
+        room = owner._running["signaling"][1]
+        assert (await room.call(GetStats())).connections == 2
+        one.node._keeper_ok = True
+        one.node._set_degraded()
+        await until(lambda: owner.hop.messages_in > before)
+        with trio.fail_after(5):
+            while (await room.call(GetStats())).connections != 1:  # noqa: ASYNC110
+                await trio.sleep(0.005)
+        one.send(1, type="ping")
+        await until(lambda: "pong" in stay.types())

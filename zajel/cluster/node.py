@@ -371,7 +371,26 @@ class Node:
                 log.warning("cluster degraded: Redis unreachable", extra=context(node=self.node_id))
             else:
                 log.info("cluster available", extra=context(node=self.node_id))
-        self.degraded = degraded
+        was_degraded, self.degraded = self.degraded, degraded
+        if was_degraded and not degraded:
+            self._sync_attachments()
+
+    def _sync_attachments(self) -> None:
+        """Back from degraded: tell each owner which of this node's connections are still
+        attached to its services (``s``). While degraded, a connection that closed could not
+        send its ``Detach`` (refused, or lost with the hop), and the owner would keep its state
+        until this node is gone; the owner detaches every connection the list leaves out."""
+        for name, tracked in self._tracked.items():
+            by_owner: dict[str, list[ConnId]] = {}
+            for conn, (token, _) in tracked.items():
+                owner = owner_node(token)
+                if owner != self.instance:
+                    by_owner.setdefault(owner, []).append(conn)
+            current = self.owners.get(name)
+            if current is not None and owner_node(current) != self.instance:
+                by_owner.setdefault(owner_node(current), [])
+            for owner, conns in by_owner.items():
+                self.queue(owner, ["s", name, conns])
 
     async def _run_hop(self) -> None:
         while True:
@@ -417,7 +436,9 @@ class Node:
         edges = sorted(self._remote)
         now = trio.current_time()
         try:
-            with trio.fail_after(max(self.tick_s * 2, 1.0)):
+            # Generous: a node busy with many connections may run this task late, and a late
+            # round must not make it refuse work (Redis down fails at once, not here).
+            with trio.fail_after(max(self.tick_s * 4, 2.0)):
                 async with self.client.pipeline(transaction=False) as pipe:
                     heartbeat = orjson.dumps(
                         {
@@ -932,6 +953,9 @@ class Node:
                 self.queue(op[3], ["r", op[2], None, f"this node does not own {name}"])
             return
         address = running[1]
+        if kind == "s":
+            await self._sync_from(sender, name, address, op[2])
+            return
         # ("i", a client's frame for a service that runs here, is handled in ``_on_batch``.)
         if kind == "c":
             request = wire.from_wire(op[2])
@@ -956,6 +980,28 @@ class Node:
             address.send_nowait(envelope)
         except trio.WouldBlock:
             await address.send(envelope)
+
+    async def _sync_from(
+        self, edge: str, name: str, address: LocalAddress, conns: list[ConnId]
+    ) -> None:
+        """``edge``'s connections attached to ``name`` are ``conns``: detach the others it had
+        (``Node._sync_attachments``)."""
+        held = self._remote.get(edge, {}).get(name)
+        if not held:
+            return
+        gone = held - set(conns)
+        if gone:
+            log.info(
+                "connections gone while their node was degraded: detached",
+                extra=context(service=name, edge=edge, count=len(gone)),
+            )
+        for conn in gone:
+            held.discard(conn)
+            envelope = Envelope(Detach(conn))
+            try:
+                address.send_nowait(envelope)
+            except trio.WouldBlock:
+                await address.send(envelope)
 
     def _edge_lost(self, edge: str) -> None:
         """``edge`` is gone: its connections leave every service here (``lost``: state that
