@@ -54,6 +54,7 @@ import attrs
 import h11
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from bench._soak_ws import (
     BINARY,
@@ -81,6 +82,7 @@ from zajel.clock import epoch_ms
 REPLY_TIMEOUT_S: Final = 15.0
 CONNECT_TIMEOUT_S: Final = 15.0
 MAX_SAMPLES: Final = 20
+SAMPLES_PER_KIND: Final = 3
 # The server's bounds the misbehaving clients are checked against (docs/protocol/conventions.md):
 # the largest message, the head timeout of a handshake and the close time.
 MAX_MESSAGE_BYTES: Final = 262_144
@@ -125,7 +127,7 @@ class Tally:
         if isinstance(what, BaseException):
             what = describe(what)
         self.errors[kind] += 1
-        if len(self.samples) < MAX_SAMPLES:
+        if self.errors[kind] <= SAMPLES_PER_KIND and len(self.samples) < MAX_SAMPLES:
             self.samples.append(f"{kind}: {str(what)[:300]}")
 
 
@@ -185,6 +187,19 @@ async def _retry_at_cap(load: Load, attempt: Callable[[], Awaitable[Any]]) -> An
 
 
 @asynccontextmanager
+async def _pong_race_forgiven(load: Load, closing: list[bool]) -> AsyncIterator[None]:
+    """trio_websocket answers a server ping that arrives while its own close handshake is
+    under way with a pong, which wsproto refuses (``LocalProtocolError`` from its reader task):
+    a client library's race, not the server's doing. Counted apart, not as an error."""
+    try:
+        yield
+    except* wsproto.utilities.LocalProtocolError as group:
+        if not closing:
+            raise
+        load.tally.expected["client_pong_race_at_close"] += len(group.exceptions)
+
+
+@asynccontextmanager
 async def bound_ws(
     load: Load, index: int, path: str
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
@@ -192,7 +207,8 @@ async def bound_ws(
     host, port = load.target(index)
     source = load.source()
 
-    async with trio.open_nursery() as nursery:
+    closing: list[bool] = []
+    async with _pong_race_forgiven(load, closing), trio.open_nursery() as nursery:
 
         async def attempt() -> trio_websocket.WebSocketConnection:
             sock = await open_socket(host, port, source)
@@ -209,8 +225,9 @@ async def bound_ws(
         try:
             yield ws
         finally:
-            with trio.move_on_after(CLOSE_TIMEOUT_S) as closing:
-                closing.shield = True
+            closing.append(True)
+            with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
+                scope.shield = True
                 await ws.aclose()
             nursery.cancel_scope.cancel()
 
@@ -526,9 +543,10 @@ async def next_text(ws: RawWebSocket, within: float) -> dict[str, Any]:
                     return frame
 
 
-async def wait_close(ws: RawWebSocket, within: float) -> tuple[int | None, list[dict[str, Any]]]:
+async def wait_close(ws: RawWebSocket, within: float) -> tuple[int | str, list[dict[str, Any]]]:
     """Read until the server's close frame or the end of the stream (at most ``within``):
-    its close code (``None`` if the stream ended without one) and the text frames before it."""
+    its close code (or how the stream ended without one: ``"eof"``, ``"reset"``) and the text
+    frames before it."""
     texts: list[dict[str, Any]] = []
     with trio.fail_after(within):
         try:
@@ -538,9 +556,9 @@ async def wait_close(ws: RawWebSocket, within: float) -> tuple[int | None, list[
                         return close_code(payload), texts
                     if opcode == TEXT:
                         texts.append(json.loads(payload))
-        except OSError:
-            pass
-    return None, texts
+        except OSError as error:
+            return f"reset ({error})", texts
+    return "eof", texts
 
 
 # What each garbage message must get (docs/protocol/conventions.md, "Frames" and "Errors").
@@ -581,10 +599,15 @@ async def garbage_actor(load: Load, index: int) -> None:
                 load.tally.expected["garbage_error_replies"] += 1
                 await load.pause(0.1, 0.5)
             name, opcode, data, masked, code = random.choice(GARBAGE_ENDINGS)
+            sent_at = trio.current_time()
             await ws.send_frame(opcode, data, masked=masked)
-            got, _ = await wait_close(ws, REPLY_TIMEOUT_S)
+            got, texts = await wait_close(ws, REPLY_TIMEOUT_S)
             if got != code:
-                raise ValueError(f"{name} frame: close {got}, expected {code}")
+                took = trio.current_time() - sent_at
+                raise ValueError(
+                    f"{name} frame: {got} after {took:.2f} s, expected close {code} "
+                    f"(frames before: {texts[:3]})"
+                )
             load.tally.expected[f"close_{code}_{name}"] += 1
         except (ValueError, OSError, trio.TooSlowError, ExceptionGroup) as error:
             load.tally.error("garbage", error)
@@ -594,6 +617,12 @@ async def garbage_actor(load: Load, index: int) -> None:
 
 
 async def flood_actor(load: Load, index: int) -> None:
+    """Pings far past the message rate without waiting for answers. The contract's answers:
+    ``rate_limited`` errors and, as the flood goes on, the 1008 close, after which the socket is
+    dropped within the close time although the client keeps sending. Where the server reads the
+    flood no faster than the rate (it stops reading a client while 8 of its frames are being
+    handled: on a cluster node the pings go to the service's owner on the other node), the
+    flood is slowed down in TCP instead, and every ping is answered: also the contract's."""
     while not load.stop.is_set():
         try:
             ws = await raw_ws(load, index, "/signal" if index % 2 else "/relay")
@@ -602,53 +631,108 @@ async def flood_actor(load: Load, index: int) -> None:
             await load.pause(1, 2)
             continue
         try:
-            closed_at: list[float] = []
+            sending = Flood()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(keep_sending, ws, closed_at)
-                code, texts = await wait_close(ws, REPLY_TIMEOUT_S)
-                closed_at.append(trio.current_time())
-                limited = sum(1 for t in texts if t.get("code") == "rate_limited")
-                if code != 1008 or not limited:
-                    nursery.cancel_scope.cancel()
-                    raise ValueError(f"flood: close {code} after {limited} rate_limited")
+                nursery.start_soon(keep_sending, ws, sending)
+                began = trio.current_time()
+                code, answers = await read_flood(ws, sending)
+                sending.closed_at = trio.current_time()
+                if code is None:
+                    if answers["pong"] + answers["rate_limited"] != FLOOD_FRAMES:
+                        raise ValueError(f"flood: no close, and the answers were {answers}")
+                    load.tally.expected["flood_absorbed_by_back_pressure"] += 1
+                    raise Absorbed
+                if code != 1008 or not answers["rate_limited"]:
+                    raise ValueError(f"flood: close {code} after the answers {answers}")
                 load.tally.expected["close_1008_flood"] += 1
                 # Not answering the close: the server must drop the socket within its close
                 # time, whatever still arrives.
-                with trio.fail_after(CLOSE_TIMEOUT_S + SLACK_S):
+                with trio.move_on_after(CLOSE_TIMEOUT_S + SLACK_S) as waiting:
                     try:
                         while await ws.frames():
                             pass
                     except OSError:
                         pass
+                if waiting.cancelled_caught:
+                    raise ValueError(
+                        f"socket not dropped {CLOSE_TIMEOUT_S + SLACK_S} s after the close "
+                        f"(the close came {sending.closed_at - began:.1f} s after the flood began)"
+                    )
                 load.tally.expected["flood_dropped_after_close"] += 1
-        except (ValueError, OSError, trio.TooSlowError, ExceptionGroup) as error:
-            load.tally.error("flood", error)
+        except* Absorbed:
+            pass
+        except* (ValueError, OSError, trio.TooSlowError) as group:
+            load.tally.error("flood", group)
         finally:
             ws.drop()
         await load.pause(0.5, 2)
 
 
-PING_BURST: Final = b"".join(encode_frame(TEXT, b'{"type":"ping"}') for _ in range(20))
+class Absorbed(Exception):
+    """A flood that the server answered in full, never reading it faster than the rate."""
 
 
-async def keep_sending(ws: RawWebSocket, closed_at: list[float]) -> None:
-    """A flood's sending side: bursts of pings, at most 1000 frames, and on for 1 s after the
-    server's close (``closed_at``)."""
-    for _ in range(50):
-        if closed_at and trio.current_time() > closed_at[0] + 1:
-            return
-        try:
-            await ws.send_all(PING_BURST)
-        except OSError:
-            return
-        await trio.sleep(0.01)
+FLOOD_BURST: Final = 20
+FLOOD_FRAMES: Final = 50 * FLOOD_BURST
+PING_BURST: Final = b"".join(encode_frame(TEXT, b'{"type":"ping"}') for _ in range(FLOOD_BURST))
+FLOOD_TIMEOUT_S: Final = 60.0
 
 
-async def push_offers(pusher: SignalClient, code: str, offer: dict[str, Any]) -> None:
-    """The never-reader's partner: large offers, under the message rate (bounded: ~25 MB)."""
+@attrs.define
+class Flood:
+    sent: int = 0
+    done: bool = False
+    closed_at: float | None = None
+
+
+async def keep_sending(ws: RawWebSocket, flood: Flood) -> None:
+    """A flood's sending side: bursts of pings, ``FLOOD_FRAMES`` at most, and on for 1 s after
+    the server's close."""
+    try:
+        for _ in range(FLOOD_FRAMES // FLOOD_BURST):
+            if flood.closed_at is not None and trio.current_time() > flood.closed_at + 1:
+                return
+            try:
+                await ws.send_all(PING_BURST)
+            except OSError:
+                return
+            flood.sent += FLOOD_BURST
+            await trio.sleep(0.01)
+    finally:
+        flood.done = True
+
+
+async def read_flood(ws: RawWebSocket, flood: Flood) -> tuple[int | None, Counter[str]]:
+    """The answers to a flood until the server's close (its code), or until every frame sent
+    was answered (``None``); at most ``FLOOD_TIMEOUT_S``."""
+    answers: Counter[str] = Counter()
+    with trio.fail_after(FLOOD_TIMEOUT_S):
+        while True:
+            frames = await ws.frames()
+            if not frames:
+                raise ValueError(f"flood: the stream ended without a close after {answers}")
+            for opcode, payload in frames:
+                if opcode == CLOSE:
+                    return close_code(payload), answers
+                if opcode == TEXT:
+                    frame = json.loads(payload)
+                    answers[frame.get("code") or frame.get("type")] += 1
+            if flood.done and sum(answers.values()) >= flood.sent:
+                return None, answers
+
+
+async def push_offers(
+    pusher: SignalClient, code: str, offer: dict[str, Any], done: trio.Event
+) -> None:
+    """The never-reader's partner: large offers, under the message rate (bounded: ~25 MB),
+    until ``done``. Never cancelled in the middle of a send: half a frame would leave the
+    WebSocket stream corrupt."""
     for _ in range(400):
+        if done.is_set():
+            return
         await pusher.signal("offer", code, offer)
-        await trio.sleep(0.015)
+        with trio.move_on_after(0.015):
+            await done.wait()
 
 
 async def never_reader_actor(load: Load, index: int) -> None:
@@ -671,8 +755,9 @@ async def never_reader_actor(load: Load, index: int) -> None:
                 await pusher.expect("pair_matched")
                 left = False
                 with trio.fail_after(REPLY_TIMEOUT_S + 2 * SLACK_S):
+                    done = trio.Event()
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(push_offers, pusher, code, big)
+                        nursery.start_soon(push_offers, pusher, code, big, done)
                         while not left:
                             frame = await pusher.receive()
                             if frame.get("type") == "peer_left":
@@ -682,9 +767,14 @@ async def never_reader_actor(load: Load, index: int) -> None:
                                     raise ServerError(frame, ("peer_left",))
                             else:
                                 raise ServerError(frame, ("peer_left",))
-                        nursery.cancel_scope.cancel()
+                        done.set()
                 load.tally.expected["slow_consumer_dropped"] += 1
-                await pusher.ping()  # the partner is still served
+                # The partner is still served: a ping answered, after the errors of the offers
+                # that were on their way when the reader was dropped.
+                await pusher.send({"type": "ping"})
+                while (frame := await pusher.expect("pong", "error"))["type"] == "error":
+                    if frame.get("code") != "peer_not_found":
+                        raise ServerError(frame, ("pong",))
         except GOOD_ERRORS as error:
             load.tally.error("never_reader", error)
         finally:

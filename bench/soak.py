@@ -221,6 +221,7 @@ class Sampler:
         self.samples: list[dict[str, Any]] = []
         self.phases: dict[str, float] = {}
         self.stats_failures = 0
+        self.failure_samples: list[str] = []
         self.last_stats: list[dict[str, Any] | None] = [None] * len(nodes)
 
     def phase(self, name: str) -> None:
@@ -231,8 +232,10 @@ class Sampler:
         for index, node in enumerate(self.nodes):
             try:
                 view: dict[str, Any] | None = await stats(node)
-            except (OSError, trio.TooSlowError, ValueError):
+            except (OSError, trio.TooSlowError, ValueError) as error:
                 self.stats_failures += 1
+                if len(self.failure_samples) < 5:
+                    self.failure_samples.append(f"{node.name}: {type(error).__name__}: {error}")
                 view = None
             rss, fds = node.rss_fds()
             entry: dict[str, Any] = {"rss": rss, "fds": fds, "tasks": None, "connections": None}
@@ -374,7 +377,8 @@ async def soak(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     async with running_nodes(args.nodes, env, logs) as nodes:
         sampler = Sampler(nodes)
-        result = await measure(args, nodes, sampler, tally)
+        with trio.fail_after(args.timeout):
+            result = await measure(args, nodes, sampler, tally)
         for node in nodes:
             node.cpu_end = process_cpu_seconds(node.server.pid)
     # The servers have stopped (and exited 0, or running_server raised): read their logs.
@@ -552,6 +556,7 @@ async def measure(
         "error_kinds": dict(unexpected),
         "error_samples": tally.samples,
         "stats_failures": sampler.stats_failures,
+        "stats_failure_samples": sampler.failure_samples,
         "settled_s": settled,
         "registries_left": left_all,
         "persisting": persisting_all,
@@ -672,6 +677,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, help="seconds (60; quick: 15)")
     parser.add_argument("--fd-tolerance", type=int, default=2)
     parser.add_argument("--task-tolerance", type=int, default=2)
+    parser.add_argument("--timeout", type=float, help="bound of the whole run (duration + 600)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plot-dir", type=Path, default=DEFAULT_PLOT_DIR)
     args = parser.parse_args(argv)
@@ -690,6 +696,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
+    if args.timeout is None:
+        args.timeout = args.duration + 600
     return args
 
 
