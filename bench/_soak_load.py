@@ -706,7 +706,7 @@ async def read_flood(ws: RawWebSocket, flood: Flood) -> tuple[int | None, Counte
     """The answers to a flood until the server's close (its code), or until every frame sent
     was answered (``None``); at most ``FLOOD_TIMEOUT_S``."""
     answers: Counter[str] = Counter()
-    with trio.fail_after(FLOOD_TIMEOUT_S):
+    with trio.move_on_after(FLOOD_TIMEOUT_S):
         while True:
             frames = await ws.frames()
             if not frames:
@@ -719,6 +719,10 @@ async def read_flood(ws: RawWebSocket, flood: Flood) -> tuple[int | None, Counte
                     answers[frame.get("code") or frame.get("type")] += 1
             if flood.done and sum(answers.values()) >= flood.sent:
                 return None, answers
+    raise ValueError(
+        f"flood: neither a close nor every answer within {FLOOD_TIMEOUT_S} s: "
+        f"{flood.sent} sent (sending done: {flood.done}), answers {dict(answers)}"
+    )
 
 
 async def push_offers(

@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -375,13 +377,21 @@ async def soak(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     env["ZAJEL_LOG_LEVEL"] = "warning"
     tally = Tally()
     result: dict[str, Any] = {}
-    async with running_nodes(args.nodes, env, logs) as nodes:
-        sampler = Sampler(nodes)
-        with trio.fail_after(args.timeout):
-            result = await measure(args, nodes, sampler, tally)
-        for node in nodes:
-            node.cpu_end = process_cpu_seconds(node.server.pid)
-    # The servers have stopped (and exited 0, or running_server raised): read their logs.
+    nodes: list[Node] = []
+    exits: list[str] = []
+    try:
+        async with running_nodes(args.nodes, env, logs) as nodes:
+            sampler = Sampler(nodes)
+            with trio.fail_after(args.timeout):
+                result = await measure(args, nodes, sampler, tally)
+            for node in nodes:
+                node.cpu_end = process_cpu_seconds(node.server.pid)
+    except* RuntimeError as group:
+        if not result:  # the set-up failed
+            raise
+        # A server that did not exit 0 on SIGTERM (bench/_server.py).
+        exits += [str(error) for error in group.exceptions]
+    # The servers have stopped: read their logs.
     logs_seen = [scan_log(node.log) for node in nodes]
     server_errors = sum(
         log["levels"].get(level, 0)
@@ -389,14 +399,13 @@ async def soak(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         for level in ("error", "critical", "unformatted")
     )
     result["server_logs"] = logs_seen
-    result["unexpected_errors"] += server_errors
-    result["error_kinds"]["server_log"] = server_errors
-    load_s = result["load_s"]
+    result["server_exit_failures"] = exits
+    result["unexpected_errors"] += server_errors + len(exits)
+    result["error_kinds"].update(server_log=server_errors, server_exit=len(exits))
     for node, figures in zip(nodes, result["per_node"], strict=True):
         used = node.cpu_end - node.cpu_start
         figures["cpu_s"] = round(used, 1)
         figures["cpu_pct_of_run"] = round(100 * used / max(result["run_s"], 1e-9), 1)
-    result["load_s"] = load_s
     checks = result["checks"]
     checks["no_unexpected_errors"] = result["unexpected_errors"] == 0
     result["pass"] = all(checks.values())
@@ -477,14 +486,12 @@ async def measure(
     growth_ok = True
     for index, node in enumerate(nodes):
         base, idle_row, last = baseline["nodes"][index], with_idle["nodes"][index], final[index]
-        node_idle = sum(
-            1 for i in range(idle_report["open"]) if i % len(nodes) == index
-        )  # connection i goes to node i % nodes
-        rss_mid = sampler.series(index, "rss", mid_t, end_t)
-        rss_last_half = rss_mid
+        # Idle connection i goes to node i % nodes (bench/_soak_idle.py).
+        node_idle = len(range(index, args.idle, len(nodes)))
+        rss_mid = sampler.series(index, "rss", mid_t, end_t)  # the load's second half
         growth = None
-        if len(rss_last_half) >= 2:
-            growth = (rss_last_half[-1] - rss_last_half[0]) / rss_last_half[0]
+        if len(rss_mid) >= 2:
+            growth = (rss_mid[-1] - rss_mid[0]) / rss_mid[0]
             growth_ok &= growth < RSS_GROWTH_LIMIT
         else:
             growth_ok = False
@@ -580,8 +587,6 @@ async def measure(
 
 
 def process_cpu_seconds_self() -> float:
-    import os
-
     return process_cpu_seconds(os.getpid())
 
 
@@ -678,6 +683,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fd-tolerance", type=int, default=2)
     parser.add_argument("--task-tolerance", type=int, default=2)
     parser.add_argument("--timeout", type=float, help="bound of the whole run (duration + 600)")
+    parser.add_argument("--keep-logs", type=Path, help="copy the servers' logs to this directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plot-dir", type=Path, default=DEFAULT_PLOT_DIR)
     args = parser.parse_args(argv)
@@ -703,15 +709,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="zajel-soak-") as logs:
         try:
             result = trio.run(soak, args, Path(logs))
-        except (RuntimeError, OSError, trio.TooSlowError) as error:
-            print(f"soak: set-up failed: {error}", file=sys.stderr)
+        except* (RuntimeError, OSError, trio.TooSlowError) as group:
+            print(f"soak: failed: {group.exceptions}", file=sys.stderr)
             for log in sorted(Path(logs).glob("*.log")):
                 print(f"--- {log.name} (tail)", file=sys.stderr)
                 print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-            return 2
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in Path(logs).glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
+    if not result:
+        return 2
     emit(result, args.out)
     return 0 if result["pass"] else 1
 
