@@ -24,8 +24,10 @@ as expected, never as errors:
   frame, a register with a wrongly typed field: each answered by its ``error`` with the
   connection kept; then a message over the size limit (close 1009), invalid UTF-8 (close 1007)
   or an unmasked frame (close 1002).
-- ``flood``: sends past the message rate without reading, gets ``rate_limited`` then the 1008
+- ``flood``: sends 1000 pings far past the message rate, gets ``rate_limited`` then the 1008
   close, and keeps sending after it; the server must drop the socket within its 5 s close time.
+  Where the server reads the flood no faster than the rate (back-pressure: on a cluster node
+  the pings wait for the owner's answers), every ping is answered instead.
 - ``never_reader``: a ``/signal`` client with a tiny receive buffer that pairs and then reads
   nothing while its partner pushes large offers at it: it must be dropped as a slow consumer
   and the partner told ``peer_left``, never dropped itself.
