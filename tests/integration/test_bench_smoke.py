@@ -327,3 +327,33 @@ def test_cluster_failover_benchmark_sees_1012_and_pairs_again_within_the_bound(t
     assert result["within_bound"] is True
     assert result["errors"] == 0
     assert result["pairs_finished"] == 2
+
+
+def test_soak_quick_run_ends_with_no_error_and_every_registry_empty(tmp_path):
+    # One node, 200 idle and 50 busy connections for 4 s (bench/soak.py --quick): the good
+    # clients' flows, the misbehaving clients' expected answers, then everything back.
+    result = reported("soak.py", tmp_path / "soak.jsonl", "--quick", f"--plot-dir={tmp_path}")
+    assert (result["benchmark"], result["variant"]) == ("soak", "1node-quick")
+    assert result["unexpected_errors"] == 0, result["error_samples"]
+    assert result["checks"] == dict.fromkeys(
+        [
+            "idle_all_open",
+            "rss_growth_under_10pct",
+            "fds_back",
+            "tasks_back",
+            "registries_empty",
+            "no_unexpected_errors",
+        ],
+        True,
+    )
+    assert result["pass"] is True
+    assert result["registries_left"] == {}
+    assert result["idle_open"] == 200
+    assert result["idle_pings_answered"] > 0
+    assert result["good"]["pairs"] > 0
+    assert result["good"]["signals_relayed"] > 0
+    assert result["expected"]["garbage_error_replies"] > 0
+    (node,) = result["per_node"]
+    assert node["fds_end"] <= node["fds_baseline"] + 2
+    assert node["tasks_end"] <= node["tasks_baseline"] + 2
+    assert node["rss_per_idle_conn_kb"] > 0

@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import os
 import time
 from importlib import metadata
 from typing import Any
@@ -304,12 +305,15 @@ def create_app(
             response = jsonify(error=f"Service unavailable: {', '.join(failing)}")
             response.status_code = 503
             return response
+        # ``?process=1`` adds this process's own figures (bench/soak.py samples them).
+        extra = {"process": process_stats()} if request.args.get("process") == "1" else {}
         if services.cluster is None:
-            return jsonify({**sections, "connections": caps.total})
+            return jsonify({**sections, "connections": caps.total, **extra})
         # docs/cluster.md, "Operators": the cluster's totals, and this node's view of it.
         cluster = services.cluster.status()
         total = sum(node["connections"] for node in cluster["per_node"].values())
-        return jsonify({**sections, "connections": max(total, caps.total), "cluster": cluster})
+        body = {**sections, "connections": max(total, caps.total), "cluster": cluster}
+        return jsonify({**body, **extra})
 
     if config.metrics:
 
@@ -338,6 +342,25 @@ def create_app(
     add_server_routes(app, config, services.servers)
     add_attestation_routes(app, config, services.attestation, remote_ip)
     return app
+
+
+def process_stats() -> dict[str, int | None]:
+    """This process's living trio tasks, resident memory (bytes) and open file descriptors;
+    ``None`` for a figure the platform does not show (``/proc`` is Linux's)."""
+    rss: int | None = None
+    fds: int | None = None
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024  # the line is in kB
+                break
+    with contextlib.suppress(OSError):
+        fds = len(os.listdir("/proc/self/fd"))
+    return {
+        "tasks": trio.lowlevel.current_statistics().tasks_living,
+        "rss_bytes": rss,
+        "fds": fds,
+    }
 
 
 def _cluster_metrics(status: dict[str, Any]) -> list[str]:
