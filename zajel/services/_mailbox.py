@@ -132,10 +132,10 @@ async def run_service(
     log = logging.getLogger(f"zajel.{service.name}")
     metrics = metrics if metrics is not None else metrics_module.current()
     observe = metrics.service_timer(service.name) if metrics is not None else None
-    task_status.started()
     with contextlib.ExitStack() as watching:
         if metrics is not None:
             watching.enter_context(metrics.watch_inbox(service.name, inbox))
+        task_status.started()
         await _serve_inbox(service, inbox, log, observe)
 
 
