@@ -18,7 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import make_config, start_server
 from tests.integration import _http
 from tests.integration._process import clean_environment
-from tests.integration._signal import pair, refused_handshake, registered
+from tests.integration._signal import (
+    open_socket,
+    pair,
+    read_until_closed,
+    refused_handshake,
+    registered,
+)
 from zajel.client import connect_relay, connect_signal
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -245,6 +251,21 @@ async def test_health_and_metrics_are_outside_the_http_budget_and_refusals_are_c
     assert value(samples, "zajel_websocket_messages_in_total", endpoint="signal", type="ping") == 1
     assert value(samples, "zajel_http_responses_total", route="/stats", status="429") == 2
     assert value(samples, "zajel_http_responses_total", route="/health", status="200") == 3
+    running.stop.set()
+
+
+async def test_a_close_the_server_chooses_counts_under_its_code(nursery):
+    running = await start_server(nursery, make_config(ws_max_message_bytes=1024))
+    with trio.fail_after(10):
+        async with open_socket(running.url) as client:
+            await client.ws.send_message("x" * 2048)
+            assert (await read_until_closed(client))[1] == 1009
+        samples = await scrape(running.url)
+        while closes(samples) < 1:
+            await trio.sleep(0.01)
+            samples = await scrape(running.url)
+    assert value(samples, "zajel_websocket_closes_total", endpoint="signal", code="1009") == 1
+    assert closes(samples) == 1
     running.stop.set()
 
 

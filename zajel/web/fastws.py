@@ -660,10 +660,12 @@ class FastWebSocket:
         return close.code if close is not None else 1006
 
     def close_code(self) -> int | None:
-        """The code of the close frame received, else of the one sent (1009, 1007, 1002 for a
-        bad frame); ``None`` when neither was."""
-        close = self.protocol.close_rcvd or self.protocol.close_sent
-        return close.code if close is not None else None
+        """The code of the close frame of whichever side closed first (ours: 1009, 1007, 1002
+        for a bad frame); ``None`` when no close frame was sent or received."""
+        protocol = self.protocol
+        if protocol.close_sent is not None and not protocol.close_rcvd_then_sent:
+            return protocol.close_sent.code
+        return protocol.close_rcvd.code if protocol.close_rcvd is not None else None
 
 
 class Poller:
