@@ -269,6 +269,46 @@ async def test_a_close_the_server_chooses_counts_under_its_code(nursery):
     running.stop.set()
 
 
+async def test_a_slow_consumer_drop_is_counted_once(nursery):
+    config = make_config(
+        ws_outbound_queue=4,
+        ws_outbound_bytes=65_536,
+        ws_slow_consumer_ms=10,
+        ws_message_rate=100_000,
+        ws_message_burst=100_000,
+        ws_idle_timeout=86_400.0,
+    )
+    running = await start_server(nursery, config)
+    offer = {"sdp": "x" * 30_000}
+    with trio.fail_after(20):
+        # trio-websocket stops reading the socket while its one-message queue is full: S never
+        # calls receive() after pairing, so the server's writes to it soon stall.
+        async with (
+            registered(running.url, "AAAAAA") as (a,),
+            open_socket(running.url, message_queue_size=1) as sink,
+        ):
+            await sink.register("SSSSSS")
+            await pair(a, sink)
+            dropped = False
+            for _ in range(200):
+                for _ in range(8):
+                    await a.signal("offer", "SSSSSS", offer)
+                await a.send({"type": "ping"})
+                while (frame := await a.receive())["type"] != "pong":
+                    dropped = dropped or frame["type"] == "peer_left"
+                if dropped:
+                    break
+            assert dropped
+            samples = await scrape(running.url)
+            while (
+                value(samples, "zajel_websocket_closes_total", endpoint="signal", code="1013") < 1
+            ):
+                await trio.sleep(0.01)
+                samples = await scrape(running.url)
+    assert value(samples, "zajel_websocket_slow_consumer_drops_total", endpoint="signal") == 1
+    running.stop.set()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -212,11 +212,12 @@ class SocketPeer:
 
     def send_nowait(self, frame: str) -> bool:
         """Queue a frame pushed by others; False when this client is a slow consumer."""
-        metrics = self.metrics
+        metrics, outbox = self.metrics, self.outbox
         if metrics is None:
-            return self.outbox.push(self.frame(frame))
-        if self.outbox.push(self.frame(frame)):
-            metrics.sent(frame)
+            return outbox.push(self.frame(frame))
+        if outbox.push(self.frame(frame)):
+            if not outbox.closed:  # a closed queue takes nothing
+                metrics.sent(frame)
             return True
         if self.close_code is None:  # counted once, however many services find it slow
             metrics.slow_consumer()
@@ -225,7 +226,7 @@ class SocketPeer:
     def answer_nowait(self, frame: str) -> None:
         """Queue an answer to this client's own frame; never refused."""
         self.outbox.answer(self.frame(frame))
-        if self.metrics is not None:
+        if self.metrics is not None and not self.outbox.closed:
             self.metrics.sent(frame)
 
     def handled(self) -> None:
