@@ -5,12 +5,12 @@ that several servers in one process (the tests) count apart. The places that cou
 the object, or a part of it, when they are built: ``EndpointMetrics`` for a WebSocket endpoint,
 a pre-bound histogram child for a service or a store. Code that builds a service or a store
 without a ``Metrics`` at hand (the cluster's services, the plain ASGI deployment) takes the one
-``open_metrics`` made current for the server's tasks (``current``).
+``as_current`` made current for the server's tasks (``current``).
 
-Hot path: a counted frame costs a dictionary look-up and the ``inc`` of a label child made at
-start, never ``labels(...)``; label values come only from bounded tables (the contract's message
-types, error codes and close codes), never from a client's text, with ``other`` and
-``invalid`` for the rest.
+Hot path: a counted frame costs a dictionary look-up and one increment of a cell bound at
+start (``CounterCells``), never ``labels(...)``; label values come only from bounded tables
+(the contract's message types, error codes and close codes), never from a client's text, with
+``other`` and ``invalid`` for the rest. Services time one request in ``HANDLING_SAMPLE``.
 
 What ``/stats`` reports (the services' registries, the chunk index's counters, the cluster's
 section) is not counted twice: ``_ScrapeCollector`` reads it at scrape time, from the same
@@ -186,12 +186,12 @@ _CURRENT: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar(
 
 
 def current() -> Metrics | None:
-    """The ``Metrics`` of the server whose task this is (``open_metrics``), if any."""
+    """The ``Metrics`` of the server whose task this is (``as_current``), if any."""
     return _CURRENT.get()
 
 
 @contextlib.contextmanager
-def open_metrics(metrics: Metrics) -> Iterator[Metrics]:
+def as_current(metrics: Metrics) -> Iterator[Metrics]:
     """Make ``metrics`` current for this task and every task it starts within the block."""
     token = _CURRENT.set(metrics)
     try:
@@ -208,8 +208,8 @@ class Observe(Protocol):
 
 @attrs.frozen
 class Scrape:
-    """What ``/stats`` knows at one scrape: its sections, the parts that did not answer, the
-    WebSocket connections and the cluster's section (``None`` on a single node)."""
+    """What ``/stats`` knows at one scrape: its sections, the parts that did not answer, and
+    the cluster's section (``None`` on a single node)."""
 
     sections: Mapping[str, Mapping[str, int]]
     failing: Sequence[str]

@@ -17,7 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from zajel.config import Config
 from zajel.logs import context
-from zajel.metrics import Metrics, open_metrics, serve_metrics
+from zajel.metrics import Metrics, as_current, serve_metrics
 from zajel.services import Services, open_services
 from zajel.storage import SqliteStore, Store, open_store
 from zajel.web import create_app
@@ -221,7 +221,7 @@ async def open_state(
     ``metrics`` (a new one if not given) is the current ``zajel.metrics.Metrics`` within the
     block: the services, the store and an app made there count into it.
     """
-    with open_metrics(metrics or Metrics(version=package_version())) as current:
+    with as_current(metrics or Metrics(version=package_version())) as current:
         if config.cluster_url is None:
             async with open_store(config.data_dir) as store:
                 if isinstance(store, SqliteStore):
