@@ -501,3 +501,50 @@ def test_an_unknown_zajel_variable_is_a_warning_naming_it_and_the_close_setting(
     assert "secret-value" not in repr(config)
     assert config == Config.from_env({"ZAJEL_PORT": "9000"})  # warnings are not settings
     assert Config.from_env({"ZAJEL_PORT": "9000"}).warnings == ()
+
+
+# -- METRICS_BIND (docs/operations.md, "Metrics") -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "bind"),
+    [
+        ("", None),
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("localhost:9464", ("127.0.0.1", 9464)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("10.1.2.3:0", ("10.1.2.3", 0)),
+    ],
+)
+def test_metrics_bind_takes_one_address_and_port(value, bind):
+    assert Config.from_env({"ZAJEL_METRICS_BIND": value}).metrics_bind == bind
+    assert Config.from_env({}).metrics_bind is None
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("9464", "must be HOST:PORT"),
+        ("127.0.0.1", "must be HOST:PORT"),
+        ("127.0.0.1:", "must be HOST:PORT"),
+        (":9464", "must be HOST:PORT"),
+        ("127.0.0.1:65536", "must be HOST:PORT"),
+        ("127.0.0.1:http", "must be HOST:PORT"),
+        ("::1:9464", "must be HOST:PORT"),
+        ("metrics.example.com:9464", "HOST must be an IP address or localhost"),
+        ("0.0.0.0:9464", "0.0.0.0 listens on every interface"),
+        ("[::]:9464", ":: listens on every interface"),
+    ],
+)
+def test_a_bad_metrics_bind_is_a_clear_config_error(value, says):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"ZAJEL_METRICS_BIND": value})
+    message = str(caught.value)
+    assert message.startswith("ZAJEL_METRICS_BIND: ")
+    assert says in message
+    assert "\n" not in message
+
+
+def test_metrics_bind_with_metrics_off_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^ZAJEL_METRICS_BIND: set while ZAJEL_METRICS=off"):
+        Config.from_env({"ZAJEL_METRICS_BIND": "127.0.0.1:9464", "ZAJEL_METRICS": "off"})

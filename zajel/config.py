@@ -56,6 +56,8 @@ class Config:
     log_level: str = "DEBUG"
     log_format: Literal["text", "json"] = "text"
     metrics: bool = True
+    # /metrics on an address of its own (host, port), not the main port (METRICS_BIND below).
+    metrics_bind: tuple[str, int] | None = None
 
     # Signing keys hold the 64-hex-character Ed25519 seed once read (from the setting or its
     # @file).
@@ -195,6 +197,12 @@ class Config:
             log_level=LOG_LEVELS[level],
             log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             metrics=reader.choice("METRICS", "on", ("on", "off")) == "on",
+            metrics_bind=reader.collect(
+                None,
+                parse_metrics_bind,
+                reader.optional("METRICS_BIND"),
+                reader.choice("METRICS", "on", ("on", "off")),
+            ),
             bootstrap_signing_key=bootstrap_key,
             attestation_signing_key=attestation_key,
             build_token_verify_key=build_token_key,
@@ -434,3 +442,44 @@ class _Reader:
             self.error(f"ZAJEL_{name}: must be between {low} and {high}; got {value}")
             return default
         return value
+
+
+# -- METRICS_BIND (docs/operations.md, "Metrics") ------------------------------------------------
+
+
+def parse_metrics_bind(value: str | None, metrics: str = "on") -> tuple[str, int] | None:
+    """``ZAJEL_METRICS_BIND``: ``HOST:PORT`` (``[HOST]:PORT`` for IPv6) where ``/metrics`` is
+    served instead of the main port; HOST is one IP address or ``localhost``, never a
+    wildcard: the point is to keep the endpoint on an address of the operator's choice.
+
+    Raises:
+        ConfigError: the value is no such address, or ``ZAJEL_METRICS`` is ``off``.
+    """
+    if value is None:
+        return None
+    example = "e.g. 127.0.0.1:9464 or [::1]:9464"
+    host, colon, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without brackets: the port cannot be told apart
+    if not colon or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65_535:
+        raise ConfigError(f"ZAJEL_METRICS_BIND: must be HOST:PORT, {example}; got {value!r}")
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    else:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"ZAJEL_METRICS_BIND: HOST must be an IP address or localhost, {example}; "
+                f"got {value!r}"
+            ) from None
+        if address.is_unspecified:
+            raise ConfigError(
+                f"ZAJEL_METRICS_BIND: {host} listens on every interface; name one address, "
+                f"{example}"
+            )
+    if metrics == "off":
+        raise ConfigError("ZAJEL_METRICS_BIND: set while ZAJEL_METRICS=off; unset one of them")
+    return host, int(port_text)

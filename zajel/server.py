@@ -17,9 +17,11 @@ from hypercorn.config import Config as HypercornConfig
 
 from zajel.config import Config
 from zajel.logs import context
+from zajel.metrics import Metrics, as_current, serve_metrics
 from zajel.services import Services, open_services
-from zajel.storage import Store, open_store
+from zajel.storage import SqliteStore, Store, open_store
 from zajel.web import create_app
+from zajel.web.app import package_version
 from zajel.web.fastws import FastTransport
 from zajel.web.transport import (
     ConnectionTable,
@@ -40,6 +42,25 @@ BACKLOG = 1024
 FD_HEADROOM = 1024
 # The soft limit asked for when the hard limit is unlimited.
 FD_CEILING = 1 << 20
+
+
+class MetricsBindError(OSError):
+    """``METRICS_BIND`` cannot be listened on (in use, not local)."""
+
+
+def open_metrics_listener(config: Config) -> trio.SocketListener | None:
+    """The listener of ``/metrics`` when ``METRICS_BIND`` moves it off the main port.
+
+    Raises:
+        MetricsBindError: the address cannot be bound.
+    """
+    if not config.metrics or config.metrics_bind is None:
+        return None
+    host, port = config.metrics_bind
+    try:
+        return open_listener(host, port, 64)
+    except OSError as exc:
+        raise MetricsBindError(exc.errno, exc.strerror or str(exc)) from exc
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -120,10 +141,16 @@ async def serve(
     """
     raise_fd_limit(config)
     listener = open_listener(config.host, config.port, BACKLOG, reuse_port=config.reuse_port)
+    try:
+        metrics_listener = open_metrics_listener(config)
+    except MetricsBindError:
+        listener.socket.close()
+        raise
+    metrics = Metrics(version=package_version())
     shutdown = trio.Event()
     try:
         async with (
-            open_state(config, lambda: bound_url(listener)) as (
+            open_state(config, lambda: bound_url(listener), metrics=metrics) as (
                 store,
                 services,
             ),
@@ -141,8 +168,20 @@ async def serve(
                 config.http_max_connections_per_ip,
                 config.trusted_proxies,
                 stall_timeout=config.ws_idle_timeout,
+                metrics=metrics,
             )
-            app = create_app(config, services, shutdown=shutdown, connections=table)
+            app = create_app(
+                config,
+                services,
+                shutdown=shutdown,
+                connections=table,
+                metrics=metrics,
+                metrics_listener=metrics_listener is not None,
+            )
+            if metrics_listener is not None:
+                # Until the very end: the shutdown is worth watching too.
+                await outer.start(serve_metrics, metrics, metrics_listener)
+                log.info("metrics listening", extra=context(url=bound_url(metrics_listener)))
             async with trio.open_nursery() as front:
                 await front.start(
                     functools.partial(
@@ -154,7 +193,7 @@ async def serve(
                         shutdown=shutdown,
                         grace=GRACEFUL_TIMEOUT_S,
                         websockets=(
-                            FastTransport(("/signal", "/relay"), config)
+                            FastTransport(("/signal", "/relay"), config, metrics)
                             if config.ws_transport == "fast"
                             else None
                         ),
@@ -167,25 +206,35 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True):
             await listener.aclose()
+            if metrics_listener is not None:
+                await metrics_listener.aclose()
     log.info("stopped")
 
 
 @asynccontextmanager
 async def open_state(
-    config: Config, listen_url: Callable[[], str] = lambda: ""
+    config: Config, listen_url: Callable[[], str] = lambda: "", *, metrics: Metrics | None = None
 ) -> AsyncIterator[tuple[Store | None, Services]]:
     """The store and the services: the embedded store and this process's services, or in
-    cluster mode this node's part of the cluster (docs/cluster.md), whose store is Redis."""
-    if config.cluster_url is None:
-        async with open_store(config.data_dir) as store, open_services(config, store) as services:
-            yield store, services
-        return
-    # Imported here: the Redis client costs a third of a second to import, which a single
-    # node never needs.
-    from zajel.cluster.services import open_cluster_services
+    cluster mode this node's part of the cluster (docs/cluster.md), whose store is Redis.
 
-    async with open_cluster_services(config, listen_url=listen_url) as (services, _):
-        yield None, services
+    ``metrics`` (a new one if not given) is the current ``zajel.metrics.Metrics`` within the
+    block: the services, the store and an app made there count into it.
+    """
+    with as_current(metrics or Metrics(version=package_version())) as current:
+        if config.cluster_url is None:
+            async with open_store(config.data_dir) as store:
+                if isinstance(store, SqliteStore):
+                    store.observe_commit = current.store_timer("sqlite")
+                async with open_services(config, store) as services:
+                    yield store, services
+            return
+        # Imported here: the Redis client costs a third of a second to import, which a single
+        # node never needs.
+        from zajel.cluster.services import open_cluster_services
+
+        async with open_cluster_services(config, listen_url=listen_url) as (services, _):
+            yield None, services
 
 
 async def _watchdog(shutdown: trio.Event, store: Store | None) -> None:

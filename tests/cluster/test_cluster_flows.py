@@ -17,6 +17,7 @@ from tests._redis import RedisServer
 from tests.cluster._nodes import NodeProcess, start_all, stats
 from tests.integration import _http
 from tests.integration._signal import assert_quiet, expect, pair, registered
+from tests.integration.test_metrics import closes, moved, parse, scrape, value
 from tests.integration.test_relay_flow import relays
 from zajel.client import ServerError, connect_signal, generate_public_key
 
@@ -198,22 +199,39 @@ def test_cluster_status_without_redis_is_one_line_and_exit_2(tmp_path: Path):
 
 
 async def test_metrics_count_the_cross_node_hop(nodes):
-    _, b, c = nodes
+    a, b, c = nodes
     with trio.fail_after(10):
+        before = await scrape(b.url)
         async with registered(b.ws_url, "QQQQQQ"), registered(c.ws_url, "RRRRRR"):
             pass
-        text = (await _http.get(b.url, "/metrics")).body.decode()
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("zajel_cluster")
-    }
-    assert values["zajel_cluster_nodes"] == 3
-    assert values["zajel_cluster_degraded"] == 0
-    assert values['zajel_cluster_owned{service="signaling"}'] == 0
-    assert values["zajel_cluster_hop_messages_out_total"] > 0
-    assert values["zajel_cluster_hop_messages_in_total"] > 0
-    assert values["zajel_cluster_hop_latency_p99_seconds"] >= 0
+        after = await scrape(b.url)
+        while closes(after) - closes(before) < 1:  # counted once its cleanup has run
+            await trio.sleep(0.01)
+            after = await scrape(b.url)
+        owner_before = await scrape(a.url)
+        entry = {"serverId": "metrics-1", "endpoint": "wss://m.example.com", "publicKey": "k"}
+        assert (await _http.post(b.url, "/servers", entry)).status == 200
+        response = await _http.get(a.url, "/metrics")
+    families, owner = parse(response.body.decode())
+    # The registration was committed to Redis by the owner of the server registry.
+    assert moved(owner_before, owner, "zajel_store_commit_seconds_count", store="redis") == 1
+    assert [family.name for family in families if not family.documentation] == []
+    assert value(after, "zajel_up") == 1
+    assert value(after, "zajel_cluster_nodes") == 3
+    assert value(after, "zajel_cluster_degraded") == 0
+    assert value(after, "zajel_cluster_owned", service="signaling") == 0
+    assert value(owner, "zajel_cluster_owned", service="signaling") == 1
+    # The client on b: one frame in, one out, counted on b; its register crossed to the owner.
+    frames = {"endpoint": "signal", "type": "register"}
+    assert moved(before, after, "zajel_websocket_messages_in_total", **frames) == 1
+    frames["type"] = "registered"
+    assert moved(before, after, "zajel_websocket_messages_out_total", **frames) == 1
+    assert moved(before, after, "zajel_cluster_hop_messages_out_total") > 0
+    assert moved(before, after, "zajel_cluster_hop_messages_in_total") > 0
+    assert value(after, "zajel_cluster_hop_latency_p99_seconds") >= 0
+    # Services run on their owner: their inboxes and handling times are a's.
+    assert ("zajel_service_inbox_depth", (("service", "signaling"),)) in owner
+    assert not any(name == "zajel_service_inbox_depth" for name, _ in after)
 
 
 SECRET_URL = "redis://user:secret@127.0.0.1:1/0"

@@ -19,13 +19,20 @@ end (docs/operations.md, "Limits and back-pressure").
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from typing import Any, Final, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
 
+from zajel import metrics as metrics_module
 from zajel.logs import context
+from zajel.metrics import HANDLING_SAMPLE
+
+if TYPE_CHECKING:
+    from zajel.metrics import Metrics, Observe
 
 # How long a request waits for room in a full inbox before it is refused as ``Busy``: a burst
 # is absorbed, a service that cannot keep up sheds the excess.
@@ -143,15 +150,35 @@ async def run_service(
     service: Service,
     inbox: trio.MemoryReceiveChannel[Envelope],
     *,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``service`` until its inbox is closed: requests in order, timers when due.
 
     An exception in one request is logged and answered with ``ServiceFailure``; it never stops
-    the service. Cancellation is never caught.
+    the service. Cancellation is never caught. ``metrics`` (else the server's current one,
+    ``zajel.metrics.current``) gets the handling time of requests and the inbox's depth.
     """
     log = logging.getLogger(f"zajel.{service.name}")
-    task_status.started()
+    metrics = metrics if metrics is not None else metrics_module.current()
+    observe = metrics.service_timer(service.name) if metrics is not None else None
+    with contextlib.ExitStack() as watching:
+        if metrics is not None:
+            watching.enter_context(metrics.watch_inbox(service.name, inbox))
+        task_status.started()
+        await _serve_inbox(service, inbox, log, observe)
+
+
+async def _serve_inbox(
+    service: Service,
+    inbox: trio.MemoryReceiveChannel[Envelope],
+    log: logging.Logger,
+    observe: Observe | None,
+) -> None:
+    # One request in ``HANDLING_SAMPLE`` is timed (docs/operations.md, "Metrics"): timing every
+    # one would cost a relayed frame more than the counting of it.
+    mask = HANDLING_SAMPLE - 1
+    handled = 0
     async with inbox:
         while True:
             # One cancel scope per timer firing, not per request: creating a scope costs more
@@ -165,7 +192,8 @@ async def run_service(
                     # What is already queued is handled now, at one time, without a checkpoint
                     # per request.
                     now = trio.current_time()
-                    _dispatch(service, envelope, log, now)
+                    handled += 1
+                    _dispatch(service, envelope, log, now, None if handled & mask else observe)
                     while True:
                         try:
                             envelope = inbox.receive_nowait()
@@ -173,7 +201,8 @@ async def run_service(
                             break
                         except trio.EndOfChannel:
                             return
-                        _dispatch(service, envelope, log, now)
+                        handled += 1
+                        _dispatch(service, envelope, log, now, None if handled & mask else observe)
                     deadline = service.next_deadline()
                     if deadline != wait.deadline:
                         wait.deadline = deadline
@@ -184,15 +213,24 @@ async def run_service(
             # A timer that keeps failing must not starve the inbox: take one request first.
             await trio.lowlevel.checkpoint()
             with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                _dispatch(service, inbox.receive_nowait(), log, trio.current_time())
+                _dispatch(service, inbox.receive_nowait(), log, trio.current_time(), observe)
 
 
-def _dispatch(service: Service, envelope: Envelope, log: logging.Logger, now: float) -> None:
+def _dispatch(
+    service: Service,
+    envelope: Envelope,
+    log: logging.Logger,
+    now: float,
+    observe: Observe | None = None,
+) -> None:
+    started = time.perf_counter() if observe is not None else 0.0
     try:
         reply = service.handle(envelope.request, now)
     except Exception:
         log.exception("request failed", extra=context(request=type(envelope.request).__name__))
         reply = ServiceFailure(service.name)
+    if observe is not None:
+        observe(time.perf_counter() - started)
     if envelope.reply is not None:
         # A caller that has gone away is ignored: nobody is waiting for this answer.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -201,9 +239,17 @@ def _dispatch(service: Service, envelope: Envelope, log: logging.Logger, now: fl
 
 
 def start_service(
-    nursery: trio.Nursery, service: Service, *, inbox_size: int = 1024
+    nursery: trio.Nursery,
+    service: Service,
+    *,
+    inbox_size: int = 1024,
+    metrics: Metrics | None = None,
 ) -> LocalAddress:
-    """Start ``service`` as one task in ``nursery``; returns its address."""
+    """Start ``service`` as one task in ``nursery``; returns its address. ``metrics``: see
+    ``run_service``."""
     send, receive = trio.open_memory_channel[Envelope](inbox_size)
-    nursery.start_soon(run_service, service, receive, name=f"service:{service.name}")
+    nursery.start_soon(
+        functools.partial(run_service, service, receive, metrics=metrics),
+        name=f"service:{service.name}",
+    )
     return LocalAddress(service.name, send)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, assert_never
 
@@ -36,6 +37,7 @@ import attrs
 import coredis
 import coredis.exceptions
 
+from zajel import metrics
 from zajel.cluster.fence import FENCE_LUA, PREFIX, Fence, Fenced
 from zajel.logs import context
 from zajel.protocol.attestation import Challenge, Device, Policy, Reference
@@ -338,15 +340,26 @@ class RedisStore:
 
     ``fence`` None writes unfenced (tests, tools). Make one with ``open``, which also brings
     the schema up to date; the constructor alone does not look at the schema.
+
+    ``observe_commit`` gets the seconds each successful ``apply`` took; by default the
+    ``zajel_store_commit_seconds`` of the server's current ``zajel.metrics.Metrics``, if any.
     """
 
     def __init__(
-        self, client: coredis.Redis[Any], *, fence: Fence | None = None, prefix: str = PREFIX
+        self,
+        client: coredis.Redis[Any],
+        *,
+        fence: Fence | None = None,
+        prefix: str = PREFIX,
+        observe_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.fence = fence
         self.keys = StoreKeys(prefix)
         self._closed = False
+        if observe_commit is None and (current := metrics.current()) is not None:
+            observe_commit = current.store_timer("redis")
+        self.observe_commit = observe_commit
         # Registering computes the SHA only; the first call loads the script into Redis (and
         # again after a Redis restart), later calls send its SHA.
         if fence is None:
@@ -376,7 +389,9 @@ class RedisStore:
     def with_fence(self, fence: Fence | None) -> RedisStore:
         """A store on the same client and keys whose writes are fenced by ``fence`` (a new
         lease, a new token); this store is unchanged."""
-        return RedisStore(self.client, fence=fence, prefix=self.keys.prefix)
+        return RedisStore(
+            self.client, fence=fence, prefix=self.keys.prefix, observe_commit=self.observe_commit
+        )
 
     async def load_servers(self) -> list[ServerEntry]:
         self._check_open()
@@ -416,8 +431,11 @@ class RedisStore:
         if self.fence is not None:
             keys.insert(0, self.fence.key)
             args.insert(0, self.fence.token.encode())
+        started = time.perf_counter()
         with _redis_errors():
             await self._apply_script(keys=keys, args=args)
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - started)
 
     async def ping(self) -> None:
         self._check_open()

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, assert_never
@@ -85,6 +86,8 @@ class SqliteStore:
         self._lock = lock
         self.path = path
         self._limiter = trio.CapacityLimiter(1)
+        # Where the time of each successful commit goes (``zajel.metrics``), if anywhere.
+        self.observe_commit: Callable[[float], None] | None = None
 
     @classmethod
     async def open(
@@ -107,7 +110,10 @@ class SqliteStore:
         return await self._run(_load_attestation)
 
     async def apply(self, writes: Sequence[Write]) -> None:
+        started = time.perf_counter()
         await self._run(_transaction, list(writes))
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - started)
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

@@ -16,12 +16,14 @@ from importlib import metadata
 from typing import Any
 
 import trio
-from quart import Response, jsonify, request
+from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from zajel.config import Config
 from zajel.logs import context
+from zajel.metrics import CONTENT_TYPE, Metrics, Scrape
+from zajel.metrics import current as current_metrics
 from zajel.protocol import channels as channels_protocol
 from zajel.protocol import chunks as chunks_protocol
 from zajel.protocol import relay as relay_protocol
@@ -44,6 +46,8 @@ from zajel.web.transport import ConnectionTable
 log = logging.getLogger("zajel.web")
 
 HEALTH_TIMEOUT_S = 1.0
+# Routes outside the per-IP HTTP budget (docs/operations.md, "Health checks and metrics").
+UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
 ENDPOINTS = {
     "root": "GET /",
     "info": "GET /api/info",
@@ -107,13 +111,26 @@ def create_app(
     *,
     shutdown: trio.Event,
     connections: ConnectionTable | None = None,
+    metrics: Metrics | None = None,
+    metrics_listener: bool = False,
 ) -> QuartTrio:
     """The Quart-trio app for ``services``; setting ``shutdown`` closes every WebSocket (1001).
 
     ``connections``: the TCP connections of ``zajel serve``'s own accept loop, which the
     WebSocket endpoints use to move a connection out of the HTTP count and to drop a socket
     that will not close (``zajel.web.transport``).
+
+    ``metrics``: what the app counts into and ``/metrics`` serves (by default the server's
+    current one, else a new one). ``metrics_listener``: ``/metrics`` is served on its own
+    address (``METRICS_BIND``, by ``zajel serve``), so not here.
     """
+    if metrics is None:
+        metrics = current_metrics() or Metrics(version=package_version())
+    if config.metrics_bind is not None and not metrics_listener and config.metrics:
+        log.warning(
+            "METRICS_BIND is served by zajel serve only: /metrics stays on the main port",
+            extra=context(setting="ZAJEL_METRICS_BIND"),
+        )
     app = QuartTrio("zajel")
     # A doubled slash is a path of its own (404 JSON, or the route's own error), never
     # werkzeug's 308 redirect with an HTML body.
@@ -138,6 +155,7 @@ def create_app(
             services.signaling,
             side=services.chunks,
             side_types=channels_protocol.ROUTED,
+            metrics=metrics.endpoints["signal"],
         ),
         Endpoint(
             "relay",
@@ -153,6 +171,7 @@ def create_app(
             services.relay,
             side=services.chunks,
             side_types=chunks_protocol.CHUNK_MESSAGES,
+            metrics=metrics.endpoints["relay"],
         ),
     ]
     app.asgi_app = SocketRouter(  # type: ignore[method-assign]  # ASGI middleware, as documented
@@ -163,6 +182,7 @@ def create_app(
         shutdown=shutdown,
         connections=connections,
         cluster=services.cluster,
+        metrics=metrics,
     )
     if services.cluster is not None:
         services.cluster.count_connections(lambda: caps.total)
@@ -182,8 +202,14 @@ def create_app(
 
     @app.before_request
     async def limit_and_preflight() -> Response | None:
+        g.started = time.perf_counter()
+        rule = request.url_rule
+        if rule is not None and rule.rule in UNMETERED_ROUTES:
+            # docs/operations.md, "Health checks and metrics": a monitor is never refused.
+            return None
         retry_after = http_limiter.check(remote_ip(), trio.current_time())
         if retry_after is not None:
+            metrics.refused("http_rate_limit")
             response = jsonify(error="Too Many Requests")
             response.status_code = 429
             response.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
@@ -194,6 +220,12 @@ def create_app(
 
     @app.after_request
     async def add_headers(response: Response) -> Response:
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        started = g.get("started")
+        if started is not None:
+            metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+        metrics.http_responses.labels(route, str(response.status_code)).inc()
         response.headers.update(SECURITY_HEADERS)
         response.headers.update(CORS_HEADERS)
         origin = request.headers.get("Origin")
@@ -298,6 +330,13 @@ def create_app(
             return response
         return jsonify(body)
 
+    async def scrape() -> Scrape:
+        sections, failing = await collect_stats()
+        cluster = services.cluster.status() if services.cluster is not None else None
+        return Scrape(sections, failing, cluster)
+
+    metrics.scrape_from(scrape)
+
     @app.get("/stats")
     async def stats() -> Response:
         sections, failing = await collect_stats()
@@ -315,29 +354,11 @@ def create_app(
         body = {**sections, "connections": max(total, caps.total), "cluster": cluster}
         return jsonify({**body, **extra})
 
-    if config.metrics:
+    if config.metrics and (config.metrics_bind is None or not metrics_listener):
 
         @app.get("/metrics")
-        async def metrics() -> Response:
-            sections, failing = await collect_stats()
-            lines = [
-                "# HELP zajel_websocket_connections Open WebSocket connections.",
-                "# TYPE zajel_websocket_connections gauge",
-                f"zajel_websocket_connections {caps.total}",
-            ]
-            for section, values in sections.items():
-                for name, value in values.items():
-                    metric = f"zajel_{section}_{_snake(name)}"
-                    lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
-            if services.cluster is not None:
-                lines += _cluster_metrics(services.cluster.status())
-            lines += [
-                "# TYPE zajel_up gauge",
-                f"zajel_up {int(not failing)}",
-                "# TYPE zajel_time_seconds gauge",
-                f"zajel_time_seconds {time.time():.3f}",
-            ]
-            return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+        async def metrics_text() -> Response:
+            return Response(await metrics.exposition(), content_type=CONTENT_TYPE)
 
     add_server_routes(app, config, services.servers)
     add_attestation_routes(app, config, services.attestation, remote_ip)
@@ -361,52 +382,3 @@ def process_stats() -> dict[str, int | None]:
         "rss_bytes": rss,
         "fds": fds,
     }
-
-
-def _cluster_metrics(status: dict[str, Any]) -> list[str]:
-    """This node's part of the cluster and its cross-node hop (docs/cluster.md, "Operators")."""
-    hop = status["hop"]
-    lines = [
-        "# HELP zajel_cluster_nodes Live nodes of the cluster, as this node last read them.",
-        "# TYPE zajel_cluster_nodes gauge",
-        f"zajel_cluster_nodes {status['nodes']}",
-        "# HELP zajel_cluster_degraded 1 while this node cannot reach Redis.",
-        "# TYPE zajel_cluster_degraded gauge",
-        f"zajel_cluster_degraded {int(status['degraded'])}",
-        "# HELP zajel_cluster_owned Services this node runs (1) or not (0).",
-        "# TYPE zajel_cluster_owned gauge",
-    ]
-    lines += [
-        f'zajel_cluster_owned{{service="{name}"}} {int(owner == status["node"])}'
-        for name, owner in status["owners"].items()
-    ]
-    counters = {
-        "messages_out": "Messages this node sent other nodes.",
-        "messages_in": "Messages this node received from other nodes.",
-        "batches_out": "PUBLISH batches this node sent.",
-        "batches_in": "Batches this node received.",
-        "bytes_out": "Bytes this node published to other nodes.",
-        "bytes_in": "Bytes this node received from other nodes.",
-        "calls": "Calls this node made to services on other nodes.",
-        "call_timeouts": "Calls to other nodes that missed their deadline.",
-    }
-    for name, help_text in counters.items():
-        metric = f"zajel_cluster_hop_{name}_total"
-        lines += [
-            f"# HELP {metric} {help_text}",
-            f"# TYPE {metric} counter",
-            f"{metric} {hop[name]}",
-        ]
-    for quantile, value in hop["latency_ms"].items():
-        if value is not None:
-            metric = f"zajel_cluster_hop_latency_{quantile}_seconds"
-            lines += [
-                f"# HELP {metric} The hop's latency, {quantile} of the last samples.",
-                f"# TYPE {metric} gauge",
-                f"{metric} {value / 1000:.6f}",
-            ]
-    return lines
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)

@@ -43,7 +43,7 @@ import math
 import os
 import select
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -64,6 +64,9 @@ from zajel.logs import context
 from zajel.web.outbox import DirectWrite, server_task
 from zajel.web.sockets import LINK_EXTENSION, HandOver
 from zajel.web.transport import Connection, GuardedStream, frame_text
+
+if TYPE_CHECKING:
+    from zajel.metrics import Metrics
 
 log = logging.getLogger("zajel.web")
 
@@ -656,6 +659,14 @@ class FastWebSocket:
         close = self.protocol.close_rcvd or self.protocol.close_sent
         return close.code if close is not None else 1006
 
+    def close_code(self) -> int | None:
+        """The code of the close frame of whichever side closed first (ours: 1009, 1007, 1002
+        for a bad frame); ``None`` when no close frame was sent or received."""
+        protocol = self.protocol
+        if protocol.close_sent is not None and not protocol.close_rcvd_then_sent:
+            return protocol.close_sent.code
+        return protocol.close_rcvd.code if protocol.close_rcvd is not None else None
+
 
 class Poller:
     """One epoll set, edge-triggered, for the reads of every connection in their steady state
@@ -728,6 +739,7 @@ class FastTransport:
 
     paths: tuple[str, ...]
     config: Config
+    metrics: Metrics | None = None
 
     def start(self) -> None:
         poller()
@@ -739,17 +751,24 @@ class FastTransport:
         if not is_endpoint_handshake(head, self.paths):
             stream.unread(head)
             return False
-        await serve_websocket(app, stream, conn, head, self.config)
+        await serve_websocket(app, stream, conn, head, self.config, self.metrics)
         return True
 
 
 async def serve_websocket(
-    app: Any, stream: GuardedStream, conn: Connection, head: bytes, config: Config
+    app: Any,
+    stream: GuardedStream,
+    conn: Connection,
+    head: bytes,
+    config: Config,
+    metrics: Metrics | None = None,
 ) -> None:
     """Serve one WebSocket connection whose handshake starts with ``head`` to the ASGI ``app``."""
     socket = FastWebSocket(stream, conn, config)
     scope = await socket.handshake(head)
     if scope is None:
+        if metrics is not None:
+            metrics.refused("bad_handshake")
         return
     try:
         await app(scope, socket.receive, socket.send)

@@ -35,7 +35,7 @@ import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -61,6 +61,9 @@ from zajel.web.headers import SECURITY_HEADERS
 from zajel.web.limits import ConnectionCaps, client_ip, ip_key
 from zajel.web.outbox import DirectWrite, Outbox
 from zajel.web.transport import Connection, ConnectionTable, GuardedStream, frame_text
+
+if TYPE_CHECKING:
+    from zajel.metrics import EndpointMetrics, Metrics
 
 log = logging.getLogger("zajel.web")
 
@@ -131,6 +134,10 @@ class Link(Protocol):
     async def drain(self) -> None:
         """Take (and discard) what the client sends until its side is closed."""
 
+    def close_code(self) -> int | None:
+        """The close code the connection ended with, as far as the transport knows (``None``:
+        no close frame)."""
+
 
 class AsgiLink:
     """A ``Link`` over ASGI ``receive``/``send`` (hypercorn's WebSocket stack). Under
@@ -144,6 +151,7 @@ class AsgiLink:
         self.on_silent: Callable[[], None] = _nothing
         self.write_now: DirectWrite | None = None
         self.hand_over: HandOver | None = None  # hypercorn reads in its own task: unused
+        self._close_code: int | None = None
 
     def frame(self, text: str) -> Any:
         return text if self._stream is None else frame_text(text)
@@ -151,6 +159,7 @@ class AsgiLink:
     async def receive_messages(self) -> list[str | bytes]:
         event = await self._receive()
         if event["type"] != "websocket.receive":
+            self._close_code = event.get("code")
             return []  # websocket.disconnect: the client or the transport closed
         data = event.get("text")
         return [data if data is not None else event.get("bytes") or b""]
@@ -168,8 +177,12 @@ class AsgiLink:
     async def drain(self) -> None:
         # hypercorn hands over the next frame only once this one is taken: until the client's
         # side is closed, keep taking (and discarding) what it still sends.
-        while (await self._receive())["type"] != "websocket.disconnect":
+        while (event := await self._receive())["type"] != "websocket.disconnect":
             pass
+        self._close_code = event.get("code")
+
+    def close_code(self) -> int | None:
+        return self._close_code
 
 
 def _nothing() -> None:
@@ -185,8 +198,10 @@ class SocketPeer:
         config: Config,
         frame: Callable[[str], Any] = str,
         direct: DirectWrite | None = None,
+        metrics: EndpointMetrics | None = None,
     ) -> None:
         self.conn_id = conn_id
+        self.metrics = metrics
         # What the outbox holds for a frame's text: the text itself, or its bytes on the wire
         # where the writer writes to the socket itself (framed once for many, ``frame_text``).
         self.frame = frame
@@ -202,11 +217,22 @@ class SocketPeer:
 
     def send_nowait(self, frame: str) -> bool:
         """Queue a frame pushed by others; False when this client is a slow consumer."""
-        return self.outbox.push(self.frame(frame))
+        metrics, outbox = self.metrics, self.outbox
+        if metrics is None:
+            return outbox.push(self.frame(frame))
+        if outbox.push(self.frame(frame)):
+            if not outbox.closed:  # a closed queue takes nothing
+                metrics.sent(frame)
+            return True
+        if self.close_code is None:  # counted once, however many services find it slow
+            metrics.slow_consumer()
+        return False
 
     def answer_nowait(self, frame: str) -> None:
         """Queue an answer to this client's own frame; never refused."""
         self.outbox.answer(self.frame(frame))
+        if self.metrics is not None and not self.outbox.closed:
+            self.metrics.sent(frame)
 
     def handled(self) -> None:
         self.outbox.handled()
@@ -239,6 +265,8 @@ class Endpoint:
     service: Address
     side: Address | None = None
     side_types: tuple[type, ...] = ()
+    # Its counters (``zajel.metrics``), if counted.
+    metrics: EndpointMetrics | None = None
 
     @property
     def services(self) -> tuple[Address, ...]:
@@ -261,8 +289,10 @@ class SocketRouter:
         shutdown: trio.Event,
         connections: ConnectionTable | None = None,
         cluster: ClusterView | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.cluster = cluster
         self.endpoints = tuple(endpoints)
         self.config = config
@@ -285,6 +315,7 @@ class SocketRouter:
         # docs/protocol/conventions.md, "Frames": a handshake on an unknown path is refused with
         # HTTP 404.
         if (await receive())["type"] == "websocket.connect":
+            self._refused("unknown_path")
             await _reject(scope, send, 404, {"error": "Not Found"})
 
     async def _serve(
@@ -302,6 +333,7 @@ class SocketRouter:
             client_ip(peer_address, headers, self.config.trust_proxy, self.config.trusted_proxies)
         )
         if self.shutdown.is_set():
+            self._refused("shutting_down")
             await _reject(scope, send, 503, {"error": "Server shutting down"})
             return
         if self.cluster is not None and not self.cluster.available:
@@ -309,10 +341,12 @@ class SocketRouter:
             log.warning(
                 "connection refused: cluster unavailable", extra=context(endpoint=endpoint.name)
             )
+            self._refused("cluster_unavailable")
             await _reject(scope, send, 503, {"error": "Cluster unavailable"})
             return
         if not self.caps.try_acquire(ip):
             log.warning("connection refused: cap reached", extra=context(endpoint=endpoint.name))
+            self._refused("ws_connection_cap")
             await _reject(scope, send, 503, {"error": "Too many connections"})
             return
         conn = None
@@ -326,11 +360,20 @@ class SocketRouter:
             if offered is not None
             else AsgiLink(receive, send, conn.stream if conn is not None else None)
         )
+        gauge = endpoint.metrics.connections if endpoint.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
         try:
             await send({"type": "websocket.accept"})
             await serve_connection(link, endpoint, self.config, self.shutdown, ip, conn)
         finally:
             self.caps.release(ip)
+            if gauge is not None:
+                gauge.dec()
+
+    def _refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(reason)
 
 
 def _shield_last_body(send: ASGISend) -> ASGISend:
@@ -390,7 +433,7 @@ async def serve_connection(
     is dropped. ``conn`` is the TCP connection under ``zajel serve``; under another ASGI
     server it is ``None`` and these bounds are that server's (docs/operations.md).
     """
-    peer = SocketPeer(next(_conn_ids), config, link.frame, link.write_now)
+    peer = SocketPeer(next(_conn_ids), config, link.frame, link.write_now, endpoint.metrics)
     link.on_silent = functools.partial(peer.close, CLOSE_GOING_AWAY)
     for service in endpoint.services:
         await service.cast(Attach(peer.conn_id, peer, ip))
@@ -411,6 +454,9 @@ async def serve_connection(
                     await service.cast(Detach(peer.conn_id))
             if peer.close_code is not None:
                 await _close(link, peer, conn)
+        if endpoint.metrics is not None:
+            code = peer.close_code
+            endpoint.metrics.closed(code if code is not None else link.close_code())
         log.debug(
             "disconnected",
             extra=context(endpoint=endpoint.name, conn=peer.conn_id, code=peer.close_code),
@@ -470,6 +516,9 @@ class HandOver:
         # ``Inbound`` once built (then only the cast is left).
         self.held: tuple[Address, Any, Inbound | None] | None = None
         self.flooded = False
+        counters = endpoint.metrics
+        self.received = counters.received if counters is not None else None
+        self.rate_limited = counters.rate_limited if counters is not None else None
 
     def take(self, messages: Sequence[str | bytes], index: int, now: float) -> int:
         """Hand over ``messages[index:]`` in order until one has to wait; the index of the
@@ -489,8 +538,12 @@ class HandOver:
             index += 1
             if self.bucket.take(now):
                 message = self.decode(data)
+                if self.received is not None:
+                    self.received(message)
             elif self.refusals.allow(now):
                 message = Invalid(errors.rate_limited())
+                if self.rate_limited is not None:
+                    self.rate_limited.inc()
             else:
                 log.warning("flood: connection closed", extra=context(conn=peer.conn_id))
                 self.flooded = True

@@ -43,7 +43,7 @@ import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -53,6 +53,9 @@ from zajel.logs import context
 from zajel.web._hypercorn import HypercornWorker, install_close_codes, open_worker
 from zajel.web.limits import ConnectionCaps, ip_key, is_trusted
 from zajel.web.outbox import flusher
+
+if TYPE_CHECKING:
+    from zajel.metrics import Metrics
 
 log = logging.getLogger("zajel.transport")
 
@@ -121,8 +124,10 @@ class ConnectionTable:
         trusted_proxies: Sequence[Network] = (),
         *,
         stall_timeout: float = 120.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.trusted_proxies = tuple(trusted_proxies)
+        self.metrics = metrics
         self.stall_timeout = stall_timeout
         self._by_peer: dict[tuple[str, int], Connection] = {}
         # HTTP connections per key: no cap in total (the WebSocket caps and the fd limit are).
@@ -135,6 +140,8 @@ class ConnectionTable:
         key = ip_key(peer[0])
         capped = not is_trusted(peer[0], self.trusted_proxies)
         if capped and not self._http.try_acquire(key):
+            if self.metrics is not None:
+                self.metrics.refused("http_connection_cap")
             return None
         conn = Connection(peer, key, http_slot=capped)
         self._by_peer[peer] = conn
