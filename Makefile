@@ -49,7 +49,7 @@ run: $(STAMP)
 	$(BIN)/zajel serve $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
