@@ -13,7 +13,7 @@ import trio.testing
 
 from tests.services.fakes import captured_log
 from zajel.services import Envelope, LocalAddress, run_service
-from zajel.services._mailbox import ServiceFailure, start_service
+from zajel.services._mailbox import Batch, ServiceFailure, start_service
 
 
 class Recorder:
@@ -207,3 +207,17 @@ async def test_a_timer_that_keeps_failing_does_not_starve_the_inbox(autojump_clo
         logging.getLogger("zajel.recorder").propagate = True
     assert service_log
     assert {r.getMessage() for r in service_log} == {"timer failed"}
+
+
+async def test_a_batch_is_its_requests_one_by_one_and_a_failing_one_stops_none(
+    autojump_clock, service_log
+):
+    service = Recorder()
+    async with trio.open_nursery() as nursery:
+        address = start_service(nursery, service)
+        await address.send(Envelope(Batch(("a", "boom", "b"))))
+        await address.cast("c")
+        assert await address.call("d") == ("echo", "d")
+        assert [request for request, _ in service.handled] == ["a", "b", "c", "d"]
+        assert [record.getMessage() for record in service_log] == ["request failed"]
+        nursery.cancel_scope.cancel()

@@ -53,7 +53,7 @@ from zajel.cluster.link import (
 from zajel.logs import context
 from zajel.protocol.frames import encode
 from zajel.protocol.signaling import Relay
-from zajel.services._mailbox import Envelope, LocalAddress, Unavailable
+from zajel.services._mailbox import Batch, Envelope, LocalAddress, Unavailable
 from zajel.services._peers import (
     CLOSE_TRY_AGAIN_LATER,
     Attach,
@@ -90,6 +90,16 @@ Owner = str  # a lease token: "<node id>:<epoch>"
 class ClusterUnavailable(Unavailable):
     """The cluster cannot serve this now: Redis is unreachable, a service has no owner, or a
     call between nodes missed its deadline (docs/cluster.md, "What clients see")."""
+
+
+async def _hand_in(address: LocalAddress, requests: list[Inbound]) -> None:
+    """Put ``requests`` into ``address``'s inbox: one envelope, without a scheduler round
+    trip while the inbox has room."""
+    envelope = Envelope(requests[0] if len(requests) == 1 else Batch(tuple(requests)))
+    try:
+        address.send_nowait(envelope)
+    except trio.WouldBlock:
+        await address.send(envelope)
 
 
 def owner_node(token: Owner) -> str:
@@ -875,22 +885,35 @@ class Node:
         hop.latencies_ms.append((time.time() - sent_at) * 1000)
         running = self._running
         texts = self._texts.decode
+        # Client frames for one service in a row go into its inbox as one envelope (``Batch``):
+        # one channel step for many frames. Any other op sends what is gathered first, so
+        # every op keeps its place.
+        gathered: list[Inbound] = []
+        gathered_for: LocalAddress | None = None
         for op in ops:
             try:
                 if op[0] == "i" and (service := running.get(op[1])) is not None:
                     # The hottest op, inline: a client's frame for a service that runs here.
+                    if service[1] is not gathered_for:
+                        if gathered_for is not None:
+                            await _hand_in(gathered_for, gathered)
+                        gathered, gathered_for = [], service[1]
                     identity = op[4]
-                    envelope = Envelope(
+                    gathered.append(
                         Inbound(op[2], texts(op[3]), None if identity is None else texts(identity))
                     )
-                    try:
-                        service[1].send_nowait(envelope)
-                    except trio.WouldBlock:
-                        await service[1].send(envelope)
-                else:
-                    await self._on_op(sender, op)
+                    continue
+                if gathered_for is not None:
+                    await _hand_in(gathered_for, gathered)
+                    gathered, gathered_for = [], None
+                await self._on_op(sender, op)
             except Exception:
                 log.exception("cluster message failed", extra=context(op=str(op[0])))
+        if gathered_for is not None:
+            try:
+                await _hand_in(gathered_for, gathered)
+            except Exception:
+                log.exception("cluster message failed", extra=context(op="i"))
 
     async def _on_op(self, sender: str, op: list[Any]) -> None:
         kind = op[0]

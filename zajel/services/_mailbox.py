@@ -56,6 +56,15 @@ class Envelope:
     reply: Reply | None = None
 
 
+@attrs.frozen
+class Batch:
+    """Requests that arrived together, handled in order one after another exactly as if each
+    came alone in its own envelope (none with a reply): a cluster owner puts the client frames
+    of one batch from an edge into one envelope (docs/cluster.md, "Batching")."""
+
+    requests: tuple[Any, ...]
+
+
 class Unavailable(Exception):
     """The service cannot be reached now (in cluster mode: Redis is down, the service has no
     owner, or its owner did not answer in time); the front end answers 503 or the
@@ -224,10 +233,21 @@ def _dispatch(
     observe: Observe | None = None,
 ) -> None:
     started = time.perf_counter() if observe is not None else 0.0
+    request = envelope.request
+    if type(request) is Batch:
+        for item in request.requests:
+            try:
+                service.handle(item, now)
+            except Exception:
+                log.exception("request failed", extra=context(request=type(item).__name__))
+        if observe is not None and request.requests:
+            # One sample for the batch: the mean time of its requests.
+            observe((time.perf_counter() - started) / len(request.requests))
+        return
     try:
-        reply = service.handle(envelope.request, now)
+        reply = service.handle(request, now)
     except Exception:
-        log.exception("request failed", extra=context(request=type(envelope.request).__name__))
+        log.exception("request failed", extra=context(request=type(request).__name__))
         reply = ServiceFailure(service.name)
     if observe is not None:
         observe(time.perf_counter() - started)
