@@ -1067,6 +1067,9 @@ class Node:
             "nodes": self.nodes_seen,
             "owners": owners,
             "degraded": self.degraded,
+            # The coredis pool's open connections (leases, heartbeats, the stores): a burst of
+            # concurrent writes opens more, and the pool keeps them (each an fd and 3 tasks).
+            "redis_connections": self.client.connection_pool.statistics.active_connections,
             "per_node": {
                 node: {"connections": beat.get("connections", 0), "url": beat.get("url", "")}
                 for node, beat in sorted(self.peers.items())
