@@ -177,3 +177,27 @@ async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tm
             assert later.closed == [1012]
     finally:
         redis.stop()
+
+
+def test_answers_of_one_text_in_a_row_cross_as_one_op():
+    """Every cache hit of a chunk answers its requester with the same text: in a row, they
+    cross to the edge once, with the list of connections (docs/cluster.md, "Messages between
+    nodes"); anything between keeps its place."""
+    node = make_node(
+        redis_client(RedisAddress.parse("redis://127.0.0.1:1/0")),
+        "redis://127.0.0.1:1/0",
+        "owner",
+        1,
+    )
+    chunk, other = "x" * 100, "y"
+    for conn in (1, 2, 3):
+        node.answer("edge@2", conn, chunk)
+    node.push("edge@2", 4, chunk)
+    node.answer("edge@2", 5, chunk)
+    node.answer("edge@2", 6, other)
+    assert node._outgoing["edge@2"] == [
+        ["n", chunk, [1, 2, 3]],
+        ["p", chunk, [4]],
+        ["n", chunk, [5]],
+        ["n", other, [6]],
+    ]

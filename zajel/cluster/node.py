@@ -194,7 +194,7 @@ class RemotePeer:
         return True
 
     def answer_nowait(self, frame: str) -> None:
-        self._node.queue(self._edge, ["n", frame, self._conn])
+        self._node.answer(self._edge, self._conn, frame)
 
     def handled(self) -> None:
         self._node.mark_handled(self._edge, self._conn)
@@ -782,6 +782,18 @@ class Node:
         else:
             self._routes[conn] = (code, {target: (node, other) for target, node, other in targets})
 
+    def answer(self, edge: str, conn: ConnId, text: str) -> None:
+        """Queue an answer of ``text`` to ``conn`` on ``edge``; the same text to several
+        connections in a row is one op with their list (every cache hit of a chunk answers
+        its requester with the same ``chunk_data``)."""
+        ops = self._outgoing.get(edge)
+        if ops:
+            last = ops[-1]
+            if last[0] == "n" and last[1] is text:
+                last[2].append(conn)
+                return
+        self.queue(edge, ["n", text, [conn]])
+
     async def _run_flusher(self) -> None:
         busy = False
         while True:
@@ -925,9 +937,11 @@ class Node:
                     log.warning("slow consumer disconnected", extra=context(conn=conn))
                     entry[0].close(CLOSE_TRY_AGAIN_LATER)
         elif kind == "n":
-            entry = self._local_peers.get(op[2])
-            if entry is not None:
-                entry[0].answer_nowait(op[1])
+            _, text, conns = op
+            for conn in conns:
+                entry = self._local_peers.get(conn)
+                if entry is not None:
+                    entry[0].answer_nowait(text)
         elif kind == "H":
             marks = op[1]
             in_flight = self._in_flight
