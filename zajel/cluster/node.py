@@ -92,14 +92,18 @@ class ClusterUnavailable(Unavailable):
     call between nodes missed its deadline (docs/cluster.md, "What clients see")."""
 
 
-async def _hand_in(address: LocalAddress, requests: list[Inbound]) -> None:
-    """Put ``requests`` into ``address``'s inbox: one envelope, without a scheduler round
-    trip while the inbox has room."""
-    envelope = Envelope(requests[0] if len(requests) == 1 else Batch(tuple(requests)))
+async def _put(address: LocalAddress, envelope: Envelope) -> None:
+    """Put ``envelope`` into ``address``'s inbox without a scheduler round trip while it has
+    room; a full inbox makes this node's inbox wait (Redis then holds what follows)."""
     try:
         address.send_nowait(envelope)
     except trio.WouldBlock:
         await address.send(envelope)
+
+
+async def _hand_in(address: LocalAddress, requests: list[Inbound]) -> None:
+    """Put ``requests`` into ``address``'s inbox as one envelope."""
+    await _put(address, Envelope(requests[0] if len(requests) == 1 else Batch(tuple(requests))))
 
 
 def owner_node(token: Owner) -> str:
@@ -676,15 +680,24 @@ class Node:
         marks[conn] = marks.get(conn, 0) + 1
 
     def push(self, edge: str, conn: ConnId, text: str) -> None:
-        """Queue a push of ``text`` to ``conn`` on ``edge``: the same text to several
-        connections in a row is one op with their list."""
+        """Queue a push of ``text`` to ``conn`` on ``edge``."""
+        self._queue_text(edge, "p", conn, text)
+
+    def answer(self, edge: str, conn: ConnId, text: str) -> None:
+        """Queue an answer of ``text`` to ``conn`` on ``edge``."""
+        self._queue_text(edge, "n", conn, text)
+
+    def _queue_text(self, edge: str, kind: str, conn: ConnId, text: str) -> None:
+        """Queue op ``kind`` of ``text`` for ``conn``: the same text to several connections
+        in a row is one op with their list (a multicast, or every cache hit of a chunk
+        answering its requester with the same ``chunk_data``)."""
         ops = self._outgoing.get(edge)
         if ops:
             last = ops[-1]
-            if last[0] == "p" and last[1] is text:
+            if last[0] == kind and last[1] is text:
                 last[2].append(conn)
                 return
-        self.queue(edge, ["p", text, [conn]])
+        self.queue(edge, [kind, text, [conn]])
 
     def message_text(self, message: Any) -> str:
         """A client's decoded message as the JSON text an ``i`` op carries."""
@@ -781,18 +794,6 @@ class Node:
             self._routes.pop(conn, None)
         else:
             self._routes[conn] = (code, {target: (node, other) for target, node, other in targets})
-
-    def answer(self, edge: str, conn: ConnId, text: str) -> None:
-        """Queue an answer of ``text`` to ``conn`` on ``edge``; the same text to several
-        connections in a row is one op with their list (every cache hit of a chunk answers
-        its requester with the same ``chunk_data``)."""
-        ops = self._outgoing.get(edge)
-        if ops:
-            last = ops[-1]
-            if last[0] == "n" and last[1] is text:
-                last[2].append(conn)
-                return
-        self.queue(edge, ["n", text, [conn]])
 
     async def _run_flusher(self) -> None:
         busy = False
@@ -1011,12 +1012,7 @@ class Node:
         else:
             log.error("unknown cluster message", extra=context(kind=str(kind)))
             return
-        # Without a scheduler round trip while the inbox has room; a full inbox makes this
-        # node's inbox wait (Redis then holds what follows).
-        try:
-            address.send_nowait(envelope)
-        except trio.WouldBlock:
-            await address.send(envelope)
+        await _put(address, envelope)
 
     async def _sync_from(
         self, edge: str, name: str, address: LocalAddress, conns: list[ConnId]
@@ -1034,11 +1030,7 @@ class Node:
             )
         for conn in gone:
             held.discard(conn)
-            envelope = Envelope(Detach(conn))
-            try:
-                address.send_nowait(envelope)
-            except trio.WouldBlock:
-                await address.send(envelope)
+            await _put(address, Envelope(Detach(conn)))
 
     def _edge_lost(self, edge: str) -> None:
         """``edge`` is gone: its connections leave every service here (``lost``: state that
