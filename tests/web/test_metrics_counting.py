@@ -10,8 +10,10 @@ from typing import Any
 import prometheus_client
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from zajel import metrics as metrics_module
 from zajel.metrics import HANDLING_SAMPLE, Metrics, Scrape
 from zajel.protocol import relay, signaling
 from zajel.services._mailbox import run_service
@@ -188,3 +190,48 @@ def _envelope(number: int) -> Any:
     from zajel.services import Envelope
 
     return Envelope(number)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n", b"200"),
+        (b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", b"200"),
+        (b"GET /stats HTTP/1.1\r\n\r\n", b"404"),
+        (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+        (b"GET /metrics\r\n\r\n", b"400"),  # no version
+        (b"GET /metrics SPDY/3\r\n\r\n", b"400"),
+        (b"\x00\xff garbage \r\n\r\n", b"400"),
+        (b"G" * (metrics_module.HEAD_MAX + 100), b"400"),  # no end of head within the bound
+    ],
+)
+async def test_the_metrics_listener_answers_every_request_line_with_a_status(request_bytes, status):
+    """``METRICS_BIND``'s own responder (docs/operations.md, "Metrics"): one answer per
+    connection, whatever the client sends first."""
+    client, server = trio.testing.memory_stream_pair()
+    metrics = Metrics(version="test", process=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(metrics_module._answer, metrics, server)
+        await client.send_all(request_bytes)
+        answer = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in answer:
+                answer += await client.receive_some()
+    assert answer.split(b" ", 2)[1] == status
+    assert b"connection: close" in answer
+
+
+async def test_the_metrics_listener_gives_up_on_a_client_that_ends_before_its_head():
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                metrics_module._answer, Metrics(version="test", process=False), server
+            )
+            await client.send_all(b"GET /metr")
+            await client.send_eof()
+    # The reader ended (the nursery is done) with nothing written: after the close, the client
+    # reads the end of the stream and no answer before it.
+    await server.aclose()
+    with trio.fail_after(5):
+        assert await client.receive_some() == b""
