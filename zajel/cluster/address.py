@@ -78,7 +78,7 @@ class ClusterAddress:
                     "i",
                     name,
                     request.conn_id,
-                    node.message_text(request.message),
+                    wire.dumps(request.message).decode(),
                     None if identity is None else node.identity_text(identity),
                 ],
             )

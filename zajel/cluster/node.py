@@ -699,10 +699,6 @@ class Node:
                 return
         self.queue(edge, [kind, text, [conn]])
 
-    def message_text(self, message: Any) -> str:
-        """A client's decoded message as the JSON text an ``i`` op carries."""
-        return wire.dumps(message).decode()
-
     def identity_text(self, identity: Identity) -> str:
         """``identity`` as the JSON text an ``i`` op carries: made once per identity."""
         text = self._identity_texts.get(identity)
