@@ -34,9 +34,9 @@ from hypothesis.stateful import (
 )
 
 from tests import strategies
+from tests.fuzz._frames import SIGNALING, check_frame
 from tests.services.fakes import FakePeer
-from zajel.protocol import channels, errors
-from zajel.protocol.fields import PAIRING_CODE_ALPHABET
+from zajel.protocol import channels
 from zajel.protocol.signaling import PAIR_ANSWER_TYPES, RELAY_TYPES, decode
 from zajel.services._peers import Attach, Detach, Inbound
 from zajel.services.signaling import SignalingRoom, SignalingState
@@ -44,10 +44,6 @@ from zajel.services.signaling import SignalingRoom, SignalingState
 CODES = ["AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD"]
 KEYS = [base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2, 3)]
 IPS = ["192.0.2.1", "192.0.2.2", "198.51.100.7"]
-ERROR_CODES = {
-    value for name, value in vars(errors).items() if name.isupper() and isinstance(value, str)
-}
-
 # Most rules use the few codes and keys the clients share, so that they meet; the ``odd_*``
 # rules send anything at all in the same fields.
 codes = st.sampled_from(CODES)
@@ -58,52 +54,6 @@ clients = st.integers(min_value=0, max_value=1_000)  # an index into the open co
 # Jumps that cross the timers: 60 s pair-request windows, 30 s reconnect grace, the 90 s
 # warning and the 120 s lifetime of a pair request.
 jumps = st.sampled_from([0.001, 1.0, 29.0, 31.0, 61.0, 91.0, 121.0])
-
-
-def _optional(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return (*(kind if isinstance(kind, tuple) else (kind,)), type(None))
-
-
-# The frames the room may send, with the fields each must carry (docs/protocol/signaling.md).
-SCHEMA: dict[str, dict[str, Any]] = {
-    "registered": {"pairingCode": str, "reconnectToken": str},
-    "pong": {},
-    "error": {"code": str, "message": str},
-    "pair_error": {"error": str},
-    "pair_incoming": {"fromCode": str, "fromPublicKey": _optional(str), "expiresIn": int},
-    "pair_matched": {"peerCode": str, "peerPublicKey": _optional(str), "isInitiator": bool},
-    "pair_rejected": {"peerCode": str},
-    "pair_timeout": {"peerCode": str},
-    "pair_expiring": {"peerCode": str, "remainingSeconds": int},
-    "peer_joined": {"pairingCode": str},
-    "peer_left": {"pairingCode": str},
-    **{kind: {"from": str, "payload": dict} for kind in RELAY_TYPES},
-}
-CODE_FIELDS = ("pairingCode", "fromCode", "peerCode", "from")
-
-
-def is_code(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == 6
-        and all(c in PAIRING_CODE_ALPHABET for c in value)
-    )
-
-
-def check_frame(frame: dict[str, Any]) -> None:
-    assert isinstance(frame, dict), frame
-    kind = frame.get("type")
-    assert kind in SCHEMA, frame
-    for field, types in SCHEMA[kind].items():
-        assert field in frame, (field, frame)
-        assert isinstance(frame[field], types), (field, frame)
-        assert not (isinstance(frame[field], bool) and types is int), (field, frame)
-    for field in CODE_FIELDS:
-        if field in frame:
-            assert is_code(frame[field]), (field, frame)
-    if kind == "error":
-        assert frame["code"] in ERROR_CODES, frame
-        assert frame["code"] != errors.INTERNAL_ERROR, frame  # the room never failed
 
 
 class SignalingMachine(RuleBasedStateMachine):
@@ -311,7 +261,7 @@ class SignalingMachine(RuleBasedStateMachine):
     def check_frames(self) -> None:
         for conn, peer in self.peers.items():
             for frame in peer.take():
-                check_frame(frame)
+                check_frame(frame, SIGNALING)
                 if frame["type"] == "pair_matched":
                     self.partners.setdefault(conn, set()).add(frame["peerCode"])
                 if frame["type"] == "registered":
