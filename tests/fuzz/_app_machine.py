@@ -58,6 +58,8 @@ class AppMachine(RuleBasedStateMachine):
     config."""
 
     SETTINGS: ClassVar[dict[str, Any]] = {}
+    # The sections of /stats whose state outlives the connections (the durable registries).
+    DURABLE: ClassVar[tuple[str, ...]] = ("servers", "attestation")
     SCHEMAS: ClassVar[dict[str, Schema]] = {}
     _runs = itertools.count()
 
@@ -73,6 +75,7 @@ class AppMachine(RuleBasedStateMachine):
         self.app: InProcessApp = bridge.start_app(config)
         self.clients: dict[int, Client] = {}
         self.next_client = 1
+        self.now = 0.0  # seconds the clock moved since the start
         self.tasks_at_start = self.tasks_living()
 
     # -- driving the app -------------------------------------------------------------------
@@ -106,6 +109,7 @@ class AppMachine(RuleBasedStateMachine):
         self.on_gone(cid, client)
 
     def jump(self, seconds: float) -> None:
+        self.now += seconds
         self.bridge.jump(seconds)
         self.collect()
 
@@ -184,7 +188,7 @@ class AppMachine(RuleBasedStateMachine):
             for section, figures in stats.items()
             if isinstance(figures, dict)
             for name, value in figures.items()
-            if value and (section, name) not in COUNTERS and section not in ("servers",)
+            if value and (section, name) not in COUNTERS and section not in self.DURABLE
         }
         assert left == {}, left
         assert stats["connections"] == 0, stats

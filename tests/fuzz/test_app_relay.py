@@ -67,7 +67,6 @@ class RelayApp(AppMachine):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.now = 0.0
         self.peers: dict[int, Peer] = {}
         # What the structured rule just sent, for the model to apply when the reply comes.
         self.registering: dict[int, int | None] = {}  # cid -> maxConnections given
@@ -378,7 +377,6 @@ class RelayApp(AppMachine):
 
     @rule(seconds=jumps)
     def time_passes(self, seconds: float) -> None:
-        self.now += seconds
         self.jump(seconds)
 
 
