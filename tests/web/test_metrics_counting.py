@@ -186,10 +186,31 @@ async def test_a_service_times_one_request_in_sixteen_and_reports_its_inbox_dept
     assert await inbox_depths(metrics) == {}
 
 
-def _envelope(number: int) -> Any:
+async def test_a_durable_service_times_every_request_and_reports_its_inbox_depth():
+    """The durable services (servers, attestation) are few and slow requests: each is timed."""
+    from tests.services.test_durable import Names
+    from zajel.services._durable import run_durable_service
+    from zajel.storage import MemoryStore
+
+    metrics = Metrics(version="1", process=False)
+    send, receive = trio.open_memory_channel[Any](64)
+    async with trio.open_nursery() as nursery:
+        start = functools.partial(run_durable_service, Names(), MemoryStore(), receive)
+        await nursery.start(functools.partial(start, metrics=metrics))
+        assert list(await inbox_depths(metrics)) == ["names"]
+        for number in range(5):
+            reply_send, reply_receive = trio.open_memory_channel[Any](1)
+            send.send_nowait(_envelope(("add", f"n{number}"), reply_send))
+            assert await reply_receive.receive() == ("ok", ("add", f"n{number}"))
+        await send.aclose()
+    assert sample(metrics, "zajel_service_handling_seconds_count", service="names") == 5
+    assert await inbox_depths(metrics) == {}
+
+
+def _envelope(request: Any, reply: Any = None) -> Any:
     from zajel.services import Envelope
 
-    return Envelope(number)
+    return Envelope(request, reply)
 
 
 @pytest.mark.parametrize(

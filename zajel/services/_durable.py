@@ -31,19 +31,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import attrs
 import trio
 from nacl.signing import SigningKey
 
 from zajel import crypto
+from zajel import metrics as metrics_module
 from zajel.clock import WallClock
 from zajel.config import ConfigError
 from zajel.logs import context
 from zajel.services._mailbox import Envelope, LocalAddress, ServiceFailure
 from zajel.storage import Store, StoreError, Write
+
+if TYPE_CHECKING:
+    from zajel.metrics import Metrics, Observe
 
 R = TypeVar("R")
 
@@ -98,16 +103,35 @@ async def run_durable_service(
     store: Store,
     inbox: trio.MemoryReceiveChannel[Envelope],
     *,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load ``service`` from ``store``, then serve batches until the inbox is closed.
+
+    ``metrics`` (else the server's current one, ``zajel.metrics.current``) gets the handling
+    time of every request (these are few, so none is skipped) and the inbox's depth.
 
     Raises:
         StoreError: the first load failed (the service never started).
     """
     log = logging.getLogger(f"zajel.{service.name}")
     await service.load(store)
-    task_status.started()
+    metrics = metrics if metrics is not None else metrics_module.current()
+    observe = metrics.service_timer(service.name) if metrics is not None else None
+    with contextlib.ExitStack() as watching:
+        if metrics is not None:
+            watching.enter_context(metrics.watch_inbox(service.name, inbox))
+        task_status.started()
+        await _serve_batches(service, store, inbox, log, observe)
+
+
+async def _serve_batches(
+    service: DurableService,
+    store: Store,
+    inbox: trio.MemoryReceiveChannel[Envelope],
+    log: logging.Logger,
+    observe: Observe | None,
+) -> None:
     stale = False  # the in-memory state may hold writes the store does not have
     writes_fail = False  # the last commit failed, and no commit or probe has succeeded since
     async with inbox:
@@ -123,7 +147,7 @@ async def run_durable_service(
                     (envelope, StoreFailure(service.name)) for envelope in batch
                 ]
             else:
-                replies, writes, broken = _handle_batch(service, batch, log)
+                replies, writes, broken = _handle_batch(service, batch, log, observe)
                 stale = broken
                 if writes:
                     committed = await _commit(store, writes, log)
@@ -164,7 +188,10 @@ async def _next_batch(
 
 
 def _handle_batch(
-    service: DurableService, batch: Sequence[Envelope], log: logging.Logger
+    service: DurableService,
+    batch: Sequence[Envelope],
+    log: logging.Logger,
+    observe: Observe | None = None,
 ) -> tuple[list[tuple[Envelope, Any]], list[Write], bool]:
     """Run due timers, then every request: the replies, the writes to commit, and whether a
     failure left the state to be reloaded."""
@@ -184,6 +211,7 @@ def _handle_batch(
         if type(envelope.request) is CheckStore:
             replies.append((envelope, None))  # answered by the runtime once the batch is done
             continue
+        started = time.perf_counter()
         try:
             reply = service.handle(envelope.request, now)
             writes += service.take_writes()
@@ -192,6 +220,8 @@ def _handle_batch(
             service.take_writes()
             reply = ServiceFailure(service.name)
             broken = True
+        if observe is not None:
+            observe(time.perf_counter() - started)
         replies.append((envelope, reply))
     return replies, writes, broken
 
