@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 # The same plus the bench extra (matplotlib), for `make bench` only.
 BENCH_LOCK := requirements/bench.txt
+# The runtime dependencies alone, at the same versions: what a production install takes
+# (docs/operations.md, "Installing into /opt/zajel"), without the test tools.
+RUNTIME_LOCK := requirements/runtime.txt
 LOCK_TOOL := uv==0.13.9
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --python-platform linux \
 	--custom-compile-command "make lock"
@@ -66,14 +69,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Keeps the pinned versions that pyproject.toml still allows and resolves the rest;
-# `make lock UPGRADE=1` moves every package to the newest version allowed. The bench lock is
-# held to the main lock's versions.
+# `make lock UPGRADE=1` moves every package to the newest version allowed. The bench and
+# runtime locks are held to the main lock's versions.
 lock: $(VENV)/pyvenv.cfg
 	$(BIN)/python -m pip install --quiet $(LOCK_TOOL)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) pyproject.toml \
 		--extra dev -o $(LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) pyproject.toml \
 		--extra dev --extra bench -c $(LOCK) -o $(BENCH_LOCK)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) pyproject.toml -c $(LOCK) -o $(RUNTIME_LOCK)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

