@@ -38,10 +38,21 @@ from zajel import logs
 from zajel.cluster import ClusterStartError
 from zajel.config import Config, ConfigError
 from zajel.logs import context
-from zajel.server import GRACEFUL_TIMEOUT_S, hypercorn_config, open_state, raise_fd_limit
+from zajel.metrics import Metrics, serve_metrics
+from zajel.server import (
+    GRACEFUL_TIMEOUT_S,
+    MetricsBindError,
+    host_port,
+    hypercorn_config,
+    open_metrics_listener,
+    open_state,
+    raise_fd_limit,
+)
 from zajel.storage import StoreError
 from zajel.web import create_app
+from zajel.web.app import package_version
 from zajel.web.sockets import ASGIApp, ASGIReceive, ASGISend
+from zajel.web.transport import bound_url
 
 log = logging.getLogger("zajel.server")
 
@@ -91,17 +102,38 @@ class AsgiApp:
             await _failed(send, f"configuration error: {reason}")
             return
         raise_fd_limit(config)
+        try:
+            metrics_listener = open_metrics_listener(config)
+        except MetricsBindError as exc:
+            assert config.metrics_bind is not None
+            where = host_port(*config.metrics_bind)
+            await _failed(send, f"cannot listen on {where} (ZAJEL_METRICS_BIND): {exc.strerror}")
+            return
+        metrics = Metrics(version=package_version())
         shutdown = trio.Event()
         completed: list[Any] = []
         async with AsyncExitStack() as stack:
+            if metrics_listener is not None:
+                stack.push_async_callback(metrics_listener.aclose)
             try:
                 # The embedded store and this process's services, or a node of the cluster
                 # (docs/cluster.md).
-                _, services = await stack.enter_async_context(open_state(config))
+                _, services = await stack.enter_async_context(open_state(config, metrics=metrics))
             except Exception as exc:  # every start-up failure fails the startup, with its reason
                 await _failed(send, _start_failure(exc))
                 return
-            served: ASGIApp = create_app(config, services, shutdown=shutdown)
+            served: ASGIApp = create_app(
+                config,
+                services,
+                shutdown=shutdown,
+                metrics=metrics,
+                metrics_listener=metrics_listener is not None,
+            )
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)  # runs first: the listener's task ends
+            if metrics_listener is not None:
+                await nursery.start(serve_metrics, metrics, metrics_listener)
+                log.info("metrics listening", extra=context(url=bound_url(metrics_listener)))
             replayed = False
 
             async def app_receive() -> Any:

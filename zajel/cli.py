@@ -228,13 +228,12 @@ def _serve(args: argparse.Namespace) -> int:
         store_failure = _only(exc, StoreError)
         if store_failure is not None:
             return _fail(f"cannot open the store (ZAJEL_DATA_DIR): {store_failure}", 2)
-        from zajel.server import MetricsBindError
+        from zajel.server import MetricsBindError, host_port
 
         bind_failure = _only(exc, MetricsBindError)
         if bind_failure is not None and config.metrics_bind is not None:
-            host, port = config.metrics_bind
             return _fail(
-                f"cannot listen on {f'[{host}]' if ':' in host else host}:{port} "
+                f"cannot listen on {host_port(*config.metrics_bind)} "
                 f"(ZAJEL_METRICS_BIND): {bind_failure.strerror or bind_failure}",
                 2,
             )

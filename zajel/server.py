@@ -48,6 +48,11 @@ class MetricsBindError(OSError):
     """``METRICS_BIND`` cannot be listened on (in use, not local)."""
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as an operator writes it (``[host]:port`` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def open_metrics_listener(config: Config) -> trio.SocketListener | None:
     """The listener of ``/metrics`` when ``METRICS_BIND`` moves it off the main port.
 

@@ -197,6 +197,39 @@ async def test_a_configuration_error_fails_the_startup_with_its_reason(tmp_path)
     assert "configuration error: ZAJEL_WS_MAX_CONNECTIONS" in str(failed.value.exceptions[0])
 
 
+async def test_metrics_bind_serves_metrics_on_its_own_address(tmp_path):
+    """docs/operations.md, "Metrics": ``ZAJEL_METRICS_BIND`` under the plain ASGI app too."""
+    port = free_port()
+    own = f"http://127.0.0.1:{port}"
+    with trio.fail_after(10):
+        async with asgi_server(environment(tmp_path, metrics_bind=f"127.0.0.1:{port}")) as url:
+            assert (await _http.get(url, "/metrics")).status == 404
+            scraped = await _http.get(own, "/metrics")
+            assert scraped.status == 200
+            assert b"zajel_up 1.0" in scraped.body
+            assert (await _http.get(own, "/health")).status == 404
+        with pytest.raises(OSError, match="connect"):  # the listener is closed with the app
+            await _http.get(own, "/metrics")
+
+
+async def test_a_metrics_bind_that_is_taken_fails_the_startup(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environ = environment(tmp_path, metrics_bind=f"127.0.0.1:{port}")
+        config = HypercornConfig()
+        config.bind = ["127.0.0.1:0"]
+        config.errorlog = None
+        with trio.fail_after(10), pytest.RaisesGroup(Exception, flatten_subgroups=True) as failed:
+            await hypercorn.trio.serve(
+                AsgiApp(environ), config, shutdown_trigger=trio.sleep_forever
+            )
+    assert f"cannot listen on 127.0.0.1:{port} (ZAJEL_METRICS_BIND)" in str(
+        failed.value.exceptions[0]
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -122,13 +122,13 @@ def create_app(
 
     ``metrics``: what the app counts into and ``/metrics`` serves (by default the server's
     current one, else a new one). ``metrics_listener``: ``/metrics`` is served on its own
-    address (``METRICS_BIND``, by ``zajel serve``), so not here.
+    address (``METRICS_BIND``, by ``zajel serve`` or ``zajel.asgi``), so not here.
     """
     if metrics is None:
         metrics = current_metrics() or Metrics(version=package_version())
     if config.metrics_bind is not None and not metrics_listener and config.metrics:
         log.warning(
-            "METRICS_BIND is served by zajel serve only: /metrics stays on the main port",
+            "METRICS_BIND has no listener in this embedding: /metrics stays on the main port",
             extra=context(setting="ZAJEL_METRICS_BIND"),
         )
     app = QuartTrio("zajel")
