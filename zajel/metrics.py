@@ -515,6 +515,7 @@ CLUSTER_HOP_HELP: Final = {
     "direct_out": "Signaling frames this edge relayed by its routes.",
     "direct_in": "Signaling frames delivered here that another edge relayed by its routes.",
     "direct_refused": "Frames relayed by routes that were no longer right (peer_not_found).",
+    "busy_refused": "Calls from other nodes refused here because the service's inbox was full.",
 }
 
 

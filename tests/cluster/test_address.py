@@ -22,7 +22,7 @@ from zajel.cluster.node import NODE_TTL_MS, ClusterUnavailable, Node
 from zajel.cluster.services import redis_client
 from zajel.protocol.signaling import decode
 from zajel.services import Address
-from zajel.services._mailbox import start_service
+from zajel.services._mailbox import BUSY_WAIT_S, Busy, Envelope, LocalAddress, start_service
 from zajel.services._peers import Attach, Detach, Inbound
 from zajel.services.signaling import GetStats, SignalingRoom, SignalingStats
 
@@ -39,27 +39,36 @@ async def start_signaling(token: str, *, task_status: trio.TaskStatus[Any]) -> N
         await trio.sleep_forever()
 
 
-def make_node(client: coredis.Redis[bytes], url: str, node_id: str, number: int) -> Node:
+def make_node(
+    client: coredis.Redis[bytes],
+    url: str,
+    node_id: str,
+    number: int,
+    *,
+    signaling: Any = start_signaling,
+    call_timeout_ms: int = CALL_TIMEOUT_MS,
+) -> Node:
     return Node(
         node_id=node_id,
         number=number,
         client=client,
         address=RedisAddress.parse(url),
-        services={"signaling": start_signaling},
+        services={"signaling": signaling},
         lease_ms=10_000,
-        call_timeout_ms=CALL_TIMEOUT_MS,
+        call_timeout_ms=call_timeout_ms,
     )
 
 
 @asynccontextmanager
-async def owner_and_edge(url: str) -> AsyncIterator[tuple[Node, Node]]:
+async def owner_and_edge(url: str, **settings: Any) -> AsyncIterator[tuple[Node, Node]]:
     """Two nodes on the Redis at ``url``: ``owner`` runs the SignalingRoom, ``edge`` reaches it
-    over Redis. They stop (and leave the cluster) before their clients close."""
+    over Redis. They stop (and leave the cluster) before their clients close. ``settings``: of
+    both nodes (``make_node``)."""
     owner_client = redis_client(RedisAddress.parse(url))
     edge_client = redis_client(RedisAddress.parse(url))
     async with owner_client, edge_client, trio.open_nursery() as nodes:
-        owner = make_node(owner_client, url, "owner", 1)
-        edge = make_node(edge_client, url, "edge", 2)
+        owner = make_node(owner_client, url, "owner", 1, **settings)
+        edge = make_node(edge_client, url, "edge", 2, **settings)
         await nodes.start(owner.run)
         with trio.fail_after(5):
             while not owner.owns("signaling"):  # noqa: ASYNC110
@@ -123,6 +132,35 @@ async def test_a_cluster_call_nobody_answers_is_unavailable_not_a_hang(redis):
         with trio.fail_after(5), pytest.raises(ClusterUnavailable):
             await edge.call("ghost@9", "signaling", GetStats())
         nodes.cancel_scope.cancel()
+
+
+async def test_a_call_the_owners_full_inbox_has_no_room_for_is_refused_busy(redis, clock):
+    """docs/cluster.md, "Messages between nodes": the owner waits BUSY_WAIT_S for room, as a
+    local call does, then answers busy; the caller does not wait for its deadline."""
+    inbox, _unread = trio.open_memory_channel[Envelope](1)
+    inbox.send_nowait(Envelope("a request the stuck service never takes"))
+
+    async def stuck(token: str, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started(LocalAddress("signaling", inbox))
+        await trio.sleep_forever()
+
+    async with owner_and_edge(redis.url, signaling=stuck, call_timeout_ms=60_000) as (owner, edge):
+        refused = []
+
+        async def ask() -> None:
+            with pytest.raises(Busy) as failure:
+                await ClusterAddress(edge, "signaling").call(GetStats())
+            refused.append(failure.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            with trio.fail_after(5):
+                while inbox.statistics().tasks_waiting_send == 0:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            clock.jump(BUSY_WAIT_S)
+        assert len(refused) == 1
+        assert owner.hop.busy_refused == 1
+        assert inbox.statistics().current_buffer_used == 1  # nothing of the call was queued
 
 
 async def test_a_node_back_after_missing_its_heartbeat_closes_its_connections(tmp_path, clock):

@@ -53,7 +53,7 @@ from zajel.cluster.link import (
 from zajel.logs import context
 from zajel.protocol.frames import encode
 from zajel.protocol.signaling import Relay
-from zajel.services._mailbox import Batch, Envelope, LocalAddress, Unavailable
+from zajel.services._mailbox import BUSY_WAIT_S, Batch, Busy, Envelope, LocalAddress, Unavailable
 from zajel.services._peers import (
     CLOSE_TRY_AGAIN_LATER,
     Attach,
@@ -77,6 +77,8 @@ LATENCY_SAMPLES: Final = 2048
 MAX_QUEUED_OPS: Final = 20_000
 RECONNECT_DELAY_S: Final = 0.5
 LEAVE_TIMEOUT_S: Final = 2.0
+# The error of an ``r`` op for a call the owner refused because the service's inbox stayed full.
+BUSY_REPLY: Final = "busy"
 # A flush round that sent at least BUSY_OPS ops makes the next one wait ``linger_ms`` for more.
 BUSY_OPS: Final = 8
 # Identities whose wire text an edge keeps (``Node.identity_text``); past it, it starts again.
@@ -99,6 +101,18 @@ async def _put(address: LocalAddress, envelope: Envelope) -> None:
         address.send_nowait(envelope)
     except trio.WouldBlock:
         await address.send(envelope)
+
+
+async def _put_within(address: LocalAddress, envelope: Envelope, seconds: float) -> bool:
+    """``_put``, giving up after ``seconds`` of a full inbox; whether ``envelope`` went in."""
+    try:
+        address.send_nowait(envelope)
+    except trio.WouldBlock:
+        with trio.move_on_after(seconds):
+            await address.send(envelope)
+            return True
+        return False
+    return True
 
 
 async def _hand_in(address: LocalAddress, requests: list[Inbound]) -> None:
@@ -134,6 +148,8 @@ class HopStats:
     direct_out: int = 0
     direct_in: int = 0
     direct_refused: int = 0
+    # Calls from other nodes refused here because the service's inbox stayed full.
+    busy_refused: int = 0
     latencies_ms: collections.deque[float] = attrs.field(
         factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
     )
@@ -158,6 +174,7 @@ class HopStats:
             "direct_out": self.direct_out,
             "direct_in": self.direct_in,
             "direct_refused": self.direct_refused,
+            "busy_refused": self.busy_refused,
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99)},
         }
 
@@ -853,7 +870,8 @@ class Node:
 
     async def call(self, node: str, name: str, request: Any) -> Any:
         """Send ``request`` to ``name`` on ``node`` and wait for its reply, within the call
-        deadline. Raises ``ClusterUnavailable``."""
+        deadline. Raises ``ClusterUnavailable``, or ``Busy`` when the owner's inbox stayed
+        full."""
         call_id = next(self._call_ids)
         send, receive = trio.open_memory_channel[Any](1)
         self._calls[call_id] = send
@@ -862,7 +880,7 @@ class Node:
             self.queue(node, ["q", name, call_id, self.instance, wire.to_wire(request)])
             with trio.move_on_after(self.call_timeout_s):
                 reply = await receive.receive()
-                if isinstance(reply, ClusterUnavailable):
+                if isinstance(reply, (ClusterUnavailable, Busy)):
                     raise reply
                 return reply
             self.hop.call_timeouts += 1
@@ -972,8 +990,12 @@ class Node:
         elif kind == "r":
             channel = self._calls.pop(op[1], None)
             if channel is not None:
-                failed = len(op) > 3
-                channel.send_nowait(ClusterUnavailable(op[3]) if failed else wire.from_wire(op[2]))
+                if len(op) == 3:
+                    channel.send_nowait(wire.from_wire(op[2]))
+                elif op[3] == BUSY_REPLY:
+                    channel.send_nowait(Busy(f"{op[1]}: the owner's inbox is full"))
+                else:
+                    channel.send_nowait(ClusterUnavailable(op[3]))
         else:
             await self._on_service_op(sender, op)
 
@@ -1003,8 +1025,15 @@ class Node:
             self._remote.setdefault(sender, {}).setdefault(name, set()).add(conn)
             envelope = Envelope(Attach(conn, RemotePeer(self, sender, conn), ip))
         elif kind == "q":
+            # A call from another node is refused as busy, as a local one is, when the inbox
+            # stays full (docs/operations.md, "Limits and back-pressure"): the caller is not
+            # left waiting for its deadline, and nothing of it is done.
             _, _, call_id, caller, request = op
             envelope = Envelope(wire.from_wire(request), RemoteReply(self, caller, call_id))
+            if not await _put_within(address, envelope, BUSY_WAIT_S):
+                self.hop.busy_refused += 1
+                self.queue(caller, ["r", call_id, None, BUSY_REPLY])
+            return
         else:
             log.error("unknown cluster message", extra=context(kind=str(kind)))
             return
