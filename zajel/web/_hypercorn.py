@@ -41,7 +41,9 @@ from typing import Any
 import hypercorn.protocol.h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.protocol.ws_stream import WSStream
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -102,6 +104,8 @@ class _FailuresAnswered:
     def __init__(self, connection: WSConnection) -> None:
         self._connection = connection
         self._failed = False
+        # The code of the close frame the client sent, which hypercorn does not pass on.
+        self.client_code: int | None = None
 
     @property
     def state(self) -> ConnectionState:
@@ -124,17 +128,34 @@ class _FailuresAnswered:
             ):
                 self._failed = True
                 event = CloseConnection(code=event.code, reason=CLOSE_REASONS.get(event.code, ""))
+            elif isinstance(event, CloseConnection) and self.client_code is None:
+                self.client_code = event.code
             yield event
 
 
 class ReportingWSStream(WSStream):
     """hypercorn's WebSocket stream, with the client's bad frames answered with a close code
     (invalid UTF-8 in a text frame: 1007; a protocol error: 1002) where hypercorn itself drops
-    the TCP connection without a close frame."""
+    the TCP connection without a close frame; and a close the client started reported to the
+    app with the client's code, where hypercorn reports 1006 (the close metrics count it)."""
 
     async def _accept(self, message: Any) -> None:
         await super()._accept(message)
         self.connection = _FailuresAnswered(self.connection)  # type: ignore[assignment]
+
+    async def handle(self, event: StreamEvent) -> None:
+        # ``connection`` exists only once the handshake has begun.
+        connection = getattr(self, "connection", None) if isinstance(event, StreamClosed) else None
+        if (
+            isinstance(connection, _FailuresAnswered)
+            and connection.client_code is not None
+            and self.state == ASGIWebsocketState.CONNECTED
+            and self.app_put is not None
+        ):
+            self.closed = True
+            await self.app_put({"type": "websocket.disconnect", "code": connection.client_code})
+            return
+        await super().handle(event)
 
 
 def install_close_codes() -> None:
