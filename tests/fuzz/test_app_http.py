@@ -60,6 +60,7 @@ SERVER_TTL_S = 300.0
 NONCE_TTL_S = 300.0
 # The binary the "genuine build" is: the interpreter running the tests, a real executable.
 BINARY = Path(sys.executable).resolve().read_bytes()
+MODIFIED = bytes(byte ^ 0xFF for byte in BINARY)
 # Statuses the contract names for these routes (docs/protocol/servers.md, attestation.md,
 # conventions.md "Over HTTP").
 STATUSES = {200, 400, 401, 403, 404, 405, 413, 429, 503}
@@ -321,7 +322,9 @@ class HttpApp(AppMachine):
             return
         nonce = sorted(self.nonces)[pick % len(self.nonces)]
         device, when, issued = self.nonces[nonce]
-        data = BINARY if answer != "modified" else bytes(len(BINARY))
+        # Modified: every byte differs (a zeroed copy would still match the binary's own
+        # zero-filled regions).
+        data = BINARY if answer != "modified" else MODIFIED
         claimed = device if answer != "another device" else device + "x"
         body = answer_challenge(data, issued, device_id=claimed)
         reply = self.call("POST", "/attest/verify", body)
