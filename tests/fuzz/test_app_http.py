@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
 from tests import strategies
 from tests.fuzz._app_machine import AppMachine, drive
 from tests.fuzz._inprocess import HttpReply
+from tests.fuzz._settings import machine_settings
 from zajel import crypto
 from zajel.attestation import (
     answer_challenge,
@@ -408,12 +408,7 @@ class HttpApp(AppMachine):
         assert stats["attestation"]["references"] == len(self.references), stats
 
 
-SETTINGS = settings(
-    max_examples=20,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SETTINGS = machine_settings(examples=20, steps=30)
 
 
 async def test_http_on_the_app(mock_clock, tmp_path, restore_logging):

@@ -25,13 +25,13 @@ import json
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
 from tests import strategies
 from tests.fuzz._app_machine import AppMachine, Client, drive
 from tests.fuzz._frames import DEAD_DROP, LIVE_MATCH, RELAY, RELAY_INFO, Schema, check_fields
+from tests.fuzz._settings import machine_settings
 
 PEERS = ["alice-phone", "bob-laptop", "carol", "dave_2"]
 IPS = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
@@ -380,12 +380,7 @@ class RelayApp(AppMachine):
         self.jump(seconds)
 
 
-SETTINGS = settings(
-    max_examples=25,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = machine_settings(examples=25, steps=30)
 
 
 async def test_relay_on_the_app(mock_clock, tmp_path, restore_logging):

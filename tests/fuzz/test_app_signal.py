@@ -24,13 +24,13 @@ import base64
 import json
 from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
 from tests import strategies
 from tests.fuzz._app_machine import AppMachine, Client, drive
 from tests.fuzz._frames import SIGNAL, Schema
+from tests.fuzz._settings import machine_settings
 from zajel.protocol.signaling import PAIR_ANSWER_TYPES, RELAY_TYPES
 
 CODES = ["AAAAAA", "BBBBBB", "CCCCCC", "DDDDDD"]
@@ -392,12 +392,7 @@ class SignalApp(AppMachine):
         self.jump(seconds)
 
 
-SETTINGS = settings(
-    max_examples=25,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = machine_settings(examples=25, steps=30)
 
 
 async def test_signal_on_the_app(mock_clock, tmp_path, restore_logging):

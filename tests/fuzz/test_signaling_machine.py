@@ -23,7 +23,6 @@ import base64
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -35,6 +34,7 @@ from hypothesis.stateful import (
 
 from tests import strategies
 from tests.fuzz._frames import SIGNALING, check_frame
+from tests.fuzz._settings import machine_settings
 from tests.services.fakes import FakePeer
 from zajel.protocol import channels
 from zajel.protocol.signaling import PAIR_ANSWER_TYPES, RELAY_TYPES, decode
@@ -292,10 +292,5 @@ class SignalingMachine(RuleBasedStateMachine):
         self.everyone_leaves()
 
 
-SignalingMachine.TestCase.settings = settings(
-    max_examples=80,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SignalingMachine.TestCase.settings = machine_settings(examples=80, steps=40)
 test_signaling_machine = SignalingMachine.TestCase
