@@ -69,7 +69,8 @@ CHANNELS: Schema = {
     "channel-subscribed": {"channelId": str},
     "channel-unsubscribed": {"channelId": str},
     "upstream-message": {"channelId": str, "message": dict},
-    "upstream-ack": {"channelId": str, "messageId": optional(str)},
+    # ``message.id`` as it was sent, any JSON value, or null (docs/protocol/channels.md).
+    "upstream-ack": {"channelId": str, "messageId": ANY},
     "stream-start": {"streamId": str, "channelId": str, "title": str},
     "stream-started": {"streamId": str, "channelId": str, "subscriberCount": int},
     "stream-frame": {"streamId": str, "channelId": str, "frame": ANY},
