@@ -83,6 +83,9 @@ from zajel.clock import epoch_ms
 
 REPLY_TIMEOUT_S: Final = 15.0
 CONNECT_TIMEOUT_S: Final = 15.0
+# How often a connect refused at a cap (503 "Too many connections") is tried again, waiting
+# 0.2 s longer each time.
+CAP_RETRIES: Final = 20
 MAX_SAMPLES: Final = 20
 SAMPLES_PER_KIND: Final = 3
 # The server's bounds the misbehaving clients are checked against (docs/protocol/conventions.md):
@@ -171,7 +174,7 @@ class Load:
 async def _retry_at_cap(load: Load, attempt: Callable[[], Awaitable[Any]]) -> Any:
     """``attempt()`` (a connect), tried again (bounded) while the server answers 503 at a cap:
     the contract's answer while the connections of a client that just left are still counted."""
-    for tries in range(20):
+    for tries in range(CAP_RETRIES):
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 return await attempt()
@@ -185,7 +188,7 @@ async def _retry_at_cap(load: Load, attempt: Callable[[], Awaitable[Any]]) -> An
                 raise
         load.tally.expected["refused_at_cap"] += 1
         await trio.sleep(0.2 * (tries + 1))
-    raise RuntimeError("refused at the connection cap 20 times")
+    raise RuntimeError(f"refused at the connection cap {CAP_RETRIES} times")
 
 
 @asynccontextmanager
@@ -201,37 +204,55 @@ async def _pong_race_forgiven(load: Load, closing: list[bool]) -> AsyncIterator[
         load.tally.expected["client_pong_race_at_close"] += len(group.exceptions)
 
 
+def _refused_at_cap(group: BaseExceptionGroup[trio_websocket.ConnectionRejected]) -> bool:
+    return all(
+        refused.status_code == 503 and b"Too many connections" in (refused.body or b"")
+        for refused in group.exceptions
+    )
+
+
 @asynccontextmanager
 async def bound_ws(
     load: Load, index: int, path: str
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A ``trio_websocket`` connection on ``path`` of node ``index``, from the next source."""
+    """A ``trio_websocket`` connection on ``path`` of node ``index``, from the next source.
+
+    A handshake refused at a cap is tried again, as ``_retry_at_cap`` does; trio_websocket
+    raises that refusal from its reader task, so it leaves through the connection's nursery.
+    """
     host, port = load.target(index)
-    source = load.source()
-
-    closing: list[bool] = []
-    async with _pong_race_forgiven(load, closing), trio.open_nursery() as nursery:
-
-        async def attempt() -> trio_websocket.WebSocketConnection:
-            sock = await open_socket(host, port, source)
-            stream = trio.SocketStream(sock)
-            try:
-                return await trio_websocket.wrap_client_stream(
-                    nursery, stream, f"{host}:{port}", path, max_message_size=1 << 20
-                )
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-
-        ws = await _retry_at_cap(load, attempt)
+    for tries in range(CAP_RETRIES):
+        source = load.source()
+        closing: list[bool] = []
+        opened = False
         try:
-            yield ws
-        finally:
-            closing.append(True)
-            with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
-                scope.shield = True
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
+            async with _pong_race_forgiven(load, closing), trio.open_nursery() as nursery:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    sock = await open_socket(host, port, source)
+                    stream = trio.SocketStream(sock)
+                    try:
+                        ws = await trio_websocket.wrap_client_stream(
+                            nursery, stream, f"{host}:{port}", path, max_message_size=1 << 20
+                        )
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                opened = True
+                try:
+                    yield ws
+                finally:
+                    closing.append(True)
+                    with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
+                        scope.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+                return
+        except* trio_websocket.ConnectionRejected as group:
+            if opened or not _refused_at_cap(group):
+                raise
+        load.tally.expected["refused_at_cap"] += 1
+        await trio.sleep(0.2 * (tries + 1))
+    raise RuntimeError(f"refused at the connection cap {CAP_RETRIES} times")
 
 
 @asynccontextmanager
@@ -604,13 +625,20 @@ async def garbage_actor(load: Load, index: int) -> None:
             sent_at = trio.current_time()
             await ws.send_frame(opcode, data, masked=masked)
             got, texts = await wait_close(ws, REPLY_TIMEOUT_S)
-            if got != code:
-                took = trio.current_time() - sent_at
+            took = trio.current_time() - sent_at
+            if name == "oversized" and isinstance(got, str) and got.startswith("reset"):
+                # The server stops reading at the oversized head and closes with the rest of
+                # the payload unread, so its kernel resets the connection; a reset that
+                # overtakes the 1009 close frame drops it from the client's buffer. Counted
+                # apart (docs/benchmarks.md, "Soak").
+                load.tally.expected["close_1009_lost_to_reset"] += 1
+            elif got != code:
                 raise ValueError(
                     f"{name} frame: {got} after {took:.2f} s, expected close {code} "
                     f"(frames before: {texts[:3]})"
                 )
-            load.tally.expected[f"close_{code}_{name}"] += 1
+            else:
+                load.tally.expected[f"close_{code}_{name}"] += 1
         except (ValueError, OSError, trio.TooSlowError, ExceptionGroup) as error:
             load.tally.error("garbage", error)
         finally:
