@@ -246,10 +246,12 @@ async def bound_ws(
                         scope.shield = True
                         await ws.aclose()
                     nursery.cancel_scope.cancel()
-                return
         except* trio_websocket.ConnectionRejected as group:
             if opened or not _refused_at_cap(group):
                 raise
+        if opened:
+            # Done, however the block ended (``_pong_race_forgiven`` may have taken its error).
+            return
         load.tally.expected["refused_at_cap"] += 1
         await trio.sleep(0.2 * (tries + 1))
     raise RuntimeError(f"refused at the connection cap {CAP_RETRIES} times")
