@@ -40,11 +40,10 @@ import trio
 from nacl.signing import SigningKey
 
 from zajel import crypto
-from zajel import metrics as metrics_module
 from zajel.clock import WallClock
 from zajel.config import ConfigError
 from zajel.logs import context
-from zajel.services._mailbox import Envelope, LocalAddress, ServiceFailure
+from zajel.services._mailbox import Envelope, LocalAddress, ServiceFailure, observed
 from zajel.storage import Store, StoreError, Write
 
 if TYPE_CHECKING:
@@ -116,11 +115,7 @@ async def run_durable_service(
     """
     log = logging.getLogger(f"zajel.{service.name}")
     await service.load(store)
-    metrics = metrics if metrics is not None else metrics_module.current()
-    observe = metrics.service_timer(service.name) if metrics is not None else None
-    with contextlib.ExitStack() as watching:
-        if metrics is not None:
-            watching.enter_context(metrics.watch_inbox(service.name, inbox))
+    with observed(service.name, inbox, metrics) as observe:
         task_status.started()
         await _serve_batches(service, store, inbox, log, observe)
 

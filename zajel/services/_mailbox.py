@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -169,13 +170,24 @@ async def run_service(
     ``zajel.metrics.current``) gets the handling time of requests and the inbox's depth.
     """
     log = logging.getLogger(f"zajel.{service.name}")
-    metrics = metrics if metrics is not None else metrics_module.current()
-    observe = metrics.service_timer(service.name) if metrics is not None else None
-    with contextlib.ExitStack() as watching:
-        if metrics is not None:
-            watching.enter_context(metrics.watch_inbox(service.name, inbox))
+    with observed(service.name, inbox, metrics) as observe:
         task_status.started()
         await _serve_inbox(service, inbox, log, observe)
+
+
+@contextlib.contextmanager
+def observed(
+    name: str, inbox: trio.MemoryReceiveChannel[Envelope], metrics: Metrics | None
+) -> Iterator[Observe | None]:
+    """While the block runs, ``metrics`` (else the server's current one) reports ``inbox``'s
+    depth as service ``name``'s; yields the ``observe`` of its handling time (None: no metrics).
+    """
+    metrics = metrics if metrics is not None else metrics_module.current()
+    if metrics is None:
+        yield None
+        return
+    with metrics.watch_inbox(name, inbox):
+        yield metrics.service_timer(name)
 
 
 async def _serve_inbox(
