@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,8 @@ import attrs
 import trio
 import trio.testing
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, run_state_machine_as_test
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.fuzz._frames import Schema, decode_frame
 from tests.fuzz._inprocess import Bridge, InProcessApp, Socket, config_for
@@ -39,6 +41,8 @@ SLOW_CONSUMER_CLOSE = 1013
 # The registry counts of /stats that must be 0 once nobody is connected and every timer ran;
 # the rest are counters since the start.
 COUNTERS = {("chunks", "cacheHits"), ("chunks", "cacheMisses"), ("chunks", "pullsSent")}
+
+clients = st.integers(min_value=0, max_value=1_000)  # an index into the open clients
 
 
 @attrs.define
@@ -200,6 +204,53 @@ class AppMachine(RuleBasedStateMachine):
         finally:
             self.bridge.stop_app(self.app)
         assert self.app.failures == [], self.app.failures
+
+
+class HostileClients(AppMachine):
+    """The rules of misbehaving WebSocket clients, shared by the endpoint machines: floods,
+    clients that stop reading (and read again later), and clients that leave with or without a
+    close frame."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Set while clients take frames that waited for them: what those frames name may have
+        # changed since they were sent (a subclass's checks may skip them).
+        self.catching_up = False
+
+    @rule(client=clients, extra=st.integers(min_value=0, max_value=80), now=st.integers(0, 3))
+    def flood(self, client: int, extra: int, now: int) -> None:
+        """A burst past the rate limit: 200 frames pass, then every frame is refused, and more
+        than 50 refusals close the connection with 1008. (One draw in four: a flood leaves the
+        client refused until time passes.)"""
+        cid = self.pick(client)
+        if cid is None or now:
+            return
+        paused = self.clients[cid].socket.paused
+        self.send(cid, *[json.dumps({"type": "ping"})] * (200 + extra))
+        if extra > 50 and not paused:
+            assert cid not in self.clients, "a flood past 50 refusals was not closed"
+
+    @rule(client=clients)
+    def stop_reading(self, client: int) -> None:
+        cid = self.pick(client)
+        if cid is not None:
+            self.bridge.do(self.clients[cid].socket.pause)
+
+    @rule()
+    def read_again(self) -> None:
+        for client in self.clients.values():
+            self.bridge.do(client.socket.resume)
+        self.catching_up = True
+        try:
+            self.collect()
+        finally:
+            self.catching_up = False
+
+    @rule(client=clients, code=st.sampled_from([1000, 1001, 1006]))
+    def leave(self, client: int, code: int) -> None:
+        cid = self.pick(client)
+        if cid is not None:
+            self.disconnect(cid, code)
 
 
 async def drive(

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
 from tests import strategies
-from tests.fuzz._app_machine import AppMachine, Client, drive
+from tests.fuzz._app_machine import Client, HostileClients, clients, drive
 from tests.fuzz._frames import DEAD_DROP, LIVE_MATCH, RELAY, RELAY_INFO, Schema, check_fields
 from tests.fuzz._settings import machine_settings
 
@@ -43,7 +43,6 @@ HOURLY_TTL_S = 3 * 3600.0
 DEFAULT_MAX_CONNECTIONS = 20
 
 peers = st.sampled_from(PEERS)
-clients = st.integers(min_value=0, max_value=1_000)  # an index into the open clients
 # Jumps that cross the timers: 10 s pulls, 5 min pending requests, 30 min cache, 1 h sources,
 # 3 h hourly entries, 48 h daily entries (and the 5-minute rendezvous sweep).
 jumps = st.sampled_from([0.5, 10.5, 301.0, 1801.0, 3601.0, 10_801.0, 172_801.0])
@@ -62,7 +61,7 @@ class Peer:
     entries_known: bool = True  # False once a rendezvous the model did not build succeeded
 
 
-class RelayApp(AppMachine):
+class RelayApp(HostileClients):
     SCHEMAS: ClassVar[dict[str, Schema]] = {"relay": RELAY}
 
     def __init__(self, *args: Any) -> None:
@@ -72,7 +71,6 @@ class RelayApp(AppMachine):
         self.registering: dict[int, int | None] = {}  # cid -> maxConnections given
         self.rendezvous: dict[int, list[tuple[str, str]]] = {}  # cid -> (kind, point)
         self.to_check: list[tuple[int, dict[str, Any]]] = []
-        self.catching_up = False
 
     # -- the model -------------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class RelayApp(AppMachine):
                     push = {"type": "chunk_push", "chunkId": chunk, "data": {"chunk": chunk}}
                     self.send(cid, json.dumps(push))
 
-    # -- hostile clients -------------------------------------------------------------------
+    # -- hostile clients (floods, stalls and departures: HostileClients) -------------------
 
     @rule(client=clients, data=strategies.relay_frames)
     def garbage(self, client: int, data: str | bytes) -> None:
@@ -339,41 +337,6 @@ class RelayApp(AppMachine):
         cid = self.pick(client)
         if cid is not None:
             self.send(cid, data)
-
-    @rule(client=clients, extra=st.integers(min_value=0, max_value=80), now=st.integers(0, 3))
-    def flood(self, client: int, extra: int, now: int) -> None:
-        """A burst past the rate limit (one draw in four); see the /signal machine."""
-        cid = self.pick(client)
-        if cid is None or now:
-            return
-        paused = self.clients[cid].socket.paused
-        self.send(cid, *[json.dumps({"type": "ping"})] * (200 + extra))
-        if extra > 50 and not paused:
-            assert cid not in self.clients, "a flood past 50 refusals was not closed"
-
-    @rule(client=clients)
-    def stop_reading(self, client: int) -> None:
-        cid = self.pick(client)
-        if cid is not None:
-            self.bridge.do(self.clients[cid].socket.pause)
-
-    @rule()
-    def read_again(self) -> None:
-        """The clients read what waited for them: the frames are checked, but what they name
-        may have changed since they were sent."""
-        for client in self.clients.values():
-            self.bridge.do(client.socket.resume)
-        self.catching_up = True
-        try:
-            self.collect()
-        finally:
-            self.catching_up = False
-
-    @rule(client=clients, code=st.sampled_from([1000, 1006]))
-    def leave(self, client: int, code: int) -> None:
-        cid = self.pick(client)
-        if cid is not None:
-            self.disconnect(cid, code)
 
     @rule(seconds=jumps)
     def time_passes(self, seconds: float) -> None:

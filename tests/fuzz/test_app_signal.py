@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
 from tests import strategies
-from tests.fuzz._app_machine import AppMachine, Client, drive
+from tests.fuzz._app_machine import Client, HostileClients, clients, drive
 from tests.fuzz._frames import SIGNAL, Schema
 from tests.fuzz._settings import machine_settings
 from zajel.protocol.signaling import PAIR_ANSWER_TYPES, RELAY_TYPES
@@ -42,7 +42,6 @@ STREAMS = ["live-1", "live-2"]
 
 codes = st.sampled_from(CODES)
 keys = st.sampled_from([*KEYS, None])
-clients = st.integers(min_value=0, max_value=1_000)  # an index into the open clients
 channels = st.sampled_from(CHANNELS)
 chunk_ids = st.sampled_from(CHUNKS)
 # Jumps that cross the timers: 30 s reconnect grace, 60 s pair-request window, 90 s warning,
@@ -52,7 +51,7 @@ jumps = st.sampled_from([0.001, 1.0, 2.5, 10.5, 31.0, 61.0, 91.0, 121.0, 301.0, 
 chunk_data = st.fixed_dictionaries({"seq": st.integers(0, 9)}) | st.text(max_size=20)
 
 
-class SignalApp(AppMachine):
+class SignalApp(HostileClients):
     SCHEMAS: ClassVar[dict[str, Schema]] = {"signal": SIGNAL}
 
     def __init__(self, *args: Any) -> None:
@@ -342,7 +341,7 @@ class SignalApp(AppMachine):
                         push["channelId"] = pull["channelId"]
                     self.send(cid, json.dumps(push))
 
-    # -- hostile clients -------------------------------------------------------------------
+    # -- hostile clients (floods, stalls and departures: HostileClients) -------------------
 
     @rule(client=clients, data=strategies.frames)
     def garbage(self, client: int, data: str | bytes) -> None:
@@ -355,37 +354,6 @@ class SignalApp(AppMachine):
     def any_object(self, client: int, frame: dict[str, Any]) -> None:
         """Known and unknown types with fields of any value and type."""
         self.say(client, frame)
-
-    @rule(client=clients, extra=st.integers(min_value=0, max_value=80), now=st.integers(0, 3))
-    def flood(self, client: int, extra: int, now: int) -> None:
-        """A burst past the rate limit: 200 frames pass, then every frame is refused, and more
-        than 50 refusals close the connection with 1008. (One draw in four: a flood leaves the
-        client refused until time passes.)"""
-        cid = self.pick(client)
-        if cid is None or now:
-            return
-        paused = self.clients[cid].socket.paused
-        self.send(cid, *[json.dumps({"type": "ping"})] * (200 + extra))
-        if extra > 50 and not paused:
-            assert cid not in self.clients, "a flood past 50 refusals was not closed"
-
-    @rule(client=clients)
-    def stop_reading(self, client: int) -> None:
-        cid = self.pick(client)
-        if cid is not None:
-            self.bridge.do(self.clients[cid].socket.pause)
-
-    @rule()
-    def read_again(self) -> None:
-        for client in self.clients.values():
-            self.bridge.do(client.socket.resume)
-        self.collect()
-
-    @rule(client=clients, code=st.sampled_from([1000, 1001, 1006]))
-    def leave(self, client: int, code: int) -> None:
-        cid = self.pick(client)
-        if cid is not None:
-            self.disconnect(cid, code)
 
     @rule(seconds=jumps)
     def time_passes(self, seconds: float) -> None:
