@@ -131,6 +131,13 @@ class AppMachine(RuleBasedStateMachine):
         )
         return cids[index % len(cids)] if cids else None
 
+    def say(self, index: int, frame: dict[str, Any] | str | bytes) -> None:
+        """The open client ``index`` picks (``pick``) sends ``frame``: an object as JSON, text
+        or bytes as they are; nothing when no client is open."""
+        cid = self.pick(index)
+        if cid is not None:
+            self.send(cid, json.dumps(frame) if isinstance(frame, dict) else frame)
+
     def collect(self) -> None:
         """Check and take in every frame the clients got; forget the clients the server
         closed, after checking how."""

@@ -180,12 +180,6 @@ class RelayApp(HostileClients):
         self.peers[cid] = Peer()
         return cid
 
-    def say(self, index: int, frame: dict[str, Any]) -> int | None:
-        cid = self.pick(index)
-        if cid is not None:
-            self.send(cid, json.dumps(frame))
-        return cid
-
     def register_as(self, cid: int, peer_id: str, max_conns: int | None, key: str | None) -> None:
         frame: dict[str, Any] = {"type": "register", "peerId": peer_id}
         if max_conns is not None:
@@ -334,9 +328,7 @@ class RelayApp(HostileClients):
     def garbage(self, client: int, data: str | bytes) -> None:
         """Malformed JSON, binary, not an object, known and unknown types with fields of any
         value and type."""
-        cid = self.pick(client)
-        if cid is not None:
-            self.send(cid, data)
+        self.say(client, data)
 
     @rule(seconds=jumps)
     def time_passes(self, seconds: float) -> None:

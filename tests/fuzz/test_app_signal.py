@@ -113,11 +113,6 @@ class SignalApp(HostileClients):
         self.ips[cid] = ip
         return cid
 
-    def say(self, index: int, frame: dict[str, Any]) -> None:
-        cid = self.pick(index)
-        if cid is not None:
-            self.send(cid, json.dumps(frame))
-
     def reads(self, cid: int) -> bool:
         """Client ``cid`` is open, reads, and is registered."""
         client = self.clients.get(cid)
@@ -346,9 +341,7 @@ class SignalApp(HostileClients):
     @rule(client=clients, data=strategies.frames)
     def garbage(self, client: int, data: str | bytes) -> None:
         """Malformed JSON, binary, not an object, no or a non-string type."""
-        cid = self.pick(client)
-        if cid is not None:
-            self.send(cid, data)
+        self.say(client, data)
 
     @rule(client=clients, frame=strategies.signal_objects | strategies.channel_objects)
     def any_object(self, client: int, frame: dict[str, Any]) -> None:
