@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -34,6 +32,13 @@ from tests import strategies
 from tests.fuzz._app_machine import AppMachine, drive
 from tests.fuzz._inprocess import HttpReply
 from tests.fuzz._settings import machine_settings
+from tests.integration.test_attestation_http import (
+    ATTESTATION_SEED,
+    BINARY,
+    CI_SECRET,
+    PIPELINE_SEED,
+    PLATFORM,
+)
 from zajel import crypto
 from zajel.attestation import (
     answer_challenge,
@@ -45,21 +50,15 @@ from zajel.bootstrap import SIGNATURE_HEADER, verify_server_list
 from zajel.clock import epoch_ms
 
 BOOTSTRAP_SEED = bytes(range(1, 33))
-ATTESTATION_SEED = bytes(range(200, 232))
-PIPELINE_SEED = bytes(range(100, 132))
 REGISTRY_SECRET = "registry-secret"
-CI_SECRET = "ci-secret"
 BEARER = {"registry": REGISTRY_SECRET, "ci": CI_SECRET}
 IPS = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
 SERVER_IDS = ["vps-eu-1", "ed25519:us1/Ab+c=", "relay.local_2"]
 DEVICES = ["pixel-7a", "iphone_15", "desk.top-1"]
 VERSIONS = ["1.2.0", "1.3.0"]
-PLATFORM = "android"
 REGION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SERVER_TTL_S = 300.0
 NONCE_TTL_S = 300.0
-# The binary the "genuine build" is: the interpreter running the tests, a real executable.
-BINARY = Path(sys.executable).resolve().read_bytes()
 MODIFIED = bytes(byte ^ 0xFF for byte in BINARY)
 # Statuses the contract names for these routes (docs/protocol/servers.md, attestation.md,
 # conventions.md "Over HTTP").
