@@ -129,9 +129,9 @@ class AsgiApp:
                 metrics=metrics,
                 metrics_listener=metrics_listener is not None,
             )
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            stack.callback(nursery.cancel_scope.cancel)  # runs first: the listener's task ends
             if metrics_listener is not None:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                stack.callback(nursery.cancel_scope.cancel)  # runs first: the task ends
                 await nursery.start(serve_metrics, metrics, metrics_listener)
                 log.info("metrics listening", extra=context(url=bound_url(metrics_listener)))
             replayed = False
